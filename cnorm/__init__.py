@@ -1,0 +1,19 @@
+"""cnorm: batch and layer normalization for NumPy, with OpenMP-parallel Cython kernels."""
+
+from cnorm._openmp import get_num_threads, openmp_enabled, set_num_threads
+from cnorm.batchnorm import (
+    BatchNormGrads, BatchNormOutput, batch_norm, batch_norm_backward, batch_norm_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "BatchNormOutput",
+    "BatchNormGrads",
+    "get_num_threads",
+    "set_num_threads",
+    "openmp_enabled",
+]

@@ -1,0 +1,136 @@
+"""Argument checking shared by every cnorm operation.
+
+Each helper raises TypeError for a wrong type and ValueError for a wrong
+value, with a message that names the argument and says what was expected.
+None of them modifies anything.
+"""
+
+import math
+import operator
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+METHODS = ("two_pass", "welford")
+DEFAULT_METHOD = "two_pass"
+
+
+def _type_name(obj):
+    return type(obj).__name__
+
+
+def float_array(x, name):
+    """x as an ndarray of float32 or float64 (array-likes are converted)."""
+    if type(x) is not np.ndarray:
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # ragged lists, objects numpy cannot take
+            raise TypeError(f"{name} must be an array of float32 or float64, "
+                            f"got an object of type {_type_name(x)} ({exc})") from None
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    return x
+
+
+def like_array(v, name, dtype, shape):
+    """A read-only parameter (weight, bias, ...) cast to dtype, C-contiguous, of the given shape."""
+    if v is None:
+        return None
+    if type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous:
+        a = v
+    else:
+        try:
+            a = np.asarray(v)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array of real numbers, "
+                            f"got an object of type {_type_name(v)} ({exc})") from None
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        a = np.ascontiguousarray(a, dtype=dtype)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def inplace_array(v, name, dtype, shape):
+    """An array updated in place (running statistics): exact dtype, shape, writeable."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), "
+                        f"got {_type_name(v)}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like x, got {v.dtype}")
+    if v.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
+    if not v.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it is updated in place)")
+    return v
+
+
+def out_array(out, x, name="out"):
+    """Check out= against x.  Returns out (which may be x itself)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(out)}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+    if out.dtype != x.dtype:
+        raise ValueError(f"{name} must have dtype {x.dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return out
+
+
+def check_overlap(out, inputs, name="out"):
+    """out may be one of the inputs exactly, but must not partly overlap any of them."""
+    for arg, a in inputs:
+        if out is a or not np.may_share_memory(out, a):
+            continue
+        same = (out.__array_interface__["data"][0] == a.__array_interface__["data"][0]
+                and out.strides == a.strides)
+        if not same and np.shares_memory(out, a):
+            raise ValueError(f"{name} overlaps {arg} without being the same array view; "
+                             f"pass {name}={arg} for in-place work, or a separate buffer")
+
+
+def eps_value(eps):
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {_type_name(eps)}") from None
+    if not (e >= 0.0 and math.isfinite(e)):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return e
+
+
+def momentum_value(momentum):
+    try:
+        m = float(momentum)
+    except (TypeError, ValueError):
+        raise TypeError(f"momentum must be a real number in [0, 1], "
+                        f"got {_type_name(momentum)}") from None
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    return m
+
+
+def method_value(method):
+    if method is None:
+        return DEFAULT_METHOD
+    if isinstance(method, str) and method in METHODS:
+        return method
+    raise ValueError(f"method must be None, 'two_pass' or 'welford', got {method!r}")
+
+
+def axis_value(axis, ndim, name="axis"):
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {_type_name(axis)}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{name} {a} is out of range for an array of {ndim} dimensions")
+    return a % ndim
+
+
+def bool_value(v, name):
+    if v is True or v is False or isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise TypeError(f"{name} must be a bool, got {_type_name(v)}")

@@ -1,0 +1,342 @@
+# Reduction helpers shared by every cnorm kernel (batch norm and layer norm).
+#
+# All of them are `inline noexcept nogil` and written once over the fused type
+# `floating`; arithmetic is carried out in float64.
+#
+# Determinism: every reduction is split into blocks whose boundaries depend
+# only on the array's shape (CHUNK elements of a channel or row, ROW_GROUP
+# elements of a row-major matrix).  Inside a block the order of operations is
+# fixed by the code (LANES independent accumulators, then a fixed tree), and
+# blocks are merged in index order.  Which thread computes a block never
+# changes a bit of the result.
+
+from cython cimport floating
+from libc.math cimport sqrt
+
+cdef enum:
+    LANES = 8            # independent accumulators: enough for AVX-512 float64
+    CHUNK = 4096         # elements of one channel or row per statistics block
+    ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
+    ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
+
+cdef enum Method:
+    TWO_PASS = 0
+    WELFORD = 1
+
+
+# ---------------------------------------------------------------------------
+# (count, mean, M2) partial statistics and Chan's merge
+# ---------------------------------------------------------------------------
+
+ctypedef struct Moments:
+    double n
+    double mean
+    double m2
+
+
+cdef inline Moments moments_zero() noexcept nogil:
+    cdef Moments m
+    m.n = 0.0
+    m.mean = 0.0
+    m.m2 = 0.0
+    return m
+
+
+cdef inline void moments_merge(Moments* a, Moments b) noexcept nogil:
+    """a <- a (+) b, Chan, Golub and LeVeque's pairwise update."""
+    cdef double n, d
+    if b.n == 0.0:
+        return
+    if a.n == 0.0:
+        a[0] = b
+        return
+    n = a.n + b.n
+    d = b.mean - a.mean
+    a.mean = a.mean + d * (b.n / n)
+    a.m2 = a.m2 + b.m2 + d * d * (a.n * (b.n / n))
+    a.n = n
+
+
+cdef inline void moments_push(Moments* a, double v) noexcept nogil:
+    """Welford's single-value update."""
+    cdef double d = v - a.mean
+    a.n = a.n + 1.0
+    a.mean = a.mean + d / a.n
+    a.m2 = a.m2 + d * (v - a.mean)
+
+
+cdef inline void merge_columns(double* mean, double* m2, double n,
+                               const double* bmean, const double* bm2, double bn,
+                               Py_ssize_t ncols) noexcept nogil:
+    """Chan merge of column statistics that share their counts n and bn."""
+    cdef Py_ssize_t c
+    cdef double d, t = n + bn
+    cdef double fb = bn / t
+    cdef double fab = n * fb
+    if bn == 0.0:
+        return
+    for c in range(ncols):
+        d = bmean[c] - mean[c]
+        mean[c] = mean[c] + d * fb
+        m2[c] = m2[c] + bm2[c] + d * d * fab
+
+
+# ---------------------------------------------------------------------------
+# LANES-wide accumulation over one contiguous run of elements
+# ---------------------------------------------------------------------------
+
+cdef inline double lanes_total(const double* a) noexcept nogil:
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+
+
+cdef inline void run_sum(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
+    """acc[j] += x[i] for i = j (mod LANES)-ish: full steps by lane, tail into lanes 0.."""
+    cdef double a[LANES]
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        a[j] = acc[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
+            a[j] += x[i + j]
+    for i in range(nb, n):
+        a[i - nb] += x[i]
+    for j in range(LANES):
+        acc[j] = a[j]
+
+
+cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double m) noexcept nogil:
+    """acc += (x - m)**2, lane-wise as in run_sum."""
+    cdef double a[LANES]
+    cdef double d
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        a[j] = acc[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
+            d = x[i + j] - m
+            a[j] += d * d
+    for i in range(nb, n):
+        d = x[i] - m
+        a[i - nb] += d * d
+    for j in range(LANES):
+        acc[j] = a[j]
+
+
+cdef inline void run_dot(double* sg, double* sgx, const floating* g, const floating* x,
+                         Py_ssize_t n, double m) noexcept nogil:
+    """sg += g and sgx += g * (x - m), lane-wise as in run_sum."""
+    cdef double a[LANES]
+    cdef double b[LANES]
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        a[j] = sg[j]
+        b[j] = sgx[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
+            a[j] += g[i + j]
+            b[j] += g[i + j] * (x[i + j] - m)
+    for i in range(nb, n):
+        a[i - nb] += g[i]
+        b[i - nb] += g[i] * (x[i] - m)
+    for j in range(LANES):
+        sg[j] = a[j]
+        sgx[j] = b[j]
+
+
+ctypedef struct WelfordLanes:
+    double k                 # values seen by every lane
+    double mean[LANES]
+    double m2[LANES]
+    Moments tail             # values that did not fill a whole step
+
+
+cdef inline void welford_init(WelfordLanes* w) noexcept nogil:
+    cdef Py_ssize_t j
+    w.k = 0.0
+    for j in range(LANES):
+        w.mean[j] = 0.0
+        w.m2[j] = 0.0
+    w.tail = moments_zero()
+
+
+cdef inline void run_welford(WelfordLanes* w, const floating* x, Py_ssize_t n) noexcept nogil:
+    """Vectorised Welford: every lane has the same count, so one division per step."""
+    cdef double mu[LANES]
+    cdef double q[LANES]
+    cdef double k = w.k
+    cdef double r, v, d
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        mu[j] = w.mean[j]
+        q[j] = w.m2[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        k = k + 1.0
+        r = 1.0 / k
+        for j in range(LANES):
+            v = x[i + j]
+            d = v - mu[j]
+            mu[j] = mu[j] + d * r
+            q[j] = q[j] + d * (v - mu[j])
+    for j in range(LANES):
+        w.mean[j] = mu[j]
+        w.m2[j] = q[j]
+    w.k = k
+    for i in range(nb, n):
+        moments_push(&w.tail, x[i])
+
+
+cdef inline Moments welford_finish(const WelfordLanes* w) noexcept nogil:
+    cdef Moments m = moments_zero()
+    cdef Moments lane
+    cdef Py_ssize_t j
+    lane.n = w.k
+    for j in range(LANES):
+        lane.mean = w.mean[j]
+        lane.m2 = w.m2[j]
+        moments_merge(&m, lane)
+    moments_merge(&m, w.tail)
+    return m
+
+
+# ---------------------------------------------------------------------------
+# Segmented sequences: a channel of an (N, C, M) array is N runs of M
+# contiguous elements, `stride` apart; a layer-norm row is one run.  Element i
+# of the sequence is base[(i // M) * stride + i % M].
+# ---------------------------------------------------------------------------
+
+cdef inline Py_ssize_t seq_run(Py_ssize_t i, Py_ssize_t stop, Py_ssize_t M, Py_ssize_t stride,
+                               Py_ssize_t* offset) noexcept nogil:
+    """Offset and length of the contiguous run holding element i, cut at stop."""
+    cdef Py_ssize_t n = i // M
+    cdef Py_ssize_t m = i - n * M
+    offset[0] = n * stride + m
+    return M - m if M - m < stop - i else stop - i
+
+
+cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
+                                Py_ssize_t i0, Py_ssize_t i1, int method) noexcept nogil:
+    """(count, mean, M2) of elements [i0, i1) of a segmented sequence."""
+    cdef Moments out
+    cdef double acc[LANES]
+    cdef WelfordLanes w
+    cdef Py_ssize_t i, j, off, L
+    if method == WELFORD:
+        welford_init(&w)
+        i = i0
+        while i < i1:
+            L = seq_run(i, i1, M, stride, &off)
+            run_welford(&w, base + off, L)
+            i += L
+        return welford_finish(&w)
+    for j in range(LANES):
+        acc[j] = 0.0
+    i = i0
+    while i < i1:
+        L = seq_run(i, i1, M, stride, &off)
+        run_sum(acc, base + off, L)
+        i += L
+    out.n = <double>(i1 - i0)
+    out.mean = lanes_total(acc) / out.n
+    for j in range(LANES):
+        acc[j] = 0.0
+    i = i0
+    while i < i1:
+        L = seq_run(i, i1, M, stride, &off)
+        run_sqdev(acc, base + off, L, out.mean)
+        i += L
+    out.m2 = lanes_total(acc)
+    return out
+
+
+cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_ssize_t stride,
+                         Py_ssize_t i0, Py_ssize_t i1, double m,
+                         double* sum_g, double* sum_gx) noexcept nogil:
+    """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1)."""
+    cdef double a[LANES]
+    cdef double b[LANES]
+    cdef Py_ssize_t i, j, off, L
+    for j in range(LANES):
+        a[j] = 0.0
+        b[j] = 0.0
+    i = i0
+    while i < i1:
+        L = seq_run(i, i1, M, stride, &off)
+        run_dot(a, b, g + off, x + off, L, m)
+        i += L
+    sum_g[0] += lanes_total(a)
+    sum_gx[0] += lanes_total(b)
+
+
+cdef inline Moments chunked_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
+                                    Py_ssize_t count, int method) noexcept nogil:
+    """Statistics of a whole sequence: CHUNK-sized pieces merged in order.
+
+    The same pieces, merged in the same order, as a caller that computes the
+    pieces in parallel with seq_moments and merges them afterwards.
+    """
+    cdef Moments mo = moments_zero()
+    cdef Py_ssize_t i = 0
+    while i < count:
+        moments_merge(&mo, seq_moments(base, M, stride, i, i + CHUNK if i + CHUNK < count else count, method))
+        i += CHUNK
+    return mo
+
+
+cdef inline void chunked_dot(const floating* g, const floating* x, Py_ssize_t M, Py_ssize_t stride,
+                             Py_ssize_t count, double m, double* sum_g, double* sum_gx) noexcept nogil:
+    """seq_dot over a whole sequence, one CHUNK-sized piece after another."""
+    cdef Py_ssize_t i = 0
+    while i < count:
+        seq_dot(g, x, M, stride, i, i + CHUNK if i + CHUNK < count else count, m, sum_g, sum_gx)
+        i += CHUNK
+
+
+# ---------------------------------------------------------------------------
+# Elementwise passes
+# ---------------------------------------------------------------------------
+
+ctypedef struct Affine:
+    # y = ((x - hi) - lo) * scale + shift, with hi + lo the float64 mean split
+    # into two values of the data's type, so that float32 data is centred
+    # exactly without float64 arithmetic in the loop.
+    double hi
+    double lo
+    double scale
+    double shift
+
+
+cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p,
+                            bint relu) noexcept nogil:
+    cdef floating hi = <floating>p.hi
+    cdef floating lo = <floating>p.lo
+    cdef floating s = <floating>p.scale
+    cdef floating b = <floating>p.shift
+    cdef floating v
+    cdef Py_ssize_t i
+    if relu:
+        for i in range(n):
+            v = ((x[i] - hi) - lo) * s + b
+            y[i] = 0 if v < 0 else v      # NaN stays NaN, as in torch.relu
+    else:
+        for i in range(n):
+            y[i] = ((x[i] - hi) - lo) * s + b
+
+
+cdef inline void run_affine_columns(const floating* x, floating* y, Py_ssize_t n,
+                                    const floating* hi, const floating* lo,
+                                    const floating* s, const floating* b,
+                                    bint relu) noexcept nogil:
+    """Row of a row-major matrix, with per-column hi/lo/scale/shift."""
+    cdef floating v
+    cdef Py_ssize_t i
+    if relu:
+        for i in range(n):
+            v = ((x[i] - hi[i]) - lo[i]) * s[i] + b[i]
+            y[i] = 0 if v < 0 else v
+    else:
+        for i in range(n):
+            y[i] = ((x[i] - hi[i]) - lo[i]) * s[i] + b[i]

@@ -1,0 +1,25 @@
+# The one place that talks to OpenMP.  Built without OpenMP, the omp_*
+# functions below are serial stand-ins, so every kernel compiles either way.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CNORM_HAVE_OPENMP 1
+    #else
+    #define CNORM_HAVE_OPENMP 0
+    static inline int omp_get_max_threads(void) { return 1; }
+    static inline int omp_get_thread_num(void) { return 0; }
+    #endif
+    """
+    bint CNORM_HAVE_OPENMP
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil
+
+# Below this many elements of work a call stays on one thread: waking a
+# second thread costs a few microseconds, about what it takes to stream
+# this much data.
+cdef enum:
+    MIN_WORK_PER_THREAD = 32768
+
+cdef int threads_for(Py_ssize_t work) noexcept nogil

@@ -1,0 +1,74 @@
+"""Thread-count control for cnorm's OpenMP kernels."""
+
+import os
+
+
+# Read once per call by each kernel shim; written only by set_num_threads.
+# A plain C int: a concurrent set_num_threads is seen by the next call, never
+# half-way through one.
+cdef int _num_threads = 1
+
+
+def _default_threads():
+    if CNORM_HAVE_OPENMP:
+        return max(1, omp_get_max_threads())  # honours OMP_NUM_THREADS
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        n = 0
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def openmp_enabled():
+    """Return True when the kernels were compiled with OpenMP."""
+    return bool(CNORM_HAVE_OPENMP)
+
+
+def get_num_threads():
+    """Return the number of threads cnorm's kernels may use.
+
+    Defaults to ``OMP_NUM_THREADS`` when set, else the number of cores.
+    Without OpenMP (see `openmp_enabled`) the kernels run on one thread
+    whatever this returns.
+    """
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Set the number of threads cnorm's kernels may use.
+
+    Parameters
+    ----------
+    n : int
+        At least 1.  Results do not depend on it: every reduction is carried
+        out in fixed-size blocks merged in a fixed order.
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer.
+    ValueError
+        If ``n < 1``.
+    """
+    global _num_threads
+    try:
+        value = n.__index__()
+    except AttributeError:
+        raise TypeError(f"n must be an integer, got {type(n).__name__}") from None
+    if value < 1:
+        raise ValueError(f"n must be at least 1, got {value}")
+    _num_threads = min(value, 1 << 16)
+
+
+cdef int threads_for(Py_ssize_t work) noexcept nogil:
+    """Threads worth using for ``work`` elements: 1 for small inputs."""
+    cdef Py_ssize_t cap
+    if not CNORM_HAVE_OPENMP or _num_threads <= 1:
+        return 1
+    cap = work // MIN_WORK_PER_THREAD
+    if cap < 1:
+        return 1
+    return <int>cap if cap < _num_threads else _num_threads
+
+
+_num_threads = _default_threads()

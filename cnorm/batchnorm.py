@@ -1,0 +1,267 @@
+"""Batch normalization: the Python API.
+
+This layer checks every argument, allocates every output and picks the
+kernel; the arithmetic lives in ``cnorm/_batchnorm.pyx``.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from cnorm import _batchnorm
+from cnorm._checks import (
+    axis_value, bool_value, check_overlap, eps_value, float_array, inplace_array, like_array,
+    method_value, momentum_value, out_array,
+)
+
+__all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
+           "BatchNormOutput", "BatchNormGrads"]
+
+BatchNormOutput = namedtuple("BatchNormOutput", ["y", "mean", "invstd"])
+BatchNormOutput.__doc__ = """Result of `batch_norm_forward`: y, and the per-channel batch mean and
+1/sqrt(var + eps), each of shape (C,) and of x's dtype."""
+
+BatchNormGrads = namedtuple("BatchNormGrads", ["dx", "dweight", "dbias"])
+BatchNormGrads.__doc__ = """Result of `batch_norm_backward`: dx (x's shape) and the per-channel
+gradients of weight and bias, each of shape (C,)."""
+
+
+def _layout(x, axis):
+    """(N, C, M) sizes of x seen with its channel axis in the middle."""
+    shape = x.shape
+    n = 1
+    for s in shape[:axis]:
+        n *= s
+    m = 1
+    for s in shape[axis + 1:]:
+        m *= s
+    return n, shape[axis], m
+
+
+def _c_contiguous(a):
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _output(out, x, inputs):
+    """Where the kernel writes: out itself when it is C-contiguous, else a new buffer."""
+    if out is None:
+        return None, np.empty(x.shape, dtype=x.dtype)
+    out = out_array(out, x)
+    check_overlap(out, inputs)
+    if out.flags.c_contiguous:
+        return out, out
+    return out, np.empty(x.shape, dtype=x.dtype)
+
+
+def _deliver(out, buf):
+    if out is None or out is buf:
+        return buf
+    out[...] = buf
+    return out
+
+
+def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
+             method, relu, out, want_stats):
+    x = float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    axis = axis_value(axis, x.ndim)
+    eps = eps_value(eps)
+    method = method_value(method)
+    relu = bool_value(relu, "relu")
+    n, c, m = _layout(x, axis)
+    shape = (c,)
+    weight = like_array(weight, "weight", x.dtype, shape)
+    bias = like_array(bias, "bias", x.dtype, shape)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together (or both None)")
+    if training:
+        momentum = momentum_value(momentum)
+        if running_mean is not None:
+            running_mean = inplace_array(running_mean, "running_mean", x.dtype, shape)
+            running_var = inplace_array(running_var, "running_var", x.dtype, shape)
+        if n * m <= 1:
+            raise ValueError(f"x must have more than 1 value per channel in training, got shape "
+                             f"{x.shape} with channel axis {axis}")
+    else:
+        if running_mean is None:
+            raise ValueError("running_mean and running_var are required when training=False")
+        running_mean = like_array(running_mean, "running_mean", x.dtype, shape)
+        running_var = like_array(running_var, "running_var", x.dtype, shape)
+    out, y = _output(out, x, [("x", x)])
+    mean = invstd = None
+    if want_stats:
+        mean = np.empty(shape, dtype=x.dtype)
+        invstd = np.empty(shape, dtype=x.dtype)
+    if x.size:
+        xc = _c_contiguous(x)
+        if training:
+            _batchnorm.train(xc, y, n, c, m, weight, bias, running_mean, running_var, mean,
+                             invstd, eps, momentum, method, relu)
+        else:
+            _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu)
+    return _deliver(out, y), mean, invstd
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+               training=False, momentum=0.1, eps=1e-5, axis=1, method=None, relu=False,
+               out=None):
+    """Batch normalization, in training or inference mode.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with per-channel
+    statistics taken over every axis except `axis`.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, ...) or (N, ..., C)
+        float32 or float64 data, any strides.  Other array-likes are converted
+        as by ``np.asarray``.
+    weight, bias : array_like of shape (C,), optional
+        Per-channel scale and shift, cast to x's dtype.  None means 1 and 0.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Running statistics.  Required when ``training=False``, where they are
+        the statistics used (any real dtype, cast to x's).  With
+        ``training=True`` they are optional; when given they must be
+        writeable arrays of x's dtype, and they are updated in place as
+        PyTorch does::
+
+            running_mean = (1 - momentum) * running_mean + momentum * mean
+            running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+
+        where ``var`` is the biased batch variance and ``n`` the number of
+        values per channel.
+    training : bool, default False
+        Use batch statistics (True) or the running statistics (False).
+    momentum : float in [0, 1], default 0.1
+        PyTorch's convention: the weight of the new batch.  Keras/TensorFlow
+        call ``1 - momentum`` their momentum (``momentum_keras = 1 - momentum``).
+    eps : float >= 0, default 1e-5
+        Added to the variance.
+    axis : int, default 1
+        The channel axis: 1 for NC, NCL, NCHW, NCDHW; -1 for channels-last.
+    method : {None, 'two_pass', 'welford'}
+        How batch variances are computed.  None is 'two_pass' (blocked
+        two-pass sums, each block centred on its own mean while it is in
+        cache, merged with Chan's formula); 'welford' streams each block once
+        with a vectorised Welford update.  Both accumulate in float64.
+    relu : bool, default False
+        Apply ``max(y, 0)`` in the same pass (NaN stays NaN).
+    out : ndarray, optional
+        Receives y: x's shape and dtype, writeable.  May be x itself.
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype; a new C-contiguous array unless `out` is given.
+
+    Raises
+    ------
+    TypeError
+        x not float32/float64; a parameter that is not numeric; running
+        statistics of another dtype than x in training.
+    ValueError
+        Bad shapes, axis, eps, momentum or method; too few values per channel
+        in training; inference without running statistics; a bad `out`.
+        Nothing is modified when an error is raised.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    >>> cnorm.batch_norm(x, training=True, eps=0.0)[:, 0]
+    array([[-1.2126781, -0.7276069],
+           [ 0.7276069,  1.2126781]], dtype=float32)
+    """
+    y, _, _ = _forward(x, weight, bias, running_mean, running_var, bool_value(training, "training"),
+                       momentum, eps, axis, method, relu, out, False)
+    return y
+
+
+def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                       momentum=0.1, eps=1e-5, axis=1, method=None, out=None):
+    """Training-mode batch normalization that also returns what backward needs.
+
+    Takes the same arguments as `batch_norm` with ``training=True`` (no
+    ``relu``).
+
+    Returns
+    -------
+    BatchNormOutput
+        ``(y, mean, invstd)``: y of x's shape; the batch mean and
+        ``1 / sqrt(var + eps)`` per channel, of shape (C,) and x's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> res = cnorm.batch_norm_forward(x, eps=0.0)
+    >>> res.mean, res.invstd
+    (array([ 2., 20.]), array([1. , 0.1]))
+    """
+    return BatchNormOutput(*_forward(x, weight, bias, running_mean, running_var, True, momentum,
+                                     eps, axis, method, False, out, True))
+
+
+def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis=1, out=None):
+    """Gradients of batch normalization.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to y; x's shape (cast to x's dtype).
+    x : array_like of shape (N, C, ...) or (N, ..., C)
+        The forward input, float32 or float64.
+    mean, invstd : array_like of shape (C,)
+        With ``training=True``, the batch statistics `batch_norm_forward`
+        returned.  With ``training=False``, the running mean and
+        ``1 / sqrt(running_var + eps)``.
+    weight : array_like of shape (C,), optional
+        None means ones.
+    training : bool, default True
+        True: the gradient flows through the batch statistics::
+
+            dx = weight * invstd / n * (n * dy - sum(dy) - xhat * sum(dy * xhat))
+
+        False: the statistics are constants, ``dx = dy * weight * invstd``.
+    axis : int, default 1
+        The channel axis.
+    out : ndarray, optional
+        Receives dx; may be dy or x itself.
+
+    Returns
+    -------
+    BatchNormGrads
+        ``(dx, dweight, dbias)`` with ``dweight = sum(dy * xhat)`` and
+        ``dbias = sum(dy)`` per channel, where ``xhat = (x - mean) * invstd``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([[1.0], [3.0]])
+    >>> fwd = cnorm.batch_norm_forward(x, eps=0.0)
+    >>> cnorm.batch_norm_backward(np.array([[1.0], [0.0]]), x, fwd.mean, fwd.invstd)
+    BatchNormGrads(dx=array([[0.], [0.]]), dweight=array([-1.]), dbias=array([1.]))
+    """
+    x = float_array(x, "x")
+    dy = float_array(dy, "dy")
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    training = bool_value(training, "training")
+    axis = axis_value(axis, x.ndim)
+    n, c, m = _layout(x, axis)
+    shape = (c,)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd are required")
+    mean = like_array(mean, "mean", x.dtype, shape)
+    invstd = like_array(invstd, "invstd", x.dtype, shape)
+    weight = like_array(weight, "weight", x.dtype, shape)
+    out, dx = _output(out, x, [("x", x), ("dy", dy)])
+    dweight = np.zeros(shape, dtype=x.dtype)
+    dbias = np.zeros(shape, dtype=x.dtype)
+    if x.size:
+        dyc = _c_contiguous(dy if dy.dtype == x.dtype else dy.astype(x.dtype))
+        _batchnorm.backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,
+                            dbias, training)
+    return BatchNormGrads(_deliver(out, dx), dweight, dbias)
