@@ -7,6 +7,16 @@ from cnorm.batchnorm import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # cnorm.bench is imported on first use: it is a command, not part of the hot API.
+    if name == "bench":
+        import importlib
+
+        return importlib.import_module("cnorm.bench")
+    raise AttributeError(f"module 'cnorm' has no attribute {name!r}")
+
+
 __all__ = [
     "batch_norm",
     "batch_norm_forward",
@@ -16,4 +26,5 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",
+    "bench",
 ]

@@ -89,8 +89,8 @@ cdef inline double lanes_total(const double* a) noexcept nogil:
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 
 
-cdef inline void run_sum(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
-    """acc[j] += x[i] for i = j (mod LANES)-ish: full steps by lane, tail into lanes 0.."""
+cdef inline void run_shifted_sum(double* acc, const floating* x, Py_ssize_t n, double s) noexcept nogil:
+    """acc[j] += x[i] - s over full steps of LANES values, then the tail into lanes 0, 1, ..."""
     cdef double a[LANES]
     cdef Py_ssize_t i, j, step, nb = n - n % LANES
     for j in range(LANES):
@@ -98,15 +98,15 @@ cdef inline void run_sum(double* acc, const floating* x, Py_ssize_t n) noexcept 
     for step in range(nb // LANES):
         i = step * LANES
         for j in range(LANES):
-            a[j] += x[i + j]
+            a[j] += x[i + j] - s
     for i in range(nb, n):
-        a[i - nb] += x[i]
+        a[i - nb] += x[i] - s
     for j in range(LANES):
         acc[j] = a[j]
 
 
 cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double m) noexcept nogil:
-    """acc += (x - m)**2, lane-wise as in run_sum."""
+    """acc += (x - m)**2, lane-wise as in run_shifted_sum."""
     cdef double a[LANES]
     cdef double d
     cdef Py_ssize_t i, j, step, nb = n - n % LANES
@@ -124,26 +124,21 @@ cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double 
         acc[j] = a[j]
 
 
-cdef inline void run_dot(double* sg, double* sgx, const floating* g, const floating* x,
-                         Py_ssize_t n, double m) noexcept nogil:
-    """sg += g and sgx += g * (x - m), lane-wise as in run_sum."""
+cdef inline void run_gdev(double* acc, const floating* g, const floating* x, Py_ssize_t n,
+                          double m) noexcept nogil:
+    """acc += g * (x - m), lane-wise as in run_shifted_sum."""
     cdef double a[LANES]
-    cdef double b[LANES]
     cdef Py_ssize_t i, j, step, nb = n - n % LANES
     for j in range(LANES):
-        a[j] = sg[j]
-        b[j] = sgx[j]
+        a[j] = acc[j]
     for step in range(nb // LANES):
         i = step * LANES
         for j in range(LANES):
-            a[j] += g[i + j]
-            b[j] += g[i + j] * (x[i + j] - m)
+            a[j] += g[i + j] * (x[i + j] - m)
     for i in range(nb, n):
-        a[i - nb] += g[i]
-        b[i - nb] += g[i] * (x[i] - m)
+        a[i - nb] += g[i] * (x[i] - m)
     for j in range(LANES):
-        sg[j] = a[j]
-        sgx[j] = b[j]
+        acc[j] = a[j]
 
 
 ctypedef struct WelfordLanes:
@@ -222,6 +217,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     """(count, mean, M2) of elements [i0, i1) of a segmented sequence."""
     cdef Moments out
     cdef double acc[LANES]
+    cdef double x0
     cdef WelfordLanes w
     cdef Py_ssize_t i, j, off, L
     if method == WELFORD:
@@ -232,15 +228,19 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
             run_welford(&w, base + off, L)
             i += L
         return welford_finish(&w)
+    # Sum x - x0, with x0 the first value: a constant block then has exactly
+    # mean x0 and M2 0, and data far from zero loses nothing to its offset.
+    seq_run(i0, i1, M, stride, &off)
+    x0 = base[off]
     for j in range(LANES):
         acc[j] = 0.0
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
-        run_sum(acc, base + off, L)
+        run_shifted_sum(acc, base + off, L, x0)
         i += L
     out.n = <double>(i1 - i0)
-    out.mean = lanes_total(acc) / out.n
+    out.mean = x0 + lanes_total(acc) / out.n
     for j in range(LANES):
         acc[j] = 0.0
     i = i0
@@ -265,7 +265,8 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
-        run_dot(a, b, g + off, x + off, L, m)
+        run_shifted_sum(a, g + off, L, 0.0)
+        run_gdev(b, g + off, x + off, L, m)
         i += L
     sum_g[0] += lanes_total(a)
     sum_gx[0] += lanes_total(b)

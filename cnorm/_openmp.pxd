@@ -11,8 +11,19 @@ cdef extern from *:
     static inline int omp_get_max_threads(void) { return 1; }
     static inline int omp_get_thread_num(void) { return 0; }
     #endif
+
+    static inline int cnorm_cpu_has_v3(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+            && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
+    #else
+        return 0;
+    #endif
+    }
     """
     bint CNORM_HAVE_OPENMP
+    bint cnorm_cpu_has_v3() noexcept nogil
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
 

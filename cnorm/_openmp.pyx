@@ -19,6 +19,11 @@ def _default_threads():
     return n if n > 0 else (os.cpu_count() or 1)
 
 
+def cpu_has_v3():
+    """Whether this CPU (and OS) supports x86-64-v3: AVX2, FMA, BMI2, F16C."""
+    return bool(cnorm_cpu_has_v3())
+
+
 def openmp_enabled():
     """Return True when the kernels were compiled with OpenMP."""
     return bool(CNORM_HAVE_OPENMP)

@@ -1,18 +1,20 @@
 """Batch normalization: the Python API.
 
 This layer checks every argument, allocates every output and picks the
-kernel; the arithmetic lives in ``cnorm/_batchnorm.pyx``.
+kernel; the arithmetic lives in ``cnorm/_batchnorm_kernels.pxi``.
 """
 
 from collections import namedtuple
 
 import numpy as np
 
-from cnorm import _batchnorm
 from cnorm._checks import (
     axis_value, bool_value, check_overlap, eps_value, float_array, inplace_array, like_array,
     method_value, momentum_value, out_array,
 )
+from cnorm._dispatch import kernels
+
+_batchnorm = kernels("_batchnorm")
 
 __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
            "BatchNormOutput", "BatchNormGrads"]
@@ -96,8 +98,17 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     if x.size:
         xc = _c_contiguous(x)
         if training:
-            _batchnorm.train(xc, y, n, c, m, weight, bias, running_mean, running_var, mean,
-                             invstd, eps, momentum, method, relu)
+            # The kernel updates running statistics as contiguous arrays; a strided view is
+            # updated through a contiguous copy that is written back.
+            rm, rv = running_mean, running_var
+            if rm is not None:
+                rm, rv = _c_contiguous(rm), _c_contiguous(rv)
+            _batchnorm.train(xc, y, n, c, m, weight, bias, rm, rv, mean, invstd, eps, momentum,
+                             method, relu)
+            if rm is not running_mean:
+                running_mean[...] = rm
+            if rv is not running_var:
+                running_var[...] = rv
         else:
             _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu)
     return _deliver(out, y), mean, invstd

@@ -1,0 +1,28 @@
+"""Pick the kernel build for this CPU.
+
+Each kernel module is compiled twice (see setup.py): ``NAME`` for any CPU of
+the target architecture and ``NAME_v3`` for x86-64-v3 (AVX2 + FMA).  Both
+come from the same source with ``-ffp-contract=off``, so they give bitwise
+identical results; v3 is simply faster.  Set ``CNORM_ISA=baseline`` to force
+the portable build.
+"""
+
+import importlib
+import os
+
+from cnorm._openmp import cpu_has_v3
+
+
+def kernels(name):
+    """Import ``cnorm.NAME_v3`` where the CPU supports it, else ``cnorm.NAME``."""
+    if os.environ.get("CNORM_ISA", "auto").lower() != "baseline" and cpu_has_v3():
+        try:
+            return importlib.import_module(f"cnorm.{name}_v3")
+        except ImportError:
+            pass
+    return importlib.import_module(f"cnorm.{name}")
+
+
+def isa(module):
+    """'x86-64-v3' or 'baseline', for the given kernel module."""
+    return "x86-64-v3" if module.__name__.endswith("_v3") else "baseline"

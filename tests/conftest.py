@@ -1,0 +1,79 @@
+"""Fixtures and helpers shared by the cnorm test-suite."""
+
+import contextlib
+import zlib
+
+import numpy as np
+import pytest
+
+import cnorm
+
+# Tolerances of assert_close, per dtype: (rtol, atol relative to the scale of
+# the expected values).  cnorm accumulates in float64 whatever the dtype, so
+# float32 results are off by a few float32 roundings of the final formula.
+TOLERANCES = {
+    np.dtype(np.float32): (2e-5, 2e-5),
+    np.dtype(np.float64): (1e-10, 1e-10),
+}
+
+
+def tolerances(dtype):
+    return TOLERANCES[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, dtype, rtol=None, atol=None, err_msg=""):
+    """assert_allclose with tolerances suited to ``dtype``.
+
+    ``atol`` is relative to the scale of ``expected`` (its largest finite
+    magnitude, at least 1), so that values near zero in an array of larger
+    ones are judged on the array's scale.  NaNs must match NaNs.
+    """
+    rt, at = tolerances(dtype)
+    rtol = rt if rtol is None else rtol
+    atol = at if atol is None else atol
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape, err_msg)
+    finite = expected[np.isfinite(expected)]
+    scale = max(1.0, float(np.max(np.abs(finite)))) if finite.size else 1.0
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol,
+                               atol=atol * scale, equal_nan=True, err_msg=err_msg)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Run a block with cnorm.set_num_threads(n), restoring the previous value."""
+    previous = cnorm.get_num_threads()
+    cnorm.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        cnorm.set_num_threads(previous)
+
+
+def channel_data(rng, shape, axis=1, dtype=np.float64, offset=2.0, spread=1.5):
+    """Random data whose channels have different means and standard deviations."""
+    shape = tuple(shape)
+    ndim = len(shape)
+    ax = axis % ndim
+    c = shape[ax]
+    bshape = [1] * ndim
+    bshape[ax] = c
+    mu = rng.uniform(-offset, offset, size=c).reshape(bshape)
+    sd = rng.uniform(1.0 / spread, spread, size=c).reshape(bshape)
+    return (rng.standard_normal(shape) * sd + mu).astype(dtype)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's node id: reproducible, different per test."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """No test leaks a thread-count change into the next one."""
+    previous = cnorm.get_num_threads()
+    yield
+    cnorm.set_num_threads(previous)

@@ -1,0 +1,394 @@
+"""Argument errors, table-driven.
+
+Each case is (description, builder, exception type, argument name).  A builder
+receives an `Env` holding a standard set of float32 arrays for x of shape
+(4, 3, 5) and may add more with ``env.put(name, array)``; it returns the
+callable that must raise.  The test then checks the exception type, that the
+message names the argument, and that none of the arrays in the Env (every
+array the call could see) was modified.
+"""
+
+import copy
+import re
+
+import numpy as np
+import pytest
+
+import cnorm
+
+SHAPE = (4, 3, 5)
+C = 3
+F32 = np.float32
+
+
+class Env(dict):
+    def __init__(self, rng):
+        super().__init__(
+            x=rng.standard_normal(SHAPE).astype(F32),
+            dy=rng.standard_normal(SHAPE).astype(F32),
+            w=rng.uniform(0.5, 2, C).astype(F32),
+            b=rng.uniform(-1, 1, C).astype(F32),
+            rm=rng.uniform(-1, 1, C).astype(F32),
+            rv=rng.uniform(0.5, 2, C).astype(F32),
+            mean=rng.uniform(-1, 1, C).astype(F32),
+            invstd=rng.uniform(0.5, 2, C).astype(F32),
+            out=np.full(SHAPE, 9.0, dtype=F32),
+        )
+
+    def put(self, name, value):
+        self[name] = value
+        return value
+
+    def readonly(self, name, value):
+        value = self.put(name, value)
+        value.flags.writeable = False
+        return value
+
+    def overlapping(self, shift=1):
+        """x and out: two views of one buffer, out shifted by `shift` elements."""
+        buf = self.put("buf", np.zeros(int(np.prod(SHAPE)) + shift, dtype=F32))
+        buf[:] = np.arange(buf.size, dtype=F32)
+        x = self.put("x_shared", buf[:-shift].reshape(SHAPE))
+        out = self.put("out_shared", buf[shift:].reshape(SHAPE))
+        return x, out
+
+
+def call(f, *args, **kw):
+    """f(*args, **kw), later: the arguments are built now, before the snapshot."""
+    return lambda: f(*args, **kw)
+
+
+def train(e, x=None, **kw):
+    """batch_norm in training with running statistics (so that their safety is checked)."""
+    kw.setdefault("running_mean", e["rm"])
+    kw.setdefault("running_var", e["rv"])
+    return lambda: cnorm.batch_norm(e["x"] if x is None else x, e["w"], e["b"], training=True,
+                                    **kw)
+
+
+def infer(e, x=None, **kw):
+    kw.setdefault("running_mean", e["rm"])
+    kw.setdefault("running_var", e["rv"])
+    return lambda: cnorm.batch_norm(e["x"] if x is None else x, e["w"], e["b"], training=False,
+                                    **kw)
+
+
+def forward(e, x=None, **kw):
+    kw.setdefault("running_mean", e["rm"])
+    kw.setdefault("running_var", e["rv"])
+    return lambda: cnorm.batch_norm_forward(e["x"] if x is None else x, e["w"], e["b"], **kw)
+
+
+def backward(e, dy=None, x=None, **kw):
+    kw.setdefault("mean", e["mean"])
+    kw.setdefault("invstd", e["invstd"])
+    kw.setdefault("weight", e["w"])
+    return lambda: cnorm.batch_norm_backward(e["dy"] if dy is None else dy,
+                                             e["x"] if x is None else x, **kw)
+
+
+def _bad_dtype_arrays(e):
+    x = e["x"]
+    return {
+        "int64": x.astype(np.int64),
+        "int32": x.astype(np.int32),
+        "bool": x > 0,
+        "complex64": x.astype(np.complex64),
+        "complex128": x.astype(np.complex128),
+        "object": x.astype(object),
+        "float16": x.astype(np.float16),
+    }
+
+
+BAD_DTYPES = ["int64", "int32", "bool", "complex64", "complex128", "object", "float16"]
+
+CASES = []
+
+
+def case(desc, build, exc, name):
+    CASES.append(pytest.param(build, exc, name, id=desc))
+
+
+# --- TypeError: x / dy not floating ------------------------------------------------------
+for _dt in BAD_DTYPES:
+    case(f"train-x-{_dt}",
+         lambda e, dt=_dt: train(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])), TypeError, "x")
+    case(f"infer-x-{_dt}",
+         lambda e, dt=_dt: infer(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])), TypeError, "x")
+    case(f"forward-x-{_dt}",
+         lambda e, dt=_dt: forward(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])), TypeError, "x")
+    case(f"backward-x-{_dt}",
+         lambda e, dt=_dt: backward(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])), TypeError, "x")
+    case(f"backward-dy-{_dt}",
+         lambda e, dt=_dt: backward(e, dy=e.put("bad", _bad_dtype_arrays(e)[dt])), TypeError,
+         "dy")
+case("train-x-int-nested-list", lambda e: train(e, x=[[[1, 2]] * 3] * 4), TypeError, "x")
+case("train-x-ragged-list", lambda e: train(e, x=[[1.0, 2.0, 3.0], [1.0]]), TypeError, "x")
+case("train-x-string", lambda e: train(e, x="abc"), TypeError, "x")
+case("backward-dy-int-list", lambda e: backward(e, dy=e["x"].astype(int).tolist()), TypeError,
+     "dy")
+
+# --- TypeError: running statistics in training ---------------------------------------------
+case("train-running_mean-float64",
+     lambda e: train(e, running_mean=e.put("rm64", e["rm"].astype(np.float64))), TypeError,
+     "running_mean")
+case("train-running_var-float64",
+     lambda e: train(e, running_var=e.put("rv64", e["rv"].astype(np.float64))), TypeError,
+     "running_var")
+case("forward-running_mean-float64",
+     lambda e: forward(e, running_mean=e.put("rm64", e["rm"].astype(np.float64))), TypeError,
+     "running_mean")
+case("forward-running_var-float16",
+     lambda e: forward(e, running_var=e.put("rv16", e["rv"].astype(np.float16))), TypeError,
+     "running_var")
+case("train-float64-x-float32-running_mean",
+     lambda e: train(e, x=e.put("x64", e["x"].astype(np.float64)),
+                     running_var=e.put("rv64", e["rv"].astype(np.float64))),
+     TypeError, "running_mean")
+case("train-running_mean-list", lambda e: train(e, running_mean=e["rm"].tolist()), TypeError,
+     "running_mean")
+case("train-running_var-list", lambda e: train(e, running_var=e["rv"].tolist()), TypeError,
+     "running_var")
+case("forward-running_mean-tuple", lambda e: forward(e, running_mean=tuple(e["rm"].tolist())),
+     TypeError, "running_mean")
+
+# --- TypeError: complex / non-numeric parameters -------------------------------------------
+case("train-weight-complex",
+     lambda e: call(cnorm.batch_norm, e["x"], e.put("wc", e["w"].astype(complex)),
+                    training=True, running_mean=e["rm"], running_var=e["rv"]),
+     TypeError, "weight")
+case("infer-weight-complex",
+     lambda e: call(cnorm.batch_norm, e["x"], e.put("wc", e["w"].astype(np.complex64)),
+                    None, e["rm"], e["rv"]), TypeError, "weight")
+case("forward-bias-complex",
+     lambda e: call(cnorm.batch_norm_forward, e["x"], e["w"],
+                    e.put("bc", e["b"].astype(complex))),
+     TypeError, "bias")
+case("backward-weight-complex",
+     lambda e: backward(e, weight=e.put("wc", e["w"].astype(complex))), TypeError, "weight")
+case("infer-running_mean-complex",
+     lambda e: infer(e, running_mean=e.put("rmc", e["rm"].astype(complex))), TypeError,
+     "running_mean")
+case("train-weight-strings",
+     lambda e: call(cnorm.batch_norm, e["x"], ["a", "b", "c"], training=True), TypeError,
+     "weight")
+
+# --- ValueError: dimensions and axis ---------------------------------------------------------
+case("train-x-1d",
+     lambda e: call(cnorm.batch_norm, e.put("x1", np.ones(5, F32)), training=True),
+     ValueError, "x")
+case("infer-x-1d",
+     lambda e: call(cnorm.batch_norm, e.put("x1", np.ones(3, F32)), None, None, e["rm"],
+                    e["rv"]), ValueError, "x")
+case("train-x-0d",
+     lambda e: call(cnorm.batch_norm, e.put("x0", np.array(1.0, F32)), training=True),
+     ValueError, "x")
+case("forward-x-1d", lambda e: call(cnorm.batch_norm_forward, e.put("x1", np.ones(5, F32))),
+     ValueError, "x")
+case("backward-x-1d",
+     lambda e: call(cnorm.batch_norm_backward, e.put("d1", np.ones(3, F32)),
+                    e.put("x1", np.ones(3, F32)), e["mean"], e["invstd"]), ValueError, "x")
+case("train-axis-2-of-2d",
+     lambda e: call(cnorm.batch_norm, e.put("x2", np.ones((4, 3), F32)), training=True,
+                    axis=2), ValueError, "axis")
+case("train-axis-minus3-of-2d",
+     lambda e: call(cnorm.batch_norm, e.put("x2", np.ones((4, 3), F32)), training=True,
+                    axis=-3), ValueError, "axis")
+case("infer-axis-3", lambda e: infer(e, axis=3), ValueError, "axis")
+case("forward-axis-minus4", lambda e: forward(e, axis=-4), ValueError, "axis")
+case("backward-axis-3", lambda e: backward(e, axis=3), ValueError, "axis")
+case("train-axis-float", lambda e: train(e, axis=1.0), TypeError, "axis")
+
+# --- ValueError: per-channel shapes ----------------------------------------------------------
+case("train-weight-shape", lambda e: call(
+    cnorm.batch_norm, e["x"], e.put("w4", np.ones(4, F32)), e["b"], e["rm"], e["rv"],
+    training=True),
+    ValueError, "weight")
+case("train-weight-2d", lambda e: call(
+    cnorm.batch_norm, e["x"], e.put("w31", np.ones((3, 1), F32)), e["b"], e["rm"], e["rv"],
+    training=True),
+    ValueError, "weight")
+case("infer-weight-list-shape", lambda e: call(
+    cnorm.batch_norm, e["x"], [1.0, 2.0], None, e["rm"], e["rv"]), ValueError, "weight")
+case("train-bias-shape", lambda e: call(
+    cnorm.batch_norm, e["x"], e["w"], e.put("b2", np.zeros(2, F32)), e["rm"], e["rv"],
+    training=True),
+    ValueError, "bias")
+case("forward-bias-scalar", lambda e: call(cnorm.batch_norm_forward, e["x"], e["w"], 0.5),
+     ValueError, "bias")
+case("train-running_mean-shape",
+     lambda e: train(e, running_mean=e.put("rm4", np.zeros(4, F32))), ValueError, "running_mean")
+case("train-running_var-shape",
+     lambda e: train(e, running_var=e.put("rv2", np.ones(2, F32))), ValueError, "running_var")
+case("infer-running_mean-shape",
+     lambda e: infer(e, running_mean=e.put("rm4", np.zeros(4, F32))), ValueError, "running_mean")
+case("infer-running_var-shape",
+     lambda e: infer(e, running_var=e.put("rv13", np.ones((1, 3), F32))), ValueError,
+     "running_var")
+case("backward-mean-shape", lambda e: backward(e, mean=e.put("m4", np.zeros(4, F32))),
+     ValueError, "mean")
+case("backward-invstd-shape", lambda e: backward(e, invstd=e.put("i2", np.ones(2, F32))),
+     ValueError, "invstd")
+case("backward-weight-shape", lambda e: backward(e, weight=e.put("w5", np.ones(5, F32))),
+     ValueError, "weight")
+case("backward-mean-none", lambda e: backward(e, mean=None), ValueError, "mean")
+case("backward-axis-minus1-mean-shape", lambda e: backward(e, axis=-1), ValueError, "mean")
+
+# --- ValueError: running statistics given alone / missing -------------------------------------
+case("train-running_mean-only", lambda e: train(e, running_var=None), ValueError,
+     "running_mean")
+case("train-running_var-only", lambda e: train(e, running_mean=None), ValueError,
+     "running_var")
+case("infer-running_mean-only", lambda e: infer(e, running_var=None), ValueError,
+     "running_var")
+case("forward-running_var-only", lambda e: forward(e, running_mean=None), ValueError,
+     "running_mean")
+case("infer-without-running-stats", lambda e: infer(e, running_mean=None, running_var=None),
+     ValueError, "running_mean")
+case("infer-default-training-without-stats",
+     lambda e: call(cnorm.batch_norm, e["x"], e["w"], e["b"]), ValueError, "running_mean")
+
+# --- ValueError: method, eps, momentum ------------------------------------------------------
+case("train-method-fast", lambda e: train(e, method="fast"), ValueError, "method")
+case("forward-method-Welford", lambda e: forward(e, method="Welford"), ValueError, "method")
+case("infer-method-fast", lambda e: infer(e, method="fast"), ValueError, "method")
+case("train-method-int", lambda e: train(e, method=1), ValueError, "method")
+for _eps, _id in [(-1e-5, "negative"), (float("nan"), "nan"), (float("inf"), "inf"),
+                  (-float("inf"), "-inf")]:
+    case(f"train-eps-{_id}", lambda e, v=_eps: train(e, eps=v), ValueError, "eps")
+    case(f"infer-eps-{_id}", lambda e, v=_eps: infer(e, eps=v), ValueError, "eps")
+    case(f"forward-eps-{_id}", lambda e, v=_eps: forward(e, eps=v), ValueError, "eps")
+case("train-eps-string", lambda e: train(e, eps="small"), TypeError, "eps")
+for _m, _id in [(-0.1, "negative"), (1.5, "above-1"), (float("nan"), "nan"),
+                (float("inf"), "inf")]:
+    case(f"train-momentum-{_id}", lambda e, v=_m: train(e, momentum=v), ValueError, "momentum")
+    case(f"forward-momentum-{_id}", lambda e, v=_m: forward(e, momentum=v), ValueError,
+         "momentum")
+case("train-momentum-none", lambda e: train(e, momentum=None), TypeError, "momentum")
+
+# --- ValueError: too few values per channel in training ------------------------------------
+case("train-shape-1x3", lambda e: call(
+    cnorm.batch_norm, e.put("x13", np.ones((1, 3), F32)), e["w"], e["b"], e["rm"], e["rv"],
+    training=True),
+    ValueError, "x")
+case("train-empty-batch-0x3", lambda e: call(
+    cnorm.batch_norm, e.put("x03", np.ones((0, 3), F32)), e["w"], e["b"], e["rm"], e["rv"],
+    training=True),
+    ValueError, "x")
+case("train-shape-1x3x1", lambda e: call(
+    cnorm.batch_norm, e.put("x131", np.ones((1, 3, 1), F32)), training=True), ValueError, "x")
+case("forward-shape-1x3", lambda e: call(
+    cnorm.batch_norm_forward, e.put("x13", np.ones((1, 3), F32)), e["w"], e["b"], e["rm"],
+    e["rv"]), ValueError, "x")
+case("forward-empty-batch-0x3x4", lambda e: call(
+    cnorm.batch_norm_forward, e.put("x034", np.ones((0, 3, 4), F32))), ValueError, "x")
+
+# --- ValueError: dy shape -----------------------------------------------------------------
+case("backward-dy-shape", lambda e: backward(e, dy=e.put("dy2", np.ones((4, 3, 4), F32))),
+     ValueError, "dy")
+case("backward-dy-transposed", lambda e: backward(e, dy=e["dy"].transpose(0, 2, 1)),
+     ValueError, "dy")
+
+# --- ValueError: out --------------------------------------------------------------------
+for _mode, _fn in [("train", train), ("infer", infer), ("forward", forward),
+                   ("backward", backward)]:
+    case(f"{_mode}-out-shape",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros((4, 3, 4), F32))), ValueError, "out")
+    case(f"{_mode}-out-transposed-shape",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros((4, 5, 3), F32))), ValueError, "out")
+    case(f"{_mode}-out-dtype",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros(SHAPE, np.float64))), ValueError, "out")
+    case(f"{_mode}-out-readonly",
+         lambda e, f=_fn: f(e, out=e.readonly("o", np.zeros(SHAPE, F32))), ValueError, "out")
+    case(f"{_mode}-out-overlaps-x",
+         lambda e, f=_fn: (lambda xs, os_: f(e, x=xs, out=os_))(*e.overlapping(1)),
+         ValueError, "out")
+    case(f"{_mode}-out-overlaps-x-by-a-row",
+         lambda e, f=_fn: (lambda xs, os_: f(e, x=xs, out=os_))(*e.overlapping(5)),
+         ValueError, "out")
+case("backward-out-overlaps-dy",
+     lambda e: (lambda ds, os_: backward(e, dy=ds, out=os_))(*e.overlapping(1)),
+     ValueError, "out")
+case("train-out-reversed-x",
+     lambda e: train(e, out=e["x"][::-1]), ValueError, "out")
+case("infer-out-list", lambda e: infer(e, out=np.zeros(SHAPE, F32).tolist()), TypeError, "out")
+
+# --- ValueError: read-only running statistics in training ---------------------------------
+case("train-running_mean-readonly",
+     lambda e: train(e, running_mean=e.readonly("rm_ro", e["rm"].copy())), ValueError,
+     "running_mean")
+case("train-running_var-readonly",
+     lambda e: train(e, running_var=e.readonly("rv_ro", e["rv"].copy())), ValueError,
+     "running_var")
+case("forward-running_mean-readonly",
+     lambda e: forward(e, running_mean=e.readonly("rm_ro", e["rm"].copy())), ValueError,
+     "running_mean")
+
+# --- bool flags -------------------------------------------------------------------------
+case("train-relu-string", lambda e: train(e, relu="yes"), TypeError, "relu")
+case("batch_norm-training-int", lambda e: call(cnorm.batch_norm, e["x"], training=1),
+     TypeError, "training")
+
+# --- thread count ------------------------------------------------------------------------
+case("set_num_threads-0", lambda e: call(cnorm.set_num_threads, 0), ValueError, "n")
+case("set_num_threads-negative", lambda e: call(cnorm.set_num_threads, -2), ValueError, "n")
+case("set_num_threads-1.5", lambda e: call(cnorm.set_num_threads, 1.5), TypeError, "n")
+case("set_num_threads-str", lambda e: call(cnorm.set_num_threads, "2"), TypeError, "n")
+case("set_num_threads-none", lambda e: call(cnorm.set_num_threads, None), TypeError, "n")
+
+
+def _snapshot(env):
+    return {k: copy.deepcopy(v) for k, v in env.items()}
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray):
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        if a.dtype.kind in "fc":
+            return np.array_equal(a, b, equal_nan=True)
+        return np.array_equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("build,exc,name", CASES)
+def test_error(rng, build, exc, name):
+    env = Env(rng)
+    fn = build(env)
+    before = _snapshot(env)
+    threads_before = cnorm.get_num_threads()
+    with pytest.raises(exc) as info:
+        fn()
+    assert type(info.value) is exc, f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value)
+    assert re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", message), \
+        f"message does not name {name!r}: {message!r}"
+    assert env.keys() == before.keys(), "arrays must be created by the builder, not the call"
+    for key, value in env.items():
+        assert _same(value, before[key]), f"{key} was modified by a call that raised"
+    assert cnorm.get_num_threads() == threads_before
+
+
+def test_every_error_case_is_distinct():
+    ids = [p.id for p in CASES]
+    assert len(ids) == len(set(ids))
+    assert len(ids) > 100
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5), 1), ((4, 5, 3), -1)])
+def test_valid_edge_arguments_are_accepted(rng, shape, axis):
+    """The boundaries of the checked ranges are valid: eps=0, momentum 0 and 1, x of two
+    values per channel, a read-only x, weight and running statistics (inference)."""
+    x = rng.standard_normal(shape).astype(F32)
+    x.flags.writeable = False
+    rm, rv = np.zeros(3, F32), np.ones(3, F32)
+    for momentum in (0.0, 1.0, 0, 1, np.float32(0.5)):
+        cnorm.batch_norm(x, None, None, rm, rv, training=True, momentum=momentum, eps=0, axis=axis)
+    ro = np.ones(3, F32)
+    ro.flags.writeable = False
+    y = cnorm.batch_norm(x, ro, None, ro, ro, training=False, axis=axis)
+    assert y.shape == shape
+    two = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], F32)
+    y = cnorm.batch_norm(two, training=True, eps=0.0)
+    assert np.array_equal(y[:, 0], np.array([-1.0, 1.0], F32))
+    assert np.array_equal(y[:, 2], np.array([1.0, -1.0], F32))
