@@ -109,11 +109,11 @@ def extension(name, extra=()):
     return Extension(
         f"cnorm.{name}",
         [f"cnorm/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=["cnorm", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=compile_args + list(extra),
         extra_link_args=link_args,
-        depends=["cnorm/_moments.pxd", "cnorm/_openmp.pxd"] + glob.glob("cnorm/*.pxi"),
+        depends=["cnorm/_moments.pxd", "cnorm/_openmp.pxd", "cnorm/_stream.h"] + glob.glob("cnorm/*.pxi"),
     )
 
 

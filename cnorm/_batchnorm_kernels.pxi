@@ -26,7 +26,8 @@ from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
     CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
-    moments_merge, moments_zero, run_affine, run_affine_columns, seq_dot, seq_moments,
+    moments_merge, moments_zero, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
+    cnorm_stream_copy, cnorm_stream_fence,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 
@@ -77,18 +78,20 @@ cdef inline bint whole_channels(Py_ssize_t C, int nt) noexcept nogil:
 # ---------------------------------------------------------------------------
 
 cdef void normalize_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-                           const Affine* aff, bint relu, int nt) noexcept nogil:
+                           const Affine* aff, bint relu, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t k
     for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        run_affine(x + k * M, y + k * M, M, aff[k % C], relu)
+        run_affine(x + k * M, y + k * M, M, aff[k % C], relu, stream)
 
 
 cdef void normalize_rows(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t K,
-                         const floating* cols, bint relu, int nt) noexcept nogil:
+                         const floating* cols, bint relu, bint stream, int nt) noexcept nogil:
     """cols holds hi, lo, scale, shift: four arrays of K."""
-    cdef Py_ssize_t r
-    for r in prange(R, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        run_affine_columns(x + r * K, y + r * K, K, cols, cols + K, cols + 2 * K, cols + 3 * K, relu)
+    cdef Py_ssize_t rb = STREAM_TILE // K if STREAM_TILE // K > 1 else 1
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t b
+    for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        rows_affine(x, y, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, K, cols, relu, stream)
 
 
 cdef void spread_columns(const Affine* aff, Py_ssize_t C, Py_ssize_t M, floating* cols) noexcept nogil:
@@ -254,7 +257,7 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
 cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                       const floating* w, const floating* b, floating* rmean, floating* rvar,
                       floating* mean_out, floating* invstd_out, double eps, double momentum,
-                      int method, bint relu, int nt) noexcept nogil:
+                      int method, bint relu, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
     cdef Py_ssize_t c, k, n, i0
@@ -266,8 +269,9 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
         for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             mo = chunked_moments(x + c * M, M, S, count, method)
             p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
-            for n in range(N):
-                run_affine(x + n * S + c * M, y + n * S + c * M, M, p, relu)
+            # backwards: the runs read last by the statistics are the likeliest still in cache
+            for n in range(N - 1, -1, -1):
+                run_affine(x + n * S + c * M, y + n * S + c * M, M, p, relu, stream)
         return 0
     part = <Moments*>malloc(C * nchunk * sizeof(Moments) + C * sizeof(Affine))
     if part == NULL:
@@ -282,7 +286,7 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
         for k in range(nchunk):
             moments_merge(&mo, part[c * nchunk + k])
         aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
-    normalize_planar(x, y, N, C, M, aff, relu, nt)
+    normalize_planar(x, y, N, C, M, aff, relu, stream, nt)
     free(part)
     return 0
 
@@ -290,7 +294,7 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
 cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                     const floating* w, const floating* b, floating* rmean, floating* rvar,
                     floating* mean_out, floating* invstd_out, double eps, double momentum,
-                    int method, bint relu, int nt) noexcept nogil:
+                    int method, bint relu, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t K = C * M, c, m
     cdef Moments mo, col
     cdef double* stats = <double*>malloc((2 * K + 1) * sizeof(double))
@@ -309,7 +313,7 @@ cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, 
                 moments_merge(&mo, col)
             aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
         spread_columns(aff, C, M, cols)
-        normalize_rows(x, y, N, K, cols, relu, nt)
+        normalize_rows(x, y, N, K, cols, relu, stream, nt)
     free(stats)
     free(aff)
     free(cols)
@@ -322,7 +326,7 @@ cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, 
 
 cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                const floating* w, const floating* b, const floating* rmean, const floating* rvar,
-               double eps, bint relu, int nt) noexcept nogil:
+               double eps, bint relu, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t c
     cdef Affine* aff = <Affine*>malloc((C + 1) * sizeof(Affine))
     cdef floating* cols = NULL
@@ -332,14 +336,14 @@ cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ss
         aff[c] = make_affine(rmean[c], (w[c] if w != NULL else 1.0) / sqrt(<double>rvar[c] + eps),
                              b[c] if b != NULL else 0.0, <floating>0)
     if M >= PLANAR_MIN_RUN:
-        normalize_planar(x, y, N, C, M, aff, relu, nt)
+        normalize_planar(x, y, N, C, M, aff, relu, stream, nt)
     else:
         cols = <floating*>malloc((4 * C * M + 1) * sizeof(floating))
         if cols == NULL:
             free(aff)
             return -1
         spread_columns(aff, C, M, cols)
-        normalize_rows(x, y, N, C * M, cols, relu, nt)
+        normalize_rows(x, y, N, C * M, cols, relu, stream, nt)
         free(cols)
     free(aff)
     return 0
@@ -373,8 +377,8 @@ cdef inline Grad finish_grad(double sum_g, double sum_gx, Py_ssize_t c, double c
     return q
 
 
-cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
-                          Grad q, bint training) noexcept nogil:
+cdef inline void grad_block(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                            Grad q, bint training) noexcept nogil:
     cdef floating hi = <floating>q.hi
     cdef floating a = <floating>q.a
     cdef floating bc = <floating>q.bc
@@ -388,10 +392,25 @@ cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py
             dx[i] = g[i] * a
 
 
+cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                          Grad q, bint training, bint stream) noexcept nogil:
+    cdef floating buf[STREAM_TILE]
+    cdef Py_ssize_t t = 0, L
+    if not stream:
+        grad_block(g, x, dx, n, q, training)
+        return
+    while t < n:
+        L = STREAM_TILE if n - t > STREAM_TILE else n - t
+        grad_block(g + t, x + t, buf, L, q, training)
+        cnorm_stream_copy(dx + t, buf, L * sizeof(floating))
+        t += L
+    cnorm_stream_fence()
+
+
 cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
                          Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
                          const floating* w, floating* dweight, floating* dbias, bint training,
-                         int nt) noexcept nogil:
+                         bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
     cdef Py_ssize_t c, k, n, i0, off
@@ -405,9 +424,9 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
             sgx = 0.0
             chunked_dot(g + c * M, x + c * M, M, S, count, mean[c], &sg, &sgx)
             q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training)
-            for n in range(N):
+            for n in range(N - 1, -1, -1):    # backwards, as in train_planar
                 off = n * S + c * M
-                run_grad(g + off, x + off, dx + off, M, q, training)
+                run_grad(g + off, x + off, dx + off, M, q, training, stream)
         return 0
     part = <double*>malloc(2 * C * nchunk * sizeof(double) + C * sizeof(Grad))
     if part == NULL:
@@ -428,7 +447,7 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
             sgx += part[2 * k + 1]
         qs[c] = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training)
     for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        run_grad(g + k * M, x + k * M, dx + k * M, M, qs[k % C], training)
+        run_grad(g + k * M, x + k * M, dx + k * M, M, qs[k % C], training, stream)
     free(part)
     return 0
 
@@ -436,7 +455,7 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
 cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
                        Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
                        const floating* w, floating* dweight, floating* dbias, bint training,
-                       int nt) noexcept nogil:
+                       bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t K = C * M, c, m, r, i
     cdef double sg, sgx
     cdef Grad q
@@ -499,7 +518,7 @@ cdef inline int method_code(object method) except -1:
 
 def train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
           weight, bias, running_mean, running_var, mean_out, invstd_out,
-          double eps, double momentum, method, bint relu):
+          double eps, double momentum, method, bint relu, bint stream):
     cdef int meth = method_code(method)
     cdef int nt = threads_for(N * C * M)
     cdef bint planar = M >= PLANAR_MIN_RUN
@@ -516,17 +535,17 @@ def train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M
         if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
             rc = (train_planar[float] if planar else train_rows[float])(
                 <float*>px, <float*>py, N, C, M, <float*>pw, <float*>pb, <float*>prm, <float*>prv,
-                <float*>pmean, <float*>pinv, eps, momentum, meth, relu, nt)
+                <float*>pmean, <float*>pinv, eps, momentum, meth, relu, stream, nt)
         else:
             rc = (train_planar[double] if planar else train_rows[double])(
                 <double*>px, <double*>py, N, C, M, <double*>pw, <double*>pb, <double*>prm,
-                <double*>prv, <double*>pmean, <double*>pinv, eps, momentum, meth, relu, nt)
+                <double*>prv, <double*>pmean, <double*>pinv, eps, momentum, meth, relu, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
 
 def inference(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-              weight, bias, running_mean, running_var, double eps, bint relu):
+              weight, bias, running_mean, running_var, double eps, bint relu, bint stream):
     cdef int nt = threads_for(N * C * M)
     cdef void* px = data(x)
     cdef void* py = data(y)
@@ -538,16 +557,16 @@ def inference(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize
     with nogil:
         if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
             rc = infer[float](<float*>px, <float*>py, N, C, M, <float*>pw, <float*>pb,
-                              <float*>prm, <float*>prv, eps, relu, nt)
+                              <float*>prm, <float*>prv, eps, relu, stream, nt)
         else:
             rc = infer[double](<double*>px, <double*>py, N, C, M, <double*>pw, <double*>pb,
-                               <double*>prm, <double*>prv, eps, relu, nt)
+                               <double*>prm, <double*>prv, eps, relu, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C,
-             Py_ssize_t M, mean, invstd, weight, dweight, dbias, bint training):
+             Py_ssize_t M, mean, invstd, weight, dweight, dbias, bint training, bint stream):
     cdef int nt = threads_for(N * C * M)
     cdef bint planar = M >= PLANAR_MIN_RUN
     cdef void* pg = data(dy)
@@ -563,10 +582,10 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssi
         if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
             rc = (backward_planar[float] if planar else backward_rows[float])(
                 <float*>pg, <float*>px, <float*>pdx, N, C, M, <float*>pmean, <float*>pinv,
-                <float*>pw, <float*>pdw, <float*>pdb, training, nt)
+                <float*>pw, <float*>pdw, <float*>pdb, training, stream, nt)
         else:
             rc = (backward_planar[double] if planar else backward_rows[double])(
                 <double*>pg, <double*>px, <double*>pdx, N, C, M, <double*>pmean, <double*>pinv,
-                <double*>pw, <double*>pdw, <double*>pdb, training, nt)
+                <double*>pw, <double*>pdw, <double*>pdb, training, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm_backward")

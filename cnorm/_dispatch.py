@@ -10,7 +10,7 @@ the portable build.
 import importlib
 import os
 
-from cnorm._openmp import cpu_has_v3
+from cnorm._openmp import cpu_has_v3, llc_bytes
 
 
 def kernels(name):
@@ -26,3 +26,21 @@ def kernels(name):
 def isa(module):
     """'x86-64-v3' or 'baseline', for the given kernel module."""
     return "x86-64-v3" if module.__name__.endswith("_v3") else "baseline"
+
+
+def _stream_threshold():
+    env = os.environ.get("CNORM_STREAM_BYTES")
+    if env:
+        return int(env)
+    return llc_bytes() or 32 << 20
+
+
+# Outputs are written with streaming (non-temporal) stores when the bytes a
+# call moves exceed the last-level cache: they would not stay in cache anyway,
+# and writing around it saves reading each destination line first.
+STREAM_BYTES = _stream_threshold()
+
+
+def stream_stores(nbytes):
+    """Whether a call that moves nbytes should write its output with streaming stores."""
+    return nbytes > STREAM_BYTES

@@ -13,7 +13,12 @@
 from cython cimport floating
 from libc.math cimport sqrt
 
+cdef extern from "_stream.h":
+    void cnorm_stream_copy(void* dst, const void* src, size_t n) noexcept nogil
+    void cnorm_stream_fence() noexcept nogil
+
 cdef enum:
+    STREAM_TILE = 1024   # elements computed in cache before a streaming store
     LANES = 8            # independent accumulators: enough for AVX-512 float64
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
@@ -310,8 +315,8 @@ ctypedef struct Affine:
     double shift
 
 
-cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p,
-                            bint relu) noexcept nogil:
+cdef inline void affine_block(const floating* x, floating* y, Py_ssize_t n, Affine p,
+                              bint relu) noexcept nogil:
     cdef floating hi = <floating>p.hi
     cdef floating lo = <floating>p.lo
     cdef floating s = <floating>p.scale
@@ -327,10 +332,26 @@ cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine
             y[i] = ((x[i] - hi) - lo) * s + b
 
 
-cdef inline void run_affine_columns(const floating* x, floating* y, Py_ssize_t n,
-                                    const floating* hi, const floating* lo,
-                                    const floating* s, const floating* b,
-                                    bint relu) noexcept nogil:
+cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p, bint relu,
+                            bint stream) noexcept nogil:
+    """y = ((x - hi) - lo) * scale + shift over a run, optionally with streaming stores."""
+    cdef floating buf[STREAM_TILE]
+    cdef Py_ssize_t t = 0, L
+    if not stream:
+        affine_block(x, y, n, p, relu)
+        return
+    while t < n:
+        L = STREAM_TILE if n - t > STREAM_TILE else n - t
+        affine_block(x + t, buf, L, p, relu)
+        cnorm_stream_copy(y + t, buf, L * sizeof(floating))
+        t += L
+    cnorm_stream_fence()
+
+
+cdef inline void affine_columns(const floating* x, floating* y, Py_ssize_t n,
+                                const floating* hi, const floating* lo,
+                                const floating* s, const floating* b,
+                                bint relu) noexcept nogil:
     """Row of a row-major matrix, with per-column hi/lo/scale/shift."""
     cdef floating v
     cdef Py_ssize_t i
@@ -341,3 +362,34 @@ cdef inline void run_affine_columns(const floating* x, floating* y, Py_ssize_t n
     else:
         for i in range(n):
             y[i] = ((x[i] - hi[i]) - lo[i]) * s[i] + b[i]
+
+
+cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
+                             Py_ssize_t K, const floating* cols, bint relu, bint stream) noexcept nogil:
+    """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each)."""
+    cdef floating buf[STREAM_TILE]
+    cdef Py_ssize_t r, c0, L, rb
+    if not stream:
+        for r in range(r0, r1):
+            affine_columns(x + r * K, y + r * K, K, cols, cols + K, cols + 2 * K, cols + 3 * K, relu)
+        return
+    if K <= STREAM_TILE:
+        # whole rows, as many as fit in the buffer, then one streaming copy
+        rb = STREAM_TILE // K
+        while r0 < r1:
+            L = rb if r1 - r0 > rb else r1 - r0
+            for r in range(L):
+                affine_columns(x + (r0 + r) * K, buf + r * K, K, cols, cols + K, cols + 2 * K,
+                               cols + 3 * K, relu)
+            cnorm_stream_copy(y + r0 * K, buf, L * K * sizeof(floating))
+            r0 += L
+    else:
+        for r in range(r0, r1):
+            c0 = 0
+            while c0 < K:
+                L = STREAM_TILE if K - c0 > STREAM_TILE else K - c0
+                affine_columns(x + r * K + c0, buf, L, cols + c0, cols + K + c0, cols + 2 * K + c0,
+                               cols + 3 * K + c0, relu)
+                cnorm_stream_copy(y + r * K + c0, buf, L * sizeof(floating))
+                c0 += L
+    cnorm_stream_fence()

@@ -30,6 +30,9 @@ cdef extern from *:
 # Below this many elements of work a call stays on one thread: waking a
 # second thread costs a few microseconds, about what it takes to stream
 # this much data.
+cdef extern from "_stream.h":
+    long cnorm_llc_bytes() noexcept nogil
+
 cdef enum:
     MIN_WORK_PER_THREAD = 32768
 

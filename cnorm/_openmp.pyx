@@ -24,6 +24,11 @@ def cpu_has_v3():
     return bool(cnorm_cpu_has_v3())
 
 
+def llc_bytes():
+    """Bytes of last-level cache as the system reports it (0 when unknown)."""
+    return cnorm_llc_bytes()
+
+
 def openmp_enabled():
     """Return True when the kernels were compiled with OpenMP."""
     return bool(CNORM_HAVE_OPENMP)

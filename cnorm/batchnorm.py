@@ -12,7 +12,7 @@ from cnorm._checks import (
     axis_value, bool_value, check_overlap, eps_value, float_array, inplace_array, like_array,
     method_value, momentum_value, out_array,
 )
-from cnorm._dispatch import kernels
+from cnorm._dispatch import kernels, stream_stores
 
 _batchnorm = kernels("_batchnorm")
 
@@ -104,13 +104,14 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             if rm is not None:
                 rm, rv = _c_contiguous(rm), _c_contiguous(rv)
             _batchnorm.train(xc, y, n, c, m, weight, bias, rm, rv, mean, invstd, eps, momentum,
-                             method, relu)
+                             method, relu, stream_stores(2 * x.nbytes))
             if rm is not running_mean:
                 running_mean[...] = rm
             if rv is not running_var:
                 running_var[...] = rv
         else:
-            _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu)
+            _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu,
+                                 stream_stores(2 * x.nbytes))
     return _deliver(out, y), mean, invstd
 
 
@@ -274,5 +275,5 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     if x.size:
         dyc = _c_contiguous(dy if dy.dtype == x.dtype else dy.astype(x.dtype))
         _batchnorm.backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,
-                            dbias, training)
+                            dbias, training, stream_stores(3 * x.nbytes))
     return BatchNormGrads(_deliver(out, dx), dweight, dbias)
