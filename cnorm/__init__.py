@@ -4,6 +4,9 @@ from cnorm._openmp import get_num_threads, openmp_enabled, set_num_threads
 from cnorm.batchnorm import (
     BatchNormGrads, BatchNormOutput, batch_norm, batch_norm_backward, batch_norm_forward,
 )
+from cnorm.layernorm import (
+    LayerNormGrads, LayerNormOutput, layer_norm, layer_norm_backward, layer_norm_forward,
+)
 
 __version__ = "0.1.0"
 
@@ -23,6 +26,11 @@ __all__ = [
     "batch_norm_backward",
     "BatchNormOutput",
     "BatchNormGrads",
+    "layer_norm",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "LayerNormOutput",
+    "LayerNormGrads",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",

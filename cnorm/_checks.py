@@ -28,6 +28,8 @@ def float_array(x, name):
             raise TypeError(f"{name} must be an array of float32 or float64, "
                             f"got an object of type {_type_name(x)} ({exc})") from None
     if x.dtype not in _FLOAT_DTYPES:
+        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
+            return x.astype(x.dtype.newbyteorder("="))  # non-native byte order: convert
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     return x
 

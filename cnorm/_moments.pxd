@@ -146,6 +146,39 @@ cdef inline void run_gdev(double* acc, const floating* g, const floating* x, Py_
         acc[j] = a[j]
 
 
+cdef inline void run_wsum(double* acc, const floating* g, const floating* w, Py_ssize_t n) noexcept nogil:
+    """acc += g * w, lane-wise as in run_shifted_sum."""
+    cdef double a[LANES]
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        a[j] = acc[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
+            a[j] += <double>g[i + j] * w[i + j]
+    for i in range(nb, n):
+        a[i - nb] += <double>g[i] * w[i]
+    for j in range(LANES):
+        acc[j] = a[j]
+
+
+cdef inline void run_wgdev(double* acc, const floating* g, const floating* w, const floating* x,
+                           Py_ssize_t n, double m) noexcept nogil:
+    """acc += g * w * (x - m), lane-wise as in run_shifted_sum."""
+    cdef double a[LANES]
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
+        a[j] = acc[j]
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
+            a[j] += (<double>g[i + j] * w[i + j]) * (x[i + j] - m)
+    for i in range(nb, n):
+        a[i - nb] += (<double>g[i] * w[i]) * (x[i] - m)
+    for j in range(LANES):
+        acc[j] = a[j]
+
+
 ctypedef struct WelfordLanes:
     double k                 # values seen by every lane
     double mean[LANES]

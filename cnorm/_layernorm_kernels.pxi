@@ -1,0 +1,225 @@
+# Layer-normalization kernels, included by _layernorm.pyx (any x86-64) and
+# _layernorm_v3.pyx (compiled for x86-64-v3, AVX2); see cnorm/_dispatch.py.
+#
+# Layout: the Python layer presents x as a C-contiguous (R, H) matrix: one row
+# per sample, H = the number of normalised elements.  A row's statistics come
+# from the same blocked helpers as batch norm's (a row is a one-run sequence),
+# and the row is normalised right after, while it is in L1/L2.  Rows are
+# independent, so results do not depend on the number of threads; the
+# column sums of backward (dweight, dbias) go through per-block partials whose
+# blocks depend only on the shape, merged in order.
+
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+
+from cnorm._moments cimport (
+    STREAM_TILE, Affine, Moments, chunked_moments, cnorm_stream_copy, cnorm_stream_fence,
+    run_gdev, run_shifted_sum, run_wgdev, run_wsum, TWO_PASS, WELFORD,
+)
+from cnorm._openmp cimport threads_for
+
+cnp.import_array()
+
+cdef enum:
+    MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
+    ROWS_WORK = 65536           # elements per row block, at least
+
+
+cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
+                            const floating* w, const floating* b) noexcept nogil:
+    """y = ((x - hi) - lo) * rstd [* w] [+ b], with mean = hi + lo split in x's type."""
+    cdef floating hi = <floating>mean
+    cdef floating lo = <floating>(mean - <double>hi)
+    cdef floating r = <floating>rstd
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = ((x[i] - hi) - lo) * r
+    if w != NULL:
+        for i in range(n):
+            y[i] = y[i] * w[i]
+    if b != NULL:
+        for i in range(n):
+            y[i] = y[i] + b[i]
+
+
+cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
+                             const floating* b, floating* mean_out, floating* rstd_out,
+                             double eps, int method, bint stream) noexcept nogil:
+    cdef floating buf[STREAM_TILE]
+    cdef Moments mo = chunked_moments(x, H, H, H, method)
+    cdef double rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
+    cdef Py_ssize_t t = 0, L
+    if mean_out != NULL:
+        mean_out[0] = <floating>mo.mean
+        rstd_out[0] = <floating>rstd
+    if not stream:
+        row_affine(x, y, H, mo.mean, rstd, w, b)
+        return
+    while t < H:
+        L = STREAM_TILE if H - t > STREAM_TILE else H - t
+        row_affine(x + t, buf, L, mo.mean, rstd, w + t if w != NULL else NULL,
+                   b + t if b != NULL else NULL)
+        cnorm_stream_copy(y + t, buf, L * sizeof(floating))
+        t += L
+    cnorm_stream_fence()
+
+
+cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, const floating* w,
+                  const floating* b, floating* mean_out, floating* rstd_out, double eps,
+                  int method, bint stream, int nt) noexcept nogil:
+    cdef Py_ssize_t r
+    if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
+        for r in range(R):
+            forward_row(x + r * H, y + r * H, H, w, b,
+                        mean_out + r if mean_out != NULL else NULL,
+                        rstd_out + r if rstd_out != NULL else NULL, eps, method, stream)
+        return
+    for r in prange(R, num_threads=nt, schedule='static'):
+        forward_row(x + r * H, y + r * H, H, w, b,
+                    mean_out + r if mean_out != NULL else NULL,
+                    rstd_out + r if rstd_out != NULL else NULL, eps, method, stream)
+
+
+cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
+                              double mean, double rstd, const floating* w,
+                              double* dw, double* db) noexcept nogil:
+    """dx of one row; adds this row's dy * xhat and dy to dw and db."""
+    cdef double a[8]
+    cdef double c[8]
+    cdef Py_ssize_t i, j
+    cdef double sum_g, sum_gx, xh
+    cdef floating hi = <floating>mean
+    cdef floating ra, rb, rc
+    for j in range(8):
+        a[j] = 0.0
+        c[j] = 0.0
+    if w != NULL:
+        run_wsum(a, g, w, H)
+        run_wgdev(c, g, w, x, H, <double>hi)
+    else:
+        run_shifted_sum(a, g, H, 0.0)
+        run_gdev(c, g, x, H, <double>hi)
+    sum_g = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    sum_gx = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]))
+    # dx = rstd * (g - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
+    ra = <floating>rstd
+    rb = <floating>(rstd * rstd * rstd * sum_gx / H)
+    rc = <floating>(rstd * sum_g / H)
+    if w != NULL:
+        for i in range(H):
+            dx[i] = ((g[i] * w[i]) * ra - (x[i] - hi) * rb) - rc
+    else:
+        for i in range(H):
+            dx[i] = (g[i] * ra - (x[i] - hi) * rb) - rc
+    for i in range(H):
+        xh = (x[i] - <double>hi) * rstd
+        dw[i] += g[i] * xh
+        db[i] += g[i]
+
+
+cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
+                                Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const floating* mean,
+                                const floating* rstd, const floating* w, double* part) noexcept nogil:
+    """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H]."""
+    cdef Py_ssize_t i, r
+    cdef Py_ssize_t r1 = (k + 1) * rb if (k + 1) * rb < R else R
+    for i in range(2 * H):
+        part[2 * k * H + i] = 0.0
+    for r in range(k * rb, r1):
+        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w,
+                     part + 2 * k * H, part + (2 * k + 1) * H)
+
+
+cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t R, Py_ssize_t H,
+                  const floating* mean, const floating* rstd, const floating* w,
+                  floating* dweight, floating* dbias, int nt) noexcept nogil:
+    # Row blocks: at least ROWS_WORK elements each, at most MAX_COLUMN_BLOCKS of them;
+    # both bounds depend on the shape alone.
+    cdef Py_ssize_t rb = (ROWS_WORK + H - 1) // H
+    cdef Py_ssize_t nblk, k, i
+    cdef double* part
+    cdef double sw, sb
+    if rb * MAX_COLUMN_BLOCKS < R:
+        rb = (R + MAX_COLUMN_BLOCKS - 1) // MAX_COLUMN_BLOCKS
+    nblk = (R + rb - 1) // rb
+    part = <double*>malloc((2 * nblk * H + 1) * sizeof(double))
+    if part == NULL:
+        return -1
+    if nt == 1:
+        for k in range(nblk):
+            backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part)
+    else:
+        for k in prange(nblk, num_threads=nt, schedule='static'):
+            backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part)
+    for i in range(H):
+        sw = 0.0
+        sb = 0.0
+        for k in range(nblk):
+            sw += part[2 * k * H + i]
+            sb += part[(2 * k + 1) * H + i]
+        dweight[i] = <floating>sw
+        dbias[i] = <floating>sb
+    free(part)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Python-facing shims: arguments were validated by cnorm/layernorm.py.
+# ---------------------------------------------------------------------------
+
+cdef inline void* data(object a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline void _forward_dispatch(cnp.ndarray x, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
+                                   void* pw, void* pb, void* pm, void* pr, double eps, int meth,
+                                   bint stream, int nt) noexcept nogil:
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        forward[float](<float*>px, <float*>py, R, H, <float*>pw, <float*>pb, <float*>pm,
+                       <float*>pr, eps, meth, stream, nt)
+    else:
+        forward[double](<double*>px, <double*>py, R, H, <double*>pw, <double*>pb, <double*>pm,
+                        <double*>pr, eps, meth, stream, nt)
+
+
+def layer_norm(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, weight, bias,
+               mean_out, rstd_out, double eps, method, bint stream):
+    cdef int meth = WELFORD if method == "welford" else TWO_PASS
+    cdef int nt = threads_for(R * H)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* pw = data(weight)
+    cdef void* pb = data(bias)
+    cdef void* pm = data(mean_out)
+    cdef void* pr = data(rstd_out)
+    if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
+        _forward_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, nt)
+    else:
+        with nogil:
+            _forward_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, nt)
+
+
+def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
+                        Py_ssize_t H, mean, rstd, weight, dweight, dbias):
+    cdef int nt = threads_for(R * H)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pm = data(mean)
+    cdef void* pr = data(rstd)
+    cdef void* pw = data(weight)
+    cdef void* pdw = data(dweight)
+    cdef void* pdb = data(dbias)
+    cdef int rc
+    with nogil:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            rc = backward[float](<float*>pg, <float*>px, <float*>pdx, R, H, <float*>pm,
+                                 <float*>pr, <float*>pw, <float*>pdw, <float*>pdb, nt)
+        else:
+            rc = backward[double](<double*>pg, <double*>px, <double*>pdx, R, H, <double*>pm,
+                                  <double*>pr, <double*>pw, <double*>pdw, <double*>pdb, nt)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for layer_norm_backward")

@@ -1,0 +1,258 @@
+"""Layer normalization: the Python API.
+
+This layer checks every argument, allocates every output and picks the
+kernel; the arithmetic lives in ``cnorm/_layernorm_kernels.pxi``.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from cnorm._checks import (
+    check_overlap, eps_value, float_array, like_array, method_value, out_array,
+)
+from cnorm._dispatch import kernels, stream_stores
+
+_layernorm = kernels("_layernorm")
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_INF = float("inf")
+
+__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward",
+           "LayerNormOutput", "LayerNormGrads"]
+
+LayerNormOutput = namedtuple("LayerNormOutput", ["y", "mean", "rstd"])
+LayerNormOutput.__doc__ = """Result of `layer_norm_forward`: y, and the mean and 1/sqrt(var + eps)
+of each sample, of shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's dtype."""
+
+LayerNormGrads = namedtuple("LayerNormGrads", ["dx", "dweight", "dbias"])
+LayerNormGrads.__doc__ = """Result of `layer_norm_backward`: dx (x's shape) and the gradients of
+weight and bias, each of shape normalized_shape."""
+
+
+def _normalized_shape(normalized_shape, x):
+    """normalized_shape as a tuple matching x's trailing dimensions; returns (shape, H)."""
+    if type(normalized_shape) is int:
+        shape = (normalized_shape,)
+    else:
+        try:
+            shape = tuple(int(s.__index__()) for s in
+                          ((normalized_shape,) if np.ndim(normalized_shape) == 0
+                           else normalized_shape))
+        except (TypeError, AttributeError):
+            raise TypeError("normalized_shape must be an int or a tuple of ints, got "
+                            f"{normalized_shape!r}") from None
+    k = len(shape)
+    if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != shape:
+        raise ValueError(f"normalized_shape {shape} must equal the trailing dimensions of x, "
+                         f"whose shape is {x.shape}")
+    h = 1
+    for s in shape:
+        h *= s
+    if h == 0:
+        raise ValueError(f"normalized_shape {shape} has no elements to normalize over")
+    return shape, h
+
+
+def _param(v, name, x, shape):
+    # fast path: an ndarray that is already right is used as it is
+    if v is None or (type(v) is np.ndarray and v.dtype is x.dtype and v.shape == shape
+                     and v.flags.c_contiguous):
+        return v
+    return like_array(v, name, x.dtype, shape)
+
+
+def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
+    if type(x) is not np.ndarray or (x.dtype is not _F32 and x.dtype is not _F64):
+        x = float_array(x, "x")
+    shape, h = _normalized_shape(normalized_shape, x)
+    weight = _param(weight, "weight", x, shape)
+    bias = _param(bias, "bias", x, shape)
+    if type(eps) is not float or not 0.0 <= eps < float("inf"):
+        eps = eps_value(eps)
+    if method is not None:
+        method = method_value(method)
+    lead = x.shape[:x.ndim - len(shape)]
+    rows = x.size // h
+    if out is None:
+        y = dst = np.empty(x.shape, dtype=x.dtype)
+    else:
+        y = out_array(out, x)
+        check_overlap(y, [("x", x)])
+        dst = y if y.flags.c_contiguous else np.empty(x.shape, dtype=x.dtype)
+    mean = rstd = None
+    if want_stats:
+        mean = np.empty(lead, dtype=x.dtype)
+        rstd = np.empty(lead, dtype=x.dtype)
+    if rows:
+        _layernorm.layer_norm(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
+                              weight, bias, mean, rstd, eps, method, stream_stores(2 * x.nbytes))
+    if dst is not y:
+        y[...] = dst
+    return y, mean, rstd
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None, out=None):
+    """Layer normalization over the trailing dimensions.
+
+    Each sample (each index into the leading ``x.ndim - len(normalized_shape)``
+    dimensions) is normalised over the trailing dimensions with its own mean
+    and biased variance::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    Parameters
+    ----------
+    x : array_like of shape (..., *normalized_shape)
+        float32 or float64 data, any strides.
+    normalized_shape : int or tuple of int
+        The trailing dimensions of x to normalise over (torch's convention).
+    weight, bias : array_like of shape normalized_shape, optional
+        Elementwise scale and shift, cast to x's dtype; each may be None
+        independently (torch's ``elementwise_affine=False`` and ``bias=False``).
+    eps : float >= 0, default 1e-5
+        Added to the variance.
+    method : {None, 'two_pass', 'welford'}
+        How the variance is computed; None is 'two_pass'.  See `batch_norm`.
+    out : ndarray, optional
+        Receives y: x's shape and dtype, writeable; may be x itself.
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        x not float32/float64; normalized_shape not integers; non-numeric
+        weight or bias.
+    ValueError
+        normalized_shape not the trailing dimensions of x, or empty; weight or
+        bias of the wrong shape; bad eps or method; a bad `out`.  Nothing is
+        modified when an error is raised.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> cnorm.layer_norm(np.array([[1.0, 2.0, 3.0]]), 3, eps=0.0)
+    array([[-1.22474487,  0.        ,  1.22474487]])
+    """
+    # Fast path for the common call (ndarray input, int normalized_shape, parameters that
+    # are already right): the same checks as _forward, at a fraction of the cost, so that
+    # small calls are not dominated by Python.  Anything else goes the general way.
+    if (out is None and method is None and type(x) is np.ndarray and type(normalized_shape) is int
+            and type(eps) is float and 0.0 <= eps < _INF):
+        dt = x.dtype
+        if ((dt is _F32 or dt is _F64) and x.ndim and x.shape[-1] == normalized_shape
+                and normalized_shape > 0 and _ready(weight, dt, normalized_shape)
+                and _ready(bias, dt, normalized_shape) and x.flags.c_contiguous):
+            y = np.empty(x.shape, dt)
+            rows = x.size // normalized_shape
+            if rows:
+                _layernorm.layer_norm(x, y, rows, normalized_shape, weight, bias, None, None,
+                                      eps, None, stream_stores(2 * x.nbytes))
+            return y
+    return _forward(x, normalized_shape, weight, bias, eps, method, out, False)[0]
+
+
+def _ready(v, dt, h):
+    """v is None, or a contiguous 1-D ndarray of dtype dt and length h."""
+    return v is None or (type(v) is np.ndarray and v.dtype is dt and v.ndim == 1
+                         and v.shape[0] == h and v.strides[0] == dt.itemsize)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None,
+                       out=None):
+    """Layer normalization that also returns what backward needs.
+
+    Takes the same arguments as `layer_norm`.
+
+    Returns
+    -------
+    LayerNormOutput
+        ``(y, mean, rstd)``; mean and ``rstd = 1 / sqrt(var + eps)`` have
+        shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> res = cnorm.layer_norm_forward(np.array([[1.0, 3.0], [2.0, 2.0]]), 2, eps=0.0)
+    >>> res.mean, res.rstd
+    (array([2., 2.]), array([ 1., inf]))
+    """
+    return LayerNormOutput(*_forward(x, normalized_shape, weight, bias, eps, method, out, True))
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
+    """Gradients of layer normalization.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to y; x's shape (cast to x's dtype).
+    x : array_like
+        The forward input, float32 or float64.
+    mean, rstd : array_like of shape x.shape[:x.ndim - k]
+        What `layer_norm_forward` returned; k, the number of normalised
+        dimensions, is ``x.ndim - mean.ndim``.
+    weight : array_like of shape x.shape[x.ndim - k:], optional
+        None means ones.
+    out : ndarray, optional
+        Receives dx; may be dy or x itself.
+
+    Returns
+    -------
+    LayerNormGrads
+        ``(dx, dweight, dbias)`` with, per sample, ``g = dy * weight``,
+        ``xhat = (x - mean) * rstd`` and H normalised elements::
+
+            dx = rstd / H * (H * g - sum(g) - xhat * sum(g * xhat))
+
+        and, summed over the samples, ``dweight = sum(dy * xhat)`` and
+        ``dbias = sum(dy)``, both of the normalised shape (always returned).
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> x = np.array([[1.0, 3.0]])
+    >>> f = cnorm.layer_norm_forward(x, 2, eps=0.0)
+    >>> cnorm.layer_norm_backward(np.array([[1.0, 0.0]]), x, f.mean, f.rstd)
+    LayerNormGrads(dx=array([[0., 0.]]), dweight=array([-1.,  0.]), dbias=array([1., 0.]))
+    """
+    x = float_array(x, "x")
+    dy = float_array(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    if mean is None or rstd is None:
+        raise ValueError("mean and rstd are required")
+    mean_a = np.asarray(mean)
+    k = x.ndim - mean_a.ndim
+    if k < 1:
+        raise ValueError(f"mean must have fewer dimensions than x (x.shape[:x.ndim - k] for k "
+                         f"normalised dimensions), got shape {mean_a.shape} for x of shape {x.shape}")
+    lead, shape = x.shape[:x.ndim - k], x.shape[x.ndim - k:]
+    mean = like_array(mean, "mean", x.dtype, lead)
+    rstd = like_array(rstd, "rstd", x.dtype, lead)
+    weight = like_array(weight, "weight", x.dtype, shape)
+    h = 1
+    for s in shape:
+        h *= s
+    if h == 0:
+        raise ValueError(f"x has no elements to normalize over in its trailing dimensions {shape}")
+    if out is None:
+        dx = dst = np.empty(x.shape, dtype=x.dtype)
+    else:
+        dx = out_array(out, x)
+        check_overlap(dx, [("x", x), ("dy", dy)])
+        dst = dx if dx.flags.c_contiguous else np.empty(x.shape, dtype=x.dtype)
+    dweight = np.zeros(shape, dtype=x.dtype)
+    dbias = np.zeros(shape, dtype=x.dtype)
+    rows = x.size // h
+    if rows:
+        dyc = np.ascontiguousarray(dy, dtype=x.dtype)
+        _layernorm.layer_norm_backward(dyc, np.ascontiguousarray(x), dst, rows, h, mean, rstd,
+                                       weight, dweight, dbias)
+    if dst is not dx:
+        dx[...] = dst
+    return LayerNormGrads(dx, dweight, dbias)
