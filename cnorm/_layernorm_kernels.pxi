@@ -108,16 +108,17 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
     ra = <floating>rstd
     rb = <floating>(rstd * rstd * rstd * sum_gx / H)
     rc = <floating>(rstd * sum_g / H)
+    # dweight/dbias partials before dx: dx may be the very buffer of g or x
+    for i in range(H):
+        xh = (x[i] - <double>hi) * rstd
+        dw[i] += g[i] * xh
+        db[i] += g[i]
     if w != NULL:
         for i in range(H):
             dx[i] = ((g[i] * w[i]) * ra - (x[i] - hi) * rb) - rc
     else:
         for i in range(H):
             dx[i] = (g[i] * ra - (x[i] - hi) * rb) - rc
-    for i in range(H):
-        xh = (x[i] - <double>hi) * rstd
-        dw[i] += g[i] * xh
-        db[i] += g[i]
 
 
 cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,

@@ -2,6 +2,9 @@
 
 import os
 
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
 
 # Read once per call by each kernel shim; written only by set_num_threads.
 # A plain C int: a concurrent set_num_threads is seen by the next call, never
@@ -82,3 +85,20 @@ cdef int threads_for(Py_ssize_t work) noexcept nogil:
 
 
 _num_threads = _default_threads()
+
+
+def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst):
+    """memcpy src into dst on get_num_threads() threads (for measuring copy bandwidth)."""
+    cdef Py_ssize_t n = src.shape[0]
+    cdef Py_ssize_t block = 1 << 20
+    cdef Py_ssize_t nb = (n + block - 1) // block
+    cdef Py_ssize_t k, start, size
+    cdef int nt = _num_threads if CNORM_HAVE_OPENMP else 1
+    if dst.shape[0] != n:
+        raise ValueError(f"dst must have {n} bytes, got {dst.shape[0]}")
+    if n == 0:
+        return
+    for k in prange(nb, nogil=True, num_threads=nt, schedule='static'):
+        start = k * block
+        size = block if start + block <= n else n - start
+        memcpy(&dst[start], &src[start], size)

@@ -251,8 +251,10 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     >>> import numpy as np, cnorm
     >>> x = np.array([[1.0], [3.0]])
     >>> fwd = cnorm.batch_norm_forward(x, eps=0.0)
-    >>> cnorm.batch_norm_backward(np.array([[1.0], [0.0]]), x, fwd.mean, fwd.invstd)
-    BatchNormGrads(dx=array([[0.], [0.]]), dweight=array([-1.]), dbias=array([1.]))
+    >>> dx, dweight, dbias = cnorm.batch_norm_backward(np.array([[1.0], [0.0]]), x, fwd.mean,
+    ...                                                fwd.invstd)
+    >>> dx.ravel(), dweight, dbias
+    (array([0., 0.]), array([-1.]), array([1.]))
     """
     x = float_array(x, "x")
     dy = float_array(dy, "dy")

@@ -24,9 +24,10 @@ import numpy as np
 import cnorm
 from cnorm import _baselines as nb
 from cnorm._dispatch import isa
+from cnorm._openmp import parallel_copy
 from cnorm.batchnorm import _batchnorm
 
-OPS = ("bn_train", "bn_infer", "bn_backward")
+OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward")
 
 # (op, shape, axis): the cases of the issue tracker's performance table.
 BN_CASES = [
@@ -37,6 +38,8 @@ BN_CASES = [
     ((32, 56, 56, 64), -1),
 ]
 BN_INFER_ONLY = [((1, 64, 56, 56), 1)]
+LN_CASES = [(4096, 768), (4096, 1024), (16384, 128), (64, 4096)]
+LN_FORWARD_ONLY = [(1, 768)]   # the whole-call cost of a tiny input
 
 
 def _cpu_name():
@@ -90,10 +93,10 @@ def measure(funcs, min_time=0.02, rounds=7):
 
 
 def copy_bandwidth(nbytes=64 << 20, min_time=0.02, rounds=7):
-    """Bytes per second moved by np.copyto (read + write) on one thread."""
-    src = np.ones(nbytes // 8)
+    """Bytes per second (read + write) of a memcpy on cnorm's threads, 64 MiB at a time."""
+    src = np.ones(nbytes, dtype=np.uint8)
     dst = np.empty_like(src)
-    t = measure({"copy": lambda: np.copyto(dst, src)}, min_time, rounds)["copy"]
+    t = measure({"copy": lambda: parallel_copy(src, dst)}, min_time, rounds)["copy"]
     return 2 * src.nbytes / t
 
 
@@ -139,20 +142,53 @@ def _bn_case(op, shape, axis, dtype, torch, rng):
     return funcs, nbytes
 
 
+def _ln_case(op, shape, dtype, torch, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    h = shape[-1]
+    w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
+    b = (0.1 * rng.standard_normal(h)).astype(dtype)
+    funcs = {}
+    if op == "ln_forward":
+        funcs["cnorm"] = lambda: cnorm.layer_norm(x, h, w, b)
+        funcs["numpy"] = lambda: nb.layer_norm(x, (h,), w, b)
+        nbytes = 2 * x.nbytes
+    else:
+        dy = rng.standard_normal(shape).astype(dtype)
+        fwd = cnorm.layer_norm_forward(x, h, w, b)
+        funcs["cnorm"] = lambda: cnorm.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, w)
+        funcs["numpy"] = lambda: nb.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, w)
+        nbytes = 3 * x.nbytes
+    if torch is not None:
+        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        if op == "ln_forward" and shape[0] == 1:   # tiny input: the whole functional call
+            import torch.nn.functional as F
+            funcs["torch"] = lambda: F.layer_norm(tx, (h,), tw, tb)
+        elif op == "ln_forward":
+            funcs["torch"] = lambda: torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
+        else:
+            tdy = torch.from_numpy(dy)
+            _, tm, tr = torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
+            funcs["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
+                tdy, tx, [h], tm, tr, tw, tb, [True, True, True])
+    return funcs, nbytes
+
+
 def cases(ops, dtypes):
+    """(op, shape, axis, dtype) for every case to run, in order."""
     out = []
     for dtype in dtypes:
         for op in ops:
-            if not op.startswith("bn_"):
-                continue
-            shapes = BN_CASES + (BN_INFER_ONLY if op == "bn_infer" else [])
-            for shape, axis in shapes:
-                out.append((op, shape, axis, dtype))
+            if op.startswith("bn_"):
+                shapes = BN_CASES + (BN_INFER_ONLY if op == "bn_infer" else [])
+                out += [(op, shape, axis, dtype) for shape, axis in shapes]
+            else:
+                shapes = LN_CASES + (LN_FORWARD_ONLY if op == "ln_forward" else [])
+                out += [(op, shape, -1, dtype) for shape in shapes]
     return out
 
 
 def _fmt_case(op, shape, axis, dtype):
-    layout = "x".join(map(str, shape)) + (f" ax{axis}" if axis != 1 else "")
+    layout = "x".join(map(str, shape)) + (f" ax{axis}" if op.startswith("bn_") and axis != 1 else "")
     return f"{op:<12} {np.dtype(dtype).name:<8} {layout:<20}"
 
 
@@ -163,7 +199,8 @@ def _header(torch, threads, bandwidth):
         f"threads: {threads} (OpenMP {'on' if cnorm.openmp_enabled() else 'off'}), "
         f"python {platform.python_version()}",
         f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores",
-        f"copy bandwidth (np.copyto, 1 thread, 64 MiB): {bandwidth / 1e9:.1f} GB/s",
+        f"copy bandwidth (memcpy of 64 MiB on {threads} threads, read + write): "
+        f"{bandwidth / 1e9:.1f} GB/s",
     ]
     return "\n".join(lines)
 
@@ -191,7 +228,10 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, quick=False, json_
     for i, (op, shape, axis, dtype) in enumerate(todo):
         if progress is not None:
             print(f"[{i + 1}/{len(todo)}] {op} {shape} {dtype}", file=progress, flush=True)
-        funcs, nbytes = _bn_case(op, shape, axis, dtype, torch, rng)
+        if op.startswith("bn_"):
+            funcs, nbytes = _bn_case(op, shape, axis, dtype, torch, rng)
+        else:
+            funcs, nbytes = _ln_case(op, shape, dtype, torch, rng)
         t = measure(funcs, min_time, rounds)
         r = dict(op=op, shape=list(shape), axis=axis, dtype=dtype, nbytes=nbytes,
                  threads=threads, **{f"{k}_s": v for k, v in t.items()})

@@ -6,6 +6,10 @@ receives an `Env` holding a standard set of float32 arrays for x of shape
 callable that must raise.  The test then checks the exception type, that the
 message names the argument, and that none of the arrays in the Env (every
 array the call could see) was modified.
+
+Layer-norm cases normalise the same x over its trailing dimensions LN_SHAPE
+= (3, 5) (or over the last one, through layer_norm's fast path), with the
+Env's lw, lb, lmean and lrstd.
 """
 
 import copy
@@ -18,6 +22,8 @@ import cnorm
 
 SHAPE = (4, 3, 5)
 C = 3
+LN_SHAPE = (3, 5)      # normalized_shape of the layer-norm cases
+LN_LEAD = (4,)         # shape of their mean and rstd
 F32 = np.float32
 
 
@@ -33,6 +39,13 @@ class Env(dict):
             mean=rng.uniform(-1, 1, C).astype(F32),
             invstd=rng.uniform(0.5, 2, C).astype(F32),
             out=np.full(SHAPE, 9.0, dtype=F32),
+        )
+        # layer norm over LN_SHAPE: drawn after the arrays above, which are unchanged
+        self.update(
+            lw=rng.uniform(0.5, 2, LN_SHAPE).astype(F32),
+            lb=rng.uniform(-1, 1, LN_SHAPE).astype(F32),
+            lmean=rng.uniform(-1, 1, LN_LEAD).astype(F32),
+            lrstd=rng.uniform(0.5, 2, LN_LEAD).astype(F32),
         )
 
     def put(self, name, value):
@@ -337,6 +350,210 @@ case("set_num_threads-str", lambda e: call(cnorm.set_num_threads, "2"), TypeErro
 case("set_num_threads-none", lambda e: call(cnorm.set_num_threads, None), TypeError, "n")
 
 
+# --- layer norm -------------------------------------------------------------------------
+def ln(e, x=None, ns=LN_SHAPE, **kw):
+    """layer_norm over the trailing (3, 5) of x, with weight and bias (the general path)."""
+    kw.setdefault("weight", e["lw"])
+    kw.setdefault("bias", e["lb"])
+    return lambda: cnorm.layer_norm(e["x"] if x is None else x, ns, **kw)
+
+
+def ln_fast(e, x=None, ns=5, **kw):
+    """layer_norm over the last dimension, no parameters: the call of the fast path."""
+    return lambda: cnorm.layer_norm(e["x"] if x is None else x, ns, **kw)
+
+
+def ln_forward(e, x=None, ns=LN_SHAPE, **kw):
+    kw.setdefault("weight", e["lw"])
+    kw.setdefault("bias", e["lb"])
+    return lambda: cnorm.layer_norm_forward(e["x"] if x is None else x, ns, **kw)
+
+
+def ln_backward(e, dy=None, x=None, **kw):
+    kw.setdefault("mean", e["lmean"])
+    kw.setdefault("rstd", e["lrstd"])
+    kw.setdefault("weight", e["lw"])
+    return lambda: cnorm.layer_norm_backward(e["dy"] if dy is None else dy,
+                                             e["x"] if x is None else x, **kw)
+
+
+LN_MODES = [("ln", ln), ("ln_fast", ln_fast), ("ln_forward", ln_forward)]
+
+# TypeError: x / dy not floating
+for _dt in BAD_DTYPES:
+    for _mode, _fn in LN_MODES:
+        case(f"{_mode}-x-{_dt}",
+             lambda e, dt=_dt, f=_fn: f(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])),
+             TypeError, "x")
+    case(f"ln_backward-x-{_dt}",
+         lambda e, dt=_dt: ln_backward(e, x=e.put("bad", _bad_dtype_arrays(e)[dt])),
+         TypeError, "x")
+    case(f"ln_backward-dy-{_dt}",
+         lambda e, dt=_dt: ln_backward(e, dy=e.put("bad", _bad_dtype_arrays(e)[dt])),
+         TypeError, "dy")
+case("ln-x-int-nested-list", lambda e: ln(e, x=[[[1, 2, 3, 4, 5]] * 3] * 4), TypeError, "x")
+case("ln_fast-x-ragged-list", lambda e: ln_fast(e, x=[[1.0, 2.0, 3.0], [1.0]], ns=3),
+     TypeError, "x")
+case("ln_fast-x-string", lambda e: ln_fast(e, x="abc", ns=3), TypeError, "x")
+case("ln_fast-x-complex-list", lambda e: ln_fast(e, x=[[1j, 2.0]], ns=2), TypeError, "x")
+case("ln_backward-dy-int-list", lambda e: ln_backward(e, dy=e["x"].astype(int).tolist()),
+     TypeError, "dy")
+
+# TypeError: normalized_shape not integers
+for _ns, _id in [(2.5, "2.5"), (5.0, "5.0"), ("a", "str"), ((3, 5.0), "tuple-float"),
+                 ((3, "5"), "tuple-str"), (None, "none"), (np.float64(5), "np.float64"),
+                 ([3.0, 5.0], "list-floats")]:
+    case(f"ln-normalized_shape-{_id}", lambda e, v=_ns: ln(e, ns=v), TypeError,
+         "normalized_shape")
+    case(f"ln_fast-normalized_shape-{_id}", lambda e, v=_ns: ln_fast(e, ns=v), TypeError,
+         "normalized_shape")
+    case(f"ln_forward-normalized_shape-{_id}", lambda e, v=_ns: ln_forward(e, ns=v), TypeError,
+         "normalized_shape")
+
+# TypeError: complex / non-numeric parameters
+case("ln-weight-complex", lambda e: ln(e, weight=e.put("wc", e["lw"].astype(complex))),
+     TypeError, "weight")
+case("ln_fast-weight-complex64",
+     lambda e: ln_fast(e, weight=e.put("wc", e["lw"][0].astype(np.complex64))), TypeError,
+     "weight")
+case("ln_forward-weight-complex",
+     lambda e: ln_forward(e, weight=e.put("wc", e["lw"].astype(complex))), TypeError, "weight")
+case("ln_forward-bias-complex",
+     lambda e: ln_forward(e, bias=e.put("bc", e["lb"].astype(complex))), TypeError, "bias")
+case("ln_backward-weight-complex",
+     lambda e: ln_backward(e, weight=e.put("wc", e["lw"].astype(complex))), TypeError,
+     "weight")
+case("ln-weight-strings", lambda e: ln_fast(e, weight=["a", "b", "c", "d", "e"]), TypeError,
+     "weight")
+case("ln_forward-bias-object",
+     lambda e: ln_forward(e, bias=e.put("bo", e["lb"].astype(object))), TypeError, "bias")
+
+# ValueError: normalized_shape against x
+for _ns, _id in [(4, "int-4"), ((4,), "tuple-4"), ((4, 5), "4x5"), ((5, 3), "5x3"),
+                 ((3,), "not-trailing"), ((4, 3), "leading-dims"), ((1, 3, 5), "extra-1"),
+                 ((2, 4, 3, 5), "more-dims-than-x"), ((4, 3, 5, 1), "4d-of-3d"),
+                 ((), "empty"), (-5, "negative")]:
+    for _mode, _fn in LN_MODES:
+        case(f"{_mode}-normalized_shape-{_id}",
+             lambda e, v=_ns, f=_fn: f(e, ns=v, **({} if f is ln_fast else
+                                                   {"weight": None, "bias": None})),
+             ValueError, "normalized_shape")
+case("ln-normalized_shape-1d-x-more-dims",
+     lambda e: ln_fast(e, x=e.put("x1", np.ones(5, F32)), ns=(1, 5)), ValueError,
+     "normalized_shape")
+case("ln-normalized_shape-0d-x",
+     lambda e: ln_fast(e, x=e.put("x0", np.array(1.0, F32)), ns=1), ValueError,
+     "normalized_shape")
+case("ln_fast-normalized_shape-zero-elements",
+     lambda e: ln_fast(e, x=e.put("x30", np.ones((3, 0), F32)), ns=0), ValueError,
+     "normalized_shape")
+case("ln-normalized_shape-zero-elements-tuple",
+     lambda e: ln(e, x=e.put("x30", np.ones((3, 0), F32)), ns=(0,), weight=None, bias=None),
+     ValueError, "normalized_shape")
+case("ln_forward-normalized_shape-zero-elements",
+     lambda e: ln_forward(e, x=e.put("x204", np.ones((2, 0, 4), F32)), ns=(0, 4),
+                          weight=None, bias=None),
+     ValueError, "normalized_shape")
+case("ln_forward-normalized_shape-zero-elements-no-rows",
+     lambda e: ln_forward(e, x=e.put("x00", np.ones((0, 0), F32)), ns=0, weight=None,
+                          bias=None),
+     ValueError, "normalized_shape")
+case("ln_backward-x-zero-elements",
+     lambda e: ln_backward(e, dy=e.put("d30", np.ones((3, 0), F32)),
+                           x=e.put("x30", np.ones((3, 0), F32)),
+                           mean=e.put("m3", np.zeros(3, F32)), rstd=e.put("r3", np.ones(3, F32)),
+                           weight=None),
+     ValueError, "x")
+
+# ValueError: weight / bias shapes
+case("ln-weight-shape-last-only", lambda e: ln(e, weight=e.put("w5", np.ones(5, F32))),
+     ValueError, "weight")
+case("ln-weight-flat", lambda e: ln(e, weight=e.put("w15", np.ones(15, F32))), ValueError,
+     "weight")
+case("ln-weight-transposed", lambda e: ln(e, weight=e["lw"].T), ValueError, "weight")
+case("ln-bias-shape", lambda e: ln(e, bias=e.put("b3", np.zeros(3, F32))), ValueError, "bias")
+case("ln-bias-scalar", lambda e: ln(e, bias=0.5), ValueError, "bias")
+case("ln_fast-weight-shape", lambda e: ln_fast(e, weight=e.put("w4", np.ones(4, F32))),
+     ValueError, "weight")
+case("ln_fast-weight-2d", lambda e: ln_fast(e, weight=e.put("w15", np.ones((1, 5), F32))),
+     ValueError, "weight")
+case("ln_fast-bias-shape", lambda e: ln_fast(e, bias=e.put("b6", np.zeros(6, F32))),
+     ValueError, "bias")
+case("ln_fast-bias-list-shape", lambda e: ln_fast(e, bias=[0.0, 1.0]), ValueError, "bias")
+case("ln_forward-weight-shape", lambda e: ln_forward(e, weight=e.put("w35", np.ones((3, 4), F32))),
+     ValueError, "weight")
+case("ln_forward-bias-shape", lambda e: ln_forward(e, bias=e.put("b53", np.ones((5, 3), F32))),
+     ValueError, "bias")
+case("ln_backward-weight-shape", lambda e: ln_backward(e, weight=e.put("w5", np.ones(5, F32))),
+     ValueError, "weight")
+case("ln_backward-weight-shape-k1",
+     lambda e: ln_backward(e, mean=e.put("m43", np.zeros((4, 3), F32)),
+                           rstd=e.put("r43", np.ones((4, 3), F32))),
+     ValueError, "weight")
+
+# ValueError: method, eps
+for _mode, _fn in LN_MODES:
+    case(f"{_mode}-method-fast", lambda e, f=_fn: f(e, method="fast"), ValueError, "method")
+    case(f"{_mode}-method-Welford", lambda e, f=_fn: f(e, method="Welford"), ValueError,
+         "method")
+    case(f"{_mode}-method-int", lambda e, f=_fn: f(e, method=1), ValueError, "method")
+    for _eps, _id in [(-1e-5, "negative"), (float("nan"), "nan"), (float("inf"), "inf"),
+                      (-float("inf"), "-inf"), (np.float32(-1), "np-negative"),
+                      (-1, "int-negative")]:
+        case(f"{_mode}-eps-{_id}", lambda e, v=_eps, f=_fn: f(e, eps=v), ValueError, "eps")
+    case(f"{_mode}-eps-string", lambda e, f=_fn: f(e, eps="small"), TypeError, "eps")
+    case(f"{_mode}-eps-none", lambda e, f=_fn: f(e, eps=None), TypeError, "eps")
+
+# ValueError: dy, mean and rstd in backward
+case("ln_backward-dy-shape", lambda e: ln_backward(e, dy=e.put("dy2", np.ones((4, 3, 4), F32))),
+     ValueError, "dy")
+case("ln_backward-dy-transposed", lambda e: ln_backward(e, dy=e["dy"].transpose(0, 2, 1)),
+     ValueError, "dy")
+case("ln_backward-dy-fewer-dims", lambda e: ln_backward(e, dy=e["dy"][0]), ValueError, "dy")
+case("ln_backward-mean-shape", lambda e: ln_backward(e, mean=e.put("m3", np.zeros(3, F32))),
+     ValueError, "mean")
+case("ln_backward-rstd-shape", lambda e: ln_backward(e, rstd=e.put("r5", np.ones(5, F32))),
+     ValueError, "rstd")
+case("ln_backward-rstd-more-dims",
+     lambda e: ln_backward(e, rstd=e.put("r43", np.ones((4, 3), F32))), ValueError, "rstd")
+case("ln_backward-mean-as-many-dims-as-x",
+     lambda e: ln_backward(e, mean=e.put("m435", np.zeros(SHAPE, F32)),
+                           rstd=e.put("r435", np.ones(SHAPE, F32))),
+     ValueError, "mean")
+case("ln_backward-mean-more-dims-than-x",
+     lambda e: ln_backward(e, mean=e.put("m4351", np.zeros(SHAPE + (1,), F32))),
+     ValueError, "mean")
+case("ln_backward-mean-none", lambda e: ln_backward(e, mean=None), ValueError, "mean")
+case("ln_backward-rstd-none", lambda e: ln_backward(e, rstd=None), ValueError, "rstd")
+case("ln_backward-mean-complex",
+     lambda e: ln_backward(e, mean=e.put("mc", e["lmean"].astype(complex))), TypeError, "mean")
+
+# ValueError: out
+for _mode, _fn in LN_MODES + [("ln_backward", ln_backward)]:
+    case(f"{_mode}-out-shape",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros((4, 3, 4), F32))), ValueError, "out")
+    case(f"{_mode}-out-transposed-shape",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros((4, 5, 3), F32))), ValueError, "out")
+    case(f"{_mode}-out-dtype",
+         lambda e, f=_fn: f(e, out=e.put("o", np.zeros(SHAPE, np.float64))), ValueError, "out")
+    case(f"{_mode}-out-readonly",
+         lambda e, f=_fn: f(e, out=e.readonly("o", np.zeros(SHAPE, F32))), ValueError, "out")
+    case(f"{_mode}-out-overlaps-x",
+         lambda e, f=_fn: (lambda xs, os_: f(e, x=xs, out=os_))(*e.overlapping(1)),
+         ValueError, "out")
+    case(f"{_mode}-out-overlaps-x-by-a-row",
+         lambda e, f=_fn: (lambda xs, os_: f(e, x=xs, out=os_))(*e.overlapping(5)),
+         ValueError, "out")
+    case(f"{_mode}-out-reversed-x", lambda e, f=_fn: f(e, out=e["x"][::-1]), ValueError, "out")
+    case(f"{_mode}-out-list", lambda e, f=_fn: f(e, out=np.zeros(SHAPE, F32).tolist()),
+         TypeError, "out")
+case("ln_backward-out-overlaps-dy",
+     lambda e: (lambda ds, os_: ln_backward(e, dy=ds, out=os_))(*e.overlapping(1)),
+     ValueError, "out")
+case("ln_backward-out-reversed-dy", lambda e: ln_backward(e, out=e["dy"][:, ::-1]),
+     ValueError, "out")
+
+
 def _snapshot(env):
     return {k: copy.deepcopy(v) for k, v in env.items()}
 
@@ -392,3 +609,30 @@ def test_valid_edge_arguments_are_accepted(rng, shape, axis):
     y = cnorm.batch_norm(two, training=True, eps=0.0)
     assert np.array_equal(y[:, 0], np.array([-1.0, 1.0], F32))
     assert np.array_equal(y[:, 2], np.array([1.0, -1.0], F32))
+
+
+def test_layer_norm_valid_edge_arguments_are_accepted(rng):
+    """The boundaries of the checked ranges are valid: eps=0 in any numeric type,
+    normalized_shape of numpy integers or all of x's dimensions, H = 1, a read-only x,
+    weight, mean and rstd."""
+    x = rng.standard_normal(SHAPE).astype(F32)
+    x.flags.writeable = False
+    y = cnorm.layer_norm(x, LN_SHAPE)
+    assert np.array_equal(cnorm.layer_norm(x, (np.int64(3), np.int32(5))), y)
+    y5 = cnorm.layer_norm(x, 5, eps=0.0)
+    for eps in (0, np.float32(0), np.float64(0), -0.0):
+        assert np.array_equal(cnorm.layer_norm(x, 5, eps=eps), y5)
+        assert np.array_equal(cnorm.layer_norm(x, np.int64(5), eps=eps), y5)
+    whole = cnorm.layer_norm_forward(x, SHAPE)
+    assert whole.mean.shape == () and whole.rstd.shape == ()
+    g = cnorm.layer_norm_backward(x, x, whole.mean, whole.rstd)
+    assert g.dx.shape == SHAPE and g.dweight.shape == SHAPE
+    one = cnorm.layer_norm(x[..., :1], 1)
+    assert one.shape == (4, 3, 1) and (one == 0).all()
+    ro = np.ones(LN_SHAPE, F32)
+    ro.flags.writeable = False
+    f = cnorm.layer_norm_forward(x, LN_SHAPE, ro, ro)
+    f.mean.flags.writeable = False
+    f.rstd.flags.writeable = False
+    g = cnorm.layer_norm_backward(x, x, f.mean, f.rstd, ro)
+    assert g.dx.shape == SHAPE
