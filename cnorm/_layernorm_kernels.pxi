@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    STREAM_TILE, Affine, Moments, chunked_moments, cnorm_stream_copy, cnorm_stream_fence,
+    DOT_TILE, STREAM_TILE, Affine, Moments, chunked_moments, cnorm_stream_copy, cnorm_stream_fence,
     run_gdev, run_shifted_sum, run_wgdev, run_wsum, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
@@ -35,14 +35,18 @@ cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double
     cdef floating lo = <floating>(mean - <double>hi)
     cdef floating r = <floating>rstd
     cdef Py_ssize_t i
-    for i in range(n):
-        y[i] = ((x[i] - hi) - lo) * r
-    if w != NULL:
+    if w != NULL and b != NULL:
         for i in range(n):
-            y[i] = y[i] * w[i]
-    if b != NULL:
+            y[i] = (((x[i] - hi) - lo) * r) * w[i] + b[i]
+    elif w != NULL:
         for i in range(n):
-            y[i] = y[i] + b[i]
+            y[i] = (((x[i] - hi) - lo) * r) * w[i]
+    elif b != NULL:
+        for i in range(n):
+            y[i] = ((x[i] - hi) - lo) * r + b[i]
+    else:
+        for i in range(n):
+            y[i] = ((x[i] - hi) - lo) * r
 
 
 cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
@@ -84,35 +88,33 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
 
 
 cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
-                              double mean, double rstd, const floating* w,
-                              double* dw, double* db) noexcept nogil:
-    """dx of one row; adds this row's dy * xhat and dy to dw and db."""
+                              double mean, double rstd, const floating* w) noexcept nogil:
+    """dx of one row."""
     cdef double a[8]
     cdef double c[8]
-    cdef Py_ssize_t i, j
-    cdef double sum_g, sum_gx, xh
+    cdef Py_ssize_t i, j, t, T
+    cdef double sum_g, sum_gx
     cdef floating hi = <floating>mean
     cdef floating ra, rb, rc
     for j in range(8):
         a[j] = 0.0
         c[j] = 0.0
-    if w != NULL:
-        run_wsum(a, g, w, H)
-        run_wgdev(c, g, w, x, H, <double>hi)
-    else:
-        run_shifted_sum(a, g, H, 0.0)
-        run_gdev(c, g, x, H, <double>hi)
+    t = 0
+    while t < H:    # tile by tile, as in seq_dot, so that g and x stream side by side
+        T = DOT_TILE if H - t > DOT_TILE else H - t
+        if w != NULL:
+            run_wsum(a, g + t, w + t, T)
+            run_wgdev(c, g + t, w + t, x + t, T, <double>hi)
+        else:
+            run_shifted_sum(a, g + t, T, 0.0)
+            run_gdev(c, g + t, x + t, T, <double>hi)
+        t += T
     sum_g = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
     sum_gx = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]))
     # dx = rstd * (g - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
     ra = <floating>rstd
     rb = <floating>(rstd * rstd * rstd * sum_gx / H)
     rc = <floating>(rstd * sum_g / H)
-    # dweight/dbias partials before dx: dx may be the very buffer of g or x
-    for i in range(H):
-        xh = (x[i] - <double>hi) * rstd
-        dw[i] += g[i] * xh
-        db[i] += g[i]
     if w != NULL:
         for i in range(H):
             dx[i] = ((g[i] * w[i]) * ra - (x[i] - hi) * rb) - rc
@@ -121,17 +123,29 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
             dx[i] = (g[i] * ra - (x[i] - hi) * rb) - rc
 
 
+cdef inline void add_columns(const floating* g, const floating* x, Py_ssize_t H, double mean,
+                             double rstd, double* dw, double* db) noexcept nogil:
+    """dw += g * xhat, db += g for one row."""
+    cdef Py_ssize_t i
+    for i in range(H):
+        dw[i] += g[i] * ((x[i] - mean) * rstd)
+        db[i] += g[i]
+
+
 cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
                                 Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const floating* mean,
                                 const floating* rstd, const floating* w, double* part) noexcept nogil:
     """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H]."""
     cdef Py_ssize_t i, r
     cdef Py_ssize_t r1 = (k + 1) * rb if (k + 1) * rb < R else R
+    cdef double* dw = part + 2 * k * H
+    cdef double* db = part + (2 * k + 1) * H
     for i in range(2 * H):
-        part[2 * k * H + i] = 0.0
+        dw[i] = 0.0
     for r in range(k * rb, r1):
-        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w,
-                     part + 2 * k * H, part + (2 * k + 1) * H)
+        # the row's dweight/dbias terms before its dx: dx may be the very buffer of g or x
+        add_columns(g + r * H, x + r * H, H, mean[r], rstd[r], dw, db)
+        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w)
 
 
 cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t R, Py_ssize_t H,

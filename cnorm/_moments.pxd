@@ -19,6 +19,7 @@ cdef extern from "_stream.h":
 
 cdef enum:
     STREAM_TILE = 1024   # elements computed in cache before a streaming store
+    DOT_TILE = 256       # elements per tile of the two-loop dot product (a multiple of LANES)
     LANES = 8            # independent accumulators: enough for AVX-512 float64
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
@@ -296,15 +297,21 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
     """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1)."""
     cdef double a[LANES]
     cdef double b[LANES]
-    cdef Py_ssize_t i, j, off, L
+    cdef Py_ssize_t i, j, t, off, L, T
     for j in range(LANES):
         a[j] = 0.0
         b[j] = 0.0
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
-        run_shifted_sum(a, g + off, L, 0.0)
-        run_gdev(b, g + off, x + off, L, m)
+        # Both loops go over the run tile by tile, so that g and x stream from
+        # memory side by side.  Tiles are whole lane steps: same sums, bit for bit.
+        t = 0
+        while t < L:
+            T = DOT_TILE if L - t > DOT_TILE else L - t
+            run_shifted_sum(a, g + off + t, T, 0.0)
+            run_gdev(b, g + off + t, x + off + t, T, m)
+            t += T
         i += L
     sum_g[0] += lanes_total(a)
     sum_gx[0] += lanes_total(b)
