@@ -1,0 +1,32 @@
+"""The .pyi stubs of the compiled modules match what the modules export (mypy.stubtest)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cnorm
+
+COMPILED = ["cnorm._openmp", "cnorm._batchnorm", "cnorm._layernorm"]
+
+
+def _built(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def test_stubs_match_compiled_modules():
+    pytest.importorskip("mypy", reason="mypy is in the test extras: pip install '.[test]'")
+    modules = COMPILED + [f"{m}_v3" for m in COMPILED[1:] if _built(f"{m}_v3")]
+    allowlist = os.path.join(os.path.dirname(__file__), "stubtest_allowlist.txt")
+    # run where cnorm is importable from: the installed package, or this checkout
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(cnorm.__file__)))
+    res = subprocess.run([sys.executable, "-m", "mypy.stubtest", *modules, "--allowlist", allowlist],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Success" in res.stdout
+
+
+def test_package_is_typed():
+    assert os.path.exists(os.path.join(os.path.dirname(cnorm.__file__), "py.typed"))
