@@ -7,6 +7,7 @@ from cnorm.batchnorm import (
 from cnorm.layernorm import (
     LayerNormGrads, LayerNormOutput, layer_norm, layer_norm_backward, layer_norm_forward,
 )
+from cnorm.layers import BatchNorm, LayerNorm, fold_batch_norm
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,9 @@ __all__ = [
     "layer_norm_backward",
     "LayerNormOutput",
     "LayerNormGrads",
+    "BatchNorm",
+    "LayerNorm",
+    "fold_batch_norm",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",

@@ -1,0 +1,750 @@
+"""Stateful normalization layers, and folding batch norm into a linear layer.
+
+`BatchNorm` and `LayerNorm` hold their parameters and running statistics as
+NumPy arrays, follow ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.LayerNorm``
+(modes, running-statistics update, ``state_dict`` key names) and call the
+functional API (`cnorm.batch_norm_forward`, `cnorm.layer_norm_forward`, ...)
+for the arithmetic.  `fold_batch_norm` merges an inference-mode batch norm
+into the weights of the Linear or Conv layer before it.
+"""
+
+import operator
+from collections import namedtuple
+from collections.abc import Mapping
+
+import numpy as np
+
+from cnorm._checks import (
+    axis_value, bool_value, eps_value, float_array, like_array, method_value, momentum_value,
+)
+from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
+from cnorm.layernorm import layer_norm_backward, layer_norm_forward
+
+__all__ = ["BatchNorm", "LayerNorm", "fold_batch_norm", "LoadResult"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
+LoadResult.__doc__ = """Result of ``load_state_dict``: the expected keys that were absent and the
+keys that were not expected, each a list of str (both empty after a strict load), as torch's
+``load_state_dict`` returns."""
+
+
+# -- argument checks --------------------------------------------------------------------------
+
+def _type_name(obj):
+    return type(obj).__name__
+
+
+def _dtype_value(dtype):
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(v, name):
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive integer, got bool")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive integer, got {_type_name(v)}") from None
+    if i <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {i}")
+    return int(i)
+
+
+def _shape_value(normalized_shape):
+    if isinstance(normalized_shape, (bool, np.bool_)):
+        raise TypeError("normalized_shape must be an int or a tuple of ints, got bool")
+    try:
+        return (_positive_int(normalized_shape, "normalized_shape"),)
+    except TypeError:
+        pass
+    try:
+        items = tuple(normalized_shape)
+    except TypeError:
+        raise TypeError("normalized_shape must be an int or a tuple of ints, got "
+                        f"{_type_name(normalized_shape)}") from None
+    if not items:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    for s in items:
+        if isinstance(s, (bool, np.bool_)):
+            raise TypeError(f"normalized_shape must hold ints, got {normalized_shape!r}")
+        try:
+            operator.index(s)
+        except TypeError:
+            raise TypeError(f"normalized_shape must hold ints, got {normalized_shape!r}") from None
+    shape = tuple(int(operator.index(s)) for s in items)
+    if min(shape) <= 0:
+        raise ValueError(f"normalized_shape must hold positive ints, got {shape}")
+    return shape
+
+
+def _real_array(v, name):
+    """v as an ndarray of real numbers (torch tensors included), without copying when possible."""
+    if not isinstance(v, np.ndarray):
+        if hasattr(v, "detach") and hasattr(v, "numpy"):   # a torch tensor
+            t = v.detach().cpu()
+            try:
+                v = t.numpy()
+            except (TypeError, RuntimeError):
+                v = t.float().numpy()   # dtypes NumPy lacks (bfloat16)
+        elif not hasattr(v, "__array__") and hasattr(v, "numpy"):
+            v = v.numpy()
+        try:
+            v = np.asarray(v)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array of real numbers, "
+                            f"got an object of type {_type_name(v)} ({exc})") from None
+    if v.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
+    return v
+
+
+# -- shared machinery ------------------------------------------------------------------------
+
+class _Norm:
+    """What BatchNorm and LayerNorm share: modes, calling, state_dict."""
+
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or inference mode; returns self.
+
+        Raises
+        ------
+        TypeError
+            mode is not a bool.
+        """
+        self.training = bool_value(mode, "mode")
+        return self
+
+    def eval(self):
+        """Set inference mode, as ``train(False)``; returns self."""
+        return self.train(False)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _input(self, x, name):
+        """x as an ndarray of the layer's dtype (other real dtypes are cast)."""
+        if type(x) is np.ndarray and x.dtype == self.dtype:
+            return x
+        a = _real_array(x, name)
+        return a if a.dtype == self.dtype else a.astype(self.dtype)
+
+    def _state_shapes(self):
+        raise NotImplementedError
+
+    def state_dict(self):
+        """The layer's parameters and buffers, under torch's key names.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Copies (changing them does not change the layer) of those of
+            ``weight``, ``bias``, ``running_mean``, ``running_var`` and
+            ``num_batches_tracked`` that the layer has, in that order;
+            ``num_batches_tracked`` is a 0-d int64 array, as in torch.
+        """
+        out = {}
+        for key in self._state_shapes():
+            v = getattr(self, key)
+            if key == "num_batches_tracked":
+                out[key] = np.array(v, dtype=np.int64)
+            else:
+                out[key] = np.array(v, dtype=self.dtype, copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load parameters and buffers from a mapping such as `state_dict`'s.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array_like
+            Values may be ndarrays, torch tensors (read through
+            ``t.detach().cpu().numpy()``), or anything with ``__array__`` or
+            ``.numpy()``.  They are copied, cast to the layer's dtype
+            (``num_batches_tracked`` to an int), so a torch module's
+            ``state_dict()`` loads directly.
+        strict : bool, default True
+            Whether a missing or an unexpected key is an error.  With
+            ``strict=False`` they are skipped; shapes are checked all the same.
+
+        Returns
+        -------
+        LoadResult
+            ``(missing_keys, unexpected_keys)``, lists of str.
+
+        Raises
+        ------
+        TypeError
+            state_dict not a mapping; a value that does not hold real numbers.
+        KeyError
+            With ``strict=True``: a key the layer has is missing, or one it
+            does not have is present.
+        ValueError
+            A value of the wrong shape; a ``num_batches_tracked`` that is not a
+            non-negative integer.
+
+        Every entry is checked before any is assigned: when an error is
+        raised the layer is unchanged.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of str to arrays, "
+                            f"got {_type_name(state_dict)}")
+        strict = bool_value(strict, "strict")
+        shapes = self._state_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in shapes]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"state_dict does not match {type(self).__name__}: "
+                           f"{' and '.join(parts)} (expected keys {list(shapes)})")
+        new = {}
+        for key, shape in shapes.items():
+            if key not in state_dict:
+                continue
+            a = _real_array(state_dict[key], f"state_dict[{key!r}]")
+            if a.shape != shape:
+                raise ValueError(f"state_dict[{key!r}] must have shape {shape}, got {a.shape}")
+            if key == "num_batches_tracked":
+                n = a.item()
+                if isinstance(n, bool) or n != int(n) or n < 0:
+                    raise ValueError(f"state_dict['num_batches_tracked'] must be a non-negative "
+                                     f"integer, got {n!r}")
+                new[key] = int(n)
+            else:
+                new[key] = np.array(a, dtype=self.dtype, copy=True, order="C")
+        for key, value in new.items():
+            setattr(self, key, value)
+        return LoadResult(missing, unexpected)
+
+
+# -- BatchNorm ---------------------------------------------------------------------------------
+
+class BatchNorm(_Norm):
+    """Batch normalization layer with running statistics, like ``torch.nn.BatchNorm1d/2d/3d``.
+
+    One class serves every rank: x has shape (N, C), (N, C, L), (N, C, H, W),
+    (N, C, D, H, W) or any (N, C, ...), or channels-last with ``axis=-1``::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    In training mode (the initial mode, as in torch) mean and var are the
+    statistics of the batch, over every axis except `axis`, and the running
+    statistics are updated.  In inference mode (`eval`) the running statistics
+    are used, unless ``track_running_stats=False``, where there are none and
+    batch statistics are used in both modes.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps : float >= 0, default 1e-5
+        Added to the variance.
+    momentum : float in [0, 1] or None, default 0.1
+        PyTorch's convention, the weight of the new batch::
+
+            running_mean = (1 - momentum) * running_mean + momentum * mean
+            running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+
+        Keras/TensorFlow's ``momentum`` is the weight of the old value:
+        ``momentum_keras = 1 - momentum`` (Keras' default 0.99 is 0.01
+        here).  None means a cumulative average: as torch does,
+        ``num_batches_tracked`` is incremented first, then
+        ``momentum = 1 / num_batches_tracked``.
+    affine : bool, default True
+        Whether the layer has `weight` and `bias` (ones and zeros at first).
+    track_running_stats : bool, default True
+        Whether the layer keeps running statistics.
+    axis : int, default 1
+        The channel axis of x; -1 for channels-last.
+    method : {None, 'two_pass', 'welford'}
+        How batch statistics are computed: None is 'two_pass' (blocked
+        two-pass sums); 'welford' streams each block once.  Both accumulate in
+        float64 and agree to rounding; `method` has no effect when the running
+        statistics are used.
+    dtype : {float32, float64}, default float32
+        dtype of the parameters, the buffers, and the computation.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+        The per-channel scale and shift; None when ``affine=False``.
+    running_mean, running_var : ndarray of shape (C,) or None
+        Zeros and ones at first; None when ``track_running_stats=False``.
+        `running_var` holds the unbiased variance (``n / (n - 1)`` times the
+        biased one); the biased batch variance is the one used to normalise.
+    num_batches_tracked : int or None
+        Training-mode forward calls so far; None without running statistics.
+    training : bool
+        The mode; see `train` and `eval`.
+    weight_grad, bias_grad : ndarray of shape (C,) or None
+        Set by `backward` (replaced, not accumulated); None before it and
+        when the layer has no weight/bias.
+
+    Raises
+    ------
+    TypeError
+        num_features not an int; eps or momentum not a real number; affine or
+        track_running_stats not a bool; axis not an int; dtype not float32 or
+        float64.
+    ValueError
+        num_features < 1; eps negative or not finite; momentum outside [0, 1];
+        method not one of the above.
+
+    Notes
+    -----
+    The forward input is cast to the layer's dtype when it has another one
+    (float64 data through a float32 layer gives float32 results).  The layer
+    keeps a reference to the (cast) input of the last forward call for
+    `backward`: changing that array in place before `backward` changes the
+    gradient.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> bn = cnorm.BatchNorm(2, eps=0.0, dtype=np.float64)
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> bn(x)                      # training: the batch's statistics
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    >>> bn.running_mean, bn.running_var, bn.num_batches_tracked
+    (array([0.2, 2. ]), array([ 1.1, 20.9]), 1)
+    >>> bn.eval()(x)               # inference: the running statistics
+    array([[0.76277007, 1.74991456],
+           [2.66969525, 6.12470095]])
+    >>> sorted(bn.state_dict())
+    ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
+    """
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, axis=1, method=None, dtype=np.float32):
+        num_features = _positive_int(num_features, "num_features")
+        eps = eps_value(eps)
+        if momentum is not None:
+            momentum = momentum_value(momentum)
+        affine = bool_value(affine, "affine")
+        track_running_stats = bool_value(track_running_stats, "track_running_stats")
+        try:
+            axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"axis must be an integer, got {_type_name(axis)}") from None
+        if method is not None:
+            method = method_value(method)
+        dtype = _dtype_value(dtype)
+
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        self.axis = axis
+        self.method = method
+        self.dtype = dtype
+        self.training = True
+        c = num_features
+        self.weight = np.ones(c, dtype) if affine else None
+        self.bias = np.zeros(c, dtype) if affine else None
+        if track_running_stats:
+            self.running_mean = np.zeros(c, dtype)
+            self.running_var = np.ones(c, dtype)
+            self.num_batches_tracked = 0
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.weight_grad = self.bias_grad = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"axis={self.axis}, dtype={self.dtype.name})")
+
+    def _state_shapes(self):
+        c = (self.num_features,)
+        shapes = {}
+        if self.weight is not None:
+            shapes["weight"] = c
+        if self.bias is not None:
+            shapes["bias"] = c
+        if self.running_mean is not None:
+            shapes["running_mean"] = c
+        if self.running_var is not None:
+            shapes["running_var"] = c
+        if self.num_batches_tracked is not None:
+            shapes["num_batches_tracked"] = ()
+        return shapes
+
+    def forward(self, x):
+        """Normalise x, in the layer's mode; the same as ``layer(x)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, C, ...) (C along `axis`)
+            Real numbers, cast to the layer's dtype.
+
+        Returns
+        -------
+        y : ndarray
+            x's shape, the layer's dtype.
+
+        Raises
+        ------
+        TypeError
+            x does not hold real numbers.
+        ValueError
+            x has fewer than 2 dimensions or not C channels along `axis`;
+            batch statistics are needed and there is only one value per
+            channel.  Nothing (running statistics, counter) changes on error.
+        """
+        x = self._input(x, "x")
+        if x.ndim < 2:
+            raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
+        axis = axis_value(self.axis, x.ndim)
+        if x.shape[axis] != self.num_features:
+            raise ValueError(f"x must have {self.num_features} channels along axis {self.axis}, "
+                             f"got shape {x.shape}")
+        dtype = self.dtype
+        weight = None if self.weight is None else like_array(self.weight, "weight", dtype,
+                                                             (self.num_features,)).copy()
+        bias = self.bias
+        # The same decisions as torch.nn.modules.batchnorm._BatchNorm.forward.
+        factor = 0.0 if self.momentum is None else self.momentum
+        count = self.num_batches_tracked
+        if self.training and self.track_running_stats and count is not None:
+            count += 1
+            factor = 1.0 / count if self.momentum is None else self.momentum
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if self.training and not self.track_running_stats:
+            rm = rv = None
+        else:
+            rm, rv = self.running_mean, self.running_var
+        if batch_stats:
+            y, mean, invstd = batch_norm_forward(x, weight, bias, rm, rv, momentum=factor,
+                                                 eps=self.eps, axis=axis, method=self.method)
+        else:
+            y = batch_norm(x, weight, bias, rm, rv, training=False, eps=self.eps, axis=axis,
+                           method=self.method)
+            # the statistics as they are now, for backward
+            mean = np.array(rm, dtype=dtype)
+            invstd = (1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + self.eps)).astype(dtype)
+        if self.training and self.track_running_stats and count is not None:
+            self.num_batches_tracked = count
+        self._saved = (x, mean, invstd, weight, bias is not None, batch_stats, axis)
+        return y
+
+    def backward(self, dy):
+        """Gradient of the last forward call, in the mode it ran in.
+
+        After a forward with batch statistics (training mode, or no running
+        statistics) the gradient flows through the batch mean and variance;
+        after an inference-mode forward the running statistics, as they were
+        at that call, are constants.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the loss with respect to y: the shape of the last
+            forward input; cast to the layer's dtype.
+
+        Returns
+        -------
+        dx : ndarray
+            The shape of x, the layer's dtype.
+
+        Also sets `weight_grad` and `bias_grad` (shape (C,), ``sum(dy * xhat)``
+        and ``sum(dy)`` per channel) when the layer had a weight and a bias at
+        that forward call, else None.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        TypeError
+            dy does not hold real numbers.
+        ValueError
+            dy not of the forward input's shape.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward needs a forward call first: there is no saved input")
+        x, mean, invstd, weight, has_bias, batch_stats, axis = self._saved
+        dy = self._input(dy, "dy")
+        if dy.shape != x.shape:
+            raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
+                             f"got {dy.shape}")
+        dx, dweight, dbias = batch_norm_backward(dy, x, mean, invstd, weight,
+                                                 training=batch_stats, axis=axis)
+        self.weight_grad = dweight if weight is not None else None
+        self.bias_grad = dbias if has_bias else None
+        return dx
+
+
+# -- LayerNorm ---------------------------------------------------------------------------------
+
+class LayerNorm(_Norm):
+    """Layer normalization layer, like ``torch.nn.LayerNorm``.
+
+    Each sample is normalised over the trailing dimensions given by
+    `normalized_shape`, with its own mean and biased variance::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    There are no running statistics: the training and inference modes
+    compute the same thing (`train` and `eval` exist for uniformity).
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dimensions of x to normalise over, each > 0.
+    eps : float >= 0, default 1e-5
+        Added to the variance.
+    elementwise_affine : bool, default True
+        Whether the layer has a `weight` (ones at first) and, when `bias` is
+        True, a `bias` (zeros at first), of shape normalized_shape.
+    bias : bool, default True
+        Whether the layer has a bias (with ``elementwise_affine=True``).
+    method : {None, 'two_pass', 'welford'}
+        How the statistics are computed; None is 'two_pass'.  Both accumulate
+        in float64 and agree to rounding.
+    dtype : {float32, float64}, default float32
+        dtype of the parameters and of the computation.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape normalized_shape, or None
+        None when absent (``elementwise_affine=False``; ``bias=False``).
+    normalized_shape : tuple of int
+    training : bool
+        True at first, as in torch; it changes nothing in the computation.
+    weight_grad, bias_grad : ndarray of shape normalized_shape, or None
+        Set by `backward` (replaced, not accumulated).
+
+    Raises
+    ------
+    TypeError
+        normalized_shape not an int or a tuple of ints; eps not a real
+        number; elementwise_affine or bias not a bool; dtype not float32 or
+        float64.
+    ValueError
+        normalized_shape empty or with a dimension < 1; eps negative or not
+        finite; a bad method.
+
+    Notes
+    -----
+    The forward input is cast to the layer's dtype when it has another one.
+    The layer keeps a reference to the (cast) input of the last forward call
+    for `backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> ln = cnorm.LayerNorm(3, eps=0.0, dtype=np.float64)
+    >>> ln.bias[:] = 1.0
+    >>> ln(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]]))
+    array([[-0.22474487,  1.        ,  2.22474487],
+           [ 0.29289322,  0.29289322,  2.41421356]])
+    >>> ln.state_dict()["weight"]
+    array([1., 1., 1.])
+    """
+
+    def __init__(self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True,
+                 method=None, dtype=np.float32):
+        shape = _shape_value(normalized_shape)
+        eps = eps_value(eps)
+        elementwise_affine = bool_value(elementwise_affine, "elementwise_affine")
+        bias = bool_value(bias, "bias")
+        if method is not None:
+            method = method_value(method)
+        dtype = _dtype_value(dtype)
+
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.method = method
+        self.dtype = dtype
+        self.training = True
+        self.weight = np.ones(shape, dtype) if elementwise_affine else None
+        self.bias = np.zeros(shape, dtype) if elementwise_affine and bias else None
+        self.weight_grad = self.bias_grad = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}, "
+                f"dtype={self.dtype.name})")
+
+    def _state_shapes(self):
+        shapes = {}
+        if self.weight is not None:
+            shapes["weight"] = self.normalized_shape
+        if self.bias is not None:
+            shapes["bias"] = self.normalized_shape
+        return shapes
+
+    def forward(self, x):
+        """Normalise x over its trailing dimensions; the same as ``layer(x)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (..., *normalized_shape)
+            Real numbers, cast to the layer's dtype.
+
+        Returns
+        -------
+        y : ndarray
+            x's shape, the layer's dtype.
+
+        Raises
+        ------
+        TypeError
+            x does not hold real numbers.
+        ValueError
+            x's trailing dimensions are not normalized_shape.
+        """
+        x = self._input(x, "x")
+        shape = self.normalized_shape
+        k = len(shape)
+        if x.ndim < k or x.shape[x.ndim - k:] != shape:
+            raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
+                             f"got shape {x.shape}")
+        weight = None if self.weight is None else like_array(self.weight, "weight", self.dtype,
+                                                             shape).copy()
+        y, mean, rstd = layer_norm_forward(x, shape, weight, self.bias, eps=self.eps,
+                                           method=self.method)
+        self._saved = (x, mean, rstd, weight, self.bias is not None)
+        return y
+
+    def backward(self, dy):
+        """Gradient of the last forward call.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the loss with respect to y: the shape of the last
+            forward input; cast to the layer's dtype.
+
+        Returns
+        -------
+        dx : ndarray
+            The shape of x, the layer's dtype.
+
+        Also sets `weight_grad` (``sum(dy * xhat)`` over the samples) and
+        `bias_grad` (``sum(dy)``), of shape normalized_shape, when the layer
+        had them at that forward call, else None.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        TypeError
+            dy does not hold real numbers.
+        ValueError
+            dy not of the forward input's shape.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward needs a forward call first: there is no saved input")
+        x, mean, rstd, weight, has_bias = self._saved
+        dy = self._input(dy, "dy")
+        if dy.shape != x.shape:
+            raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
+                             f"got {dy.shape}")
+        dx, dweight, dbias = layer_norm_backward(dy, x, mean, rstd, weight)
+        self.weight_grad = dweight if weight is not None else None
+        self.bias_grad = dbias if has_bias else None
+        return dx
+
+
+# -- folding -----------------------------------------------------------------------------------
+
+def fold_batch_norm(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps=1e-5):
+    """Fold an inference-mode batch norm into the Linear or Conv layer before it.
+
+    For ``z = W x + b`` followed by ``y = (z - running_mean) * s + bn_bias``
+    with ``s = bn_weight / sqrt(running_var + eps)``, returns ``W'`` and
+    ``b'`` such that ``y = W' x + b'``::
+
+        W' = W * s      (s along W's axis 0, the output channels)
+        b' = (b - running_mean) * s + bn_bias
+
+    Parameters
+    ----------
+    weight : array_like of shape (out, in) or (out, in, *kernel)
+        Linear (torch's ``(out_features, in_features)``) or Conv weight, float32
+        or float64.  Grouped convolutions, ``(out, in / groups, *kernel)``,
+        fold the same way; transposed convolutions, whose axis 0 is the input
+        channels, do not.
+    bias : array_like of shape (out,), optional
+        The layer's bias; None means zeros.
+    bn_weight, bn_bias : array_like of shape (out,), optional
+        The batch norm's weight and bias; None means ones and zeros
+        (``affine=False``).
+    running_mean, running_var : array_like of shape (out,)
+        The batch norm's running statistics (`BatchNorm.running_mean`, ...).
+    eps : float >= 0, default 1e-5
+        The batch norm's eps.
+
+    Returns
+    -------
+    weight, bias : ndarray
+        New arrays of weight's dtype, of shapes ``weight.shape`` and (out,);
+        the inputs are not modified.  The arithmetic is done in float64.
+
+    Raises
+    ------
+    TypeError
+        weight not float32/float64; another argument not real numbers.
+    ValueError
+        weight with fewer than 2 dimensions; another array not of shape
+        (out,); running statistics missing; bad eps.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> w, b = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.5, -1.0])
+    >>> fw, fb = cnorm.fold_batch_norm(w, b, np.array([2.0, 1.0]), np.array([0.0, 1.0]),
+    ...                                np.array([1.0, 0.0]), np.array([4.0, 1.0]), eps=0.0)
+    >>> fw
+    array([[1., 2.],
+           [3., 4.]])
+    >>> fb
+    array([-0.5,  0. ])
+    >>> x = np.array([1.0, 1.0])
+    >>> bn = cnorm.BatchNorm(2, eps=0.0, dtype=np.float64).eval()
+    >>> _ = bn.load_state_dict({"weight": [2.0, 1.0], "bias": [0.0, 1.0],
+    ...     "running_mean": [1.0, 0.0], "running_var": [4.0, 1.0], "num_batches_tracked": 0})
+    >>> bn((w @ x + b)[None]), fw @ x + fb
+    (array([[2.5, 7. ]]), array([2.5, 7. ]))
+    """
+    w = float_array(weight, "weight")
+    if w.ndim < 2:
+        raise ValueError(f"weight must have shape (out, in) or (out, in, *kernel), "
+                         f"got shape {w.shape}")
+    eps = eps_value(eps)
+    c = (w.shape[0],)
+    f64 = np.float64
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required")
+    rm = like_array(running_mean, "running_mean", f64, c)
+    rv = like_array(running_var, "running_var", f64, c)
+    b = like_array(bias, "bias", f64, c)
+    g = like_array(bn_weight, "bn_weight", f64, c)
+    beta = like_array(bn_bias, "bn_bias", f64, c)
+    scale = 1.0 / np.sqrt(rv + eps)
+    if g is not None:
+        scale = scale * g
+    new_bias = (-rm if b is None else b - rm) * scale
+    if beta is not None:
+        new_bias = new_bias + beta
+    new_weight = np.asarray(w, dtype=f64) * scale.reshape(c + (1,) * (w.ndim - 1))
+    return new_weight.astype(w.dtype), new_bias.astype(w.dtype)
+
