@@ -12,7 +12,6 @@ import numpy as np
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 METHODS = ("two_pass", "welford")
-DEFAULT_METHOD = "two_pass"
 
 
 def _type_name(obj):
@@ -114,9 +113,10 @@ def momentum_value(momentum):
     return m
 
 
-def method_value(method):
+def method_value(method, default=None):
+    """The variance method: one of METHODS, or default when method is None."""
     if method is None:
-        return DEFAULT_METHOD
+        return default
     if isinstance(method, str) and method in METHODS:
         return method
     raise ValueError(f"method must be None, 'two_pass' or 'welford', got {method!r}")

@@ -270,8 +270,9 @@ class BatchNorm(_Norm):
     axis : int, default 1
         The channel axis of x; -1 for channels-last.
     method : {None, 'two_pass', 'welford'}
-        How batch statistics are computed: None is 'two_pass' (blocked
-        two-pass sums); 'welford' streams each block once.  Both accumulate in
+        How batch statistics are computed: None is batch_norm's default,
+        'welford' (each block streamed once); 'two_pass' sums each block
+        twice while it is in cache.  Both accumulate in
         float64 and agree to rounding; `method` has no effect when the running
         statistics are used.
     dtype : {float32, float64}, default float32
@@ -514,7 +515,7 @@ class LayerNorm(_Norm):
     bias : bool, default True
         Whether the layer has a bias (with ``elementwise_affine=True``).
     method : {None, 'two_pass', 'welford'}
-        How the statistics are computed; None is 'two_pass'.  Both accumulate
+        How the statistics are computed; None is layer_norm's default, 'two_pass'.  Both accumulate
         in float64 and agree to rounding.
     dtype : {float32, float64}, default float32
         dtype of the parameters and of the computation.
