@@ -1,0 +1,48 @@
+"""pytest-benchmark suites: one group per op x shape x dtype, implementations side by side.
+
+    pytest bench/ --benchmark-only                       # time everything
+    pytest bench/ --benchmark-only -k "bn_train and float32"
+    pytest bench/ --benchmark-only --benchmark-json=run.json     # save a run
+    pytest bench/ --benchmark-only --benchmark-autosave          # save under .benchmarks/
+    pytest bench/ --benchmark-only --benchmark-compare           # compare with the last saved run
+    pytest bench/ --benchmark-disable                    # smoke test: each case once, untimed
+
+The cases and the NumPy/torch baselines are the ones `python -m cnorm.bench`
+uses (cnorm/bench.py and cnorm/_baselines.py).  torch is included only when it
+can be imported.
+"""
+
+import numpy as np
+import pytest
+
+@pytest.fixture
+def run_case(benchmark):
+    """Benchmark implementation `impl` of a case built by cnorm.bench; record GB/s."""
+
+    def run(case_funcs, nbytes, impl, group):
+        if impl == "torch" and impl not in case_funcs:
+            pytest.skip("torch is not installed")
+        benchmark.group = group
+        benchmark.extra_info["bytes"] = nbytes
+        result = benchmark(case_funcs[impl])
+        stats = getattr(benchmark, "stats", None)
+        if stats is not None:
+            benchmark.extra_info["GB/s"] = round(nbytes / stats.stats.median / 1e9, 2)
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def torch_module():
+    """torch, or None when it cannot be imported (its cases are then skipped)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,44 @@
+"""Documented behaviour at the edges that other files do not pin down."""
+
+import numpy as np
+import pytest
+
+import cnorm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+def test_eps_zero_constant_channel_gives_inf_invstd_and_nan_output(dtype, method):
+    x = np.full((4, 3, 5), 2.5, dtype=dtype)
+    x[:, 1] = np.arange(20, dtype=dtype).reshape(4, 5)   # one normal channel
+    f = cnorm.batch_norm_forward(x, eps=0.0, method=method)
+    assert np.isinf(f.invstd[0]) and np.isinf(f.invstd[2])
+    assert np.isnan(f.y[:, 0]).all() and np.isnan(f.y[:, 2]).all()
+    assert np.isfinite(f.y[:, 1]).all()
+    l = cnorm.layer_norm_forward(x.reshape(12, 5), 5, eps=0.0, method=method)
+    for i in range(12):
+        row_const = (i % 3) != 1
+        assert np.isinf(l.rstd[i]) == row_const
+        assert np.isnan(l.y[i]).all() == row_const
+
+
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_denormal_inputs(dtype, method):
+    # Subnormal data: the statistics are exact to rounding, and with the default
+    # eps the outputs are what the reference gives (tiny, not garbage).  (With
+    # eps=0 the variance itself underflows, so invstd is inf, as in float64 maths.)
+    from cnorm import _reference as R
+    tiny = np.finfo(dtype).smallest_subnormal
+    rng = np.random.default_rng(0)
+    x = (rng.integers(1, 100, size=(64, 3, 8)) * tiny).astype(dtype)
+    f = cnorm.batch_norm_forward(x, method=method)
+    y, mean, _, invstd = R.batch_norm_train(x)
+    np.testing.assert_allclose(f.mean, mean, rtol=1e-6, atol=tiny)  # a subnormal mean rounds to the subnormal grid
+    np.testing.assert_allclose(f.invstd, invstd, rtol=1e-6)
+    np.testing.assert_allclose(f.y, y, rtol=0, atol=1e-30)
+    l = cnorm.layer_norm_forward(x.reshape(192, 8), 8, method=method)
+    y, mean, rstd = R.layer_norm(x.reshape(192, 8), 8)
+    np.testing.assert_allclose(l.mean, mean, rtol=1e-6, atol=tiny)
+    np.testing.assert_allclose(l.rstd, rstd, rtol=1e-6)
+    np.testing.assert_allclose(l.y, y, rtol=0, atol=1e-30)
