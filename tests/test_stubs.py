@@ -16,14 +16,17 @@ def _built(name):
     return importlib.util.find_spec(name) is not None
 
 
-def test_stubs_match_compiled_modules():
+def test_stubs_match_compiled_modules(tmp_path):
     pytest.importorskip("mypy", reason="mypy is in the test extras: pip install '.[test]'")
     modules = COMPILED + [f"{m}_v3" for m in COMPILED[1:] if _built(f"{m}_v3")]
     allowlist = os.path.join(os.path.dirname(__file__), "stubtest_allowlist.txt")
-    # run where cnorm is importable from: the installed package, or this checkout
+    # Import cnorm from where this test imported it (the installed package, or a
+    # checkout built in place), and run from an empty folder: python -m puts the
+    # working directory first on the path, where a source checkout would shadow
+    # the installed, compiled package.
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(cnorm.__file__)))
     res = subprocess.run([sys.executable, "-m", "mypy.stubtest", *modules, "--allowlist", allowlist],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Success" in res.stdout
 
