@@ -205,16 +205,24 @@ def _header(torch, threads, bandwidth):
     return "\n".join(lines)
 
 
-def run(ops=OPS, dtypes=("float32", "float64"), threads=None, quick=False, json_path=None,
-        plot_path=None, out=sys.stdout, progress=sys.stderr):
-    """Run the benchmark and print the table; returns the list of result dicts."""
+def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", json_path=None,
+        plot_path=None, out=None, progress="stderr"):
+    """Run the benchmark and print the table; returns the list of result dicts.
+
+    mode is "quick" (a smoke run), "default" (about a minute on 2 cores) or
+    "full" (longer samples, more rounds: steadier numbers).  The table goes to
+    out (default sys.stdout), progress lines to progress (default sys.stderr;
+    None for none).
+    """
+    out = sys.stdout if out is None else out
+    progress = sys.stderr if progress == "stderr" else progress
     if threads is not None:
         cnorm.set_num_threads(threads)
     threads = cnorm.get_num_threads()
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
-    min_time, rounds = (0.01, 3) if quick else (0.02, 7)
+    min_time, rounds = {"quick": (0.005, 3), "default": (0.01, 5), "full": (0.03, 9)}[mode]
     bandwidth = copy_bandwidth(min_time=min_time, rounds=rounds)
     print(_header(torch, threads, bandwidth), file=out)
     print(file=out)
@@ -285,6 +293,8 @@ def main(argv=None):
         description="Time cnorm against NumPy (and PyTorch when installed), interleaved in one "
                     "process, and print medians, speedups and effective bandwidth.")
     p.add_argument("--quick", action="store_true", help="fewer, shorter samples (a smoke run)")
+    p.add_argument("--full", action="store_true",
+                   help="longer samples and more rounds, for numbers to quote (several minutes)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for cnorm and torch (default: cnorm.get_num_threads())")
     p.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
@@ -300,7 +310,10 @@ def main(argv=None):
     if a.threads is not None and a.threads < 1:
         p.error("--threads must be at least 1")
     dtypes = ("float32", "float64") if a.dtype == "all" else (a.dtype,)
-    run(ops, dtypes, a.threads, a.quick, a.json, a.plot)
+    if a.quick and a.full:
+        p.error("--quick and --full exclude each other")
+    run(ops, dtypes, a.threads, "quick" if a.quick else "full" if a.full else "default", a.json,
+        a.plot)
 
 
 class _CallableModule(type(sys)):
