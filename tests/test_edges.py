@@ -42,3 +42,28 @@ def test_denormal_inputs(dtype, method):
     np.testing.assert_allclose(l.mean, mean, rtol=1e-6, atol=tiny)
     np.testing.assert_allclose(l.rstd, rstd, rtol=1e-6)
     np.testing.assert_allclose(l.y, y, rtol=0, atol=1e-30)
+
+
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+@pytest.mark.parametrize("ratio", [1e0, 1e2, 1e4, 1e6, 3e7])
+def test_float32_variance_accuracy_from_offset_over_sd_1_to_3e7(ratio, method):
+    # offset/sd from 1 to 3e7: the variance stays within 1e-6 of an exact fsum reference,
+    # for batch norm (NCHW and channels-last) and layer norm
+    from cnorm._reference import exact_mean_var
+    rng = np.random.default_rng(int(ratio))
+    sd = 1e-2
+    x = (ratio * sd + sd * rng.standard_normal((16, 3, 32, 32))).astype(np.float32)
+    f = cnorm.batch_norm_forward(x, eps=0.0, method=method)
+    for c in range(3):
+        _, var = exact_mean_var(x[:, c])
+        assert abs(float(f.invstd[c]) ** -2 / var - 1) <= 1e-6
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    f = cnorm.batch_norm_forward(xl, eps=0.0, method=method, axis=-1)
+    for c in range(3):
+        _, var = exact_mean_var(xl[..., c])
+        assert abs(float(f.invstd[c]) ** -2 / var - 1) <= 1e-6
+    rows = x.reshape(48, 1024)
+    l = cnorm.layer_norm_forward(rows, 1024, eps=0.0, method=method)
+    for r in range(48):
+        _, var = exact_mean_var(rows[r])
+        assert abs(float(l.rstd[r]) ** -2 / var - 1) <= 1e-6
