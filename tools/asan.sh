@@ -16,6 +16,9 @@ libasan="$(gcc -print-file-name=libasan.so)"
 # aborts the run with a report.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1"
 export CNORM_ISA="${CNORM_ISA:-auto}"
+# tests/test_leaks.py measures resident memory, which ASan's quarantine of
+# freed blocks inflates by design; it runs in the ordinary suite instead.
 LD_PRELOAD="$libasan" PYTHONPATH="$work" python -m pytest -q -p no:cacheprovider \
-    -o addopts="-m 'not slow'" tests "$@"
+    -o addopts="-m 'not slow'" --deselect tests/test_leaks.py::test_no_growth_over_many_calls \
+    tests "$@"
 echo "asan: no findings (CNORM_ISA=$CNORM_ISA)"
