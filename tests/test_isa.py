@@ -1,0 +1,70 @@
+"""The baseline and x86-64-v3 builds of each kernel module give bitwise identical results."""
+
+import importlib
+import importlib.util
+
+import numpy as np
+import pytest
+
+import cnorm
+from cnorm import _dispatch
+from cnorm._openmp import cpu_has_v3
+
+
+def _both(name):
+    if importlib.util.find_spec(f"cnorm.{name}_v3") is None:
+        pytest.skip("this build has no x86-64-v3 kernels (not an x86-64 compiler)")
+    if not cpu_has_v3():
+        pytest.skip("this CPU cannot run the x86-64-v3 kernels")
+    return importlib.import_module(f"cnorm.{name}"), importlib.import_module(f"cnorm.{name}_v3")
+
+
+def test_dispatch_picks_v3_where_supported_and_honours_the_override(monkeypatch):
+    mod = _dispatch.kernels("_batchnorm")
+    assert mod.__name__ == ("cnorm._batchnorm_v3" if cpu_has_v3() and importlib.util.find_spec(
+        "cnorm._batchnorm_v3") else "cnorm._batchnorm")
+    monkeypatch.setenv("CNORM_ISA", "baseline")
+    assert _dispatch.kernels("_batchnorm").__name__ == "cnorm._batchnorm"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+@pytest.mark.parametrize("shape,axis", [((8, 5, 9, 11), 1), ((64, 3, 300), 1), ((40, 7, 6, 13), -1),
+                                        ((33, 70), 1)])
+def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype):
+    base, v3 = _both("_batchnorm")
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    results = []
+    for mod in (base, v3):
+        monkeypatch.setattr(cnorm.batchnorm, "_batchnorm", mod)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        f = cnorm.batch_norm_forward(x, w, b, rm, rv, axis=axis, method=method)
+        g = cnorm.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis)
+        y = cnorm.batch_norm(x, w, b, rm, rv, axis=axis, relu=True)
+        results.append([f.y, f.mean, f.invstd, rm, rv, *g, y])
+    for a, e in zip(*results):
+        assert a.tobytes() == e.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+@pytest.mark.parametrize("shape", [(50, 77), (4, 6, 300), (3, 5000)])
+def test_layer_norm_builds_agree_bitwise(monkeypatch, shape, method, dtype):
+    base, v3 = _both("_layernorm")
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal(shape) + 10).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    h = shape[-1]
+    w, b = rng.standard_normal(h).astype(dtype), rng.standard_normal(h).astype(dtype)
+    results = []
+    for mod in (base, v3):
+        monkeypatch.setattr(cnorm.layernorm, "_layernorm", mod)
+        f = cnorm.layer_norm_forward(x, h, w, b, method=method)
+        g = cnorm.layer_norm_backward(dy, x, f.mean, f.rstd, w)
+        results.append([f.y, f.mean, f.rstd, *g, cnorm.layer_norm(x, h, w, b)])
+    for a, e in zip(*results):
+        assert a.tobytes() == e.tobytes()
