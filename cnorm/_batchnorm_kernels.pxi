@@ -456,6 +456,8 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                        Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
                        const floating* w, floating* dweight, floating* dbias, bint training,
                        bint stream, int nt) noexcept nogil:
+    # stream is accepted for symmetry with backward_planar but not used yet: the
+    # rows layout writes dx with ordinary stores.
     cdef Py_ssize_t K = C * M, c, m, r, i
     cdef double sg, sgx
     cdef Grad q
