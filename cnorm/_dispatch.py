@@ -32,12 +32,15 @@ def _stream_threshold():
     env = os.environ.get("CNORM_STREAM_BYTES")
     if env:
         return int(env)
-    return llc_bytes() or 32 << 20
+    return (llc_bytes() or 32 << 20) // 2
 
 
 # Outputs are written with streaming (non-temporal) stores when the bytes a
-# call moves exceed the last-level cache: they would not stay in cache anyway,
-# and writing around it saves reading each destination line first.
+# call moves exceed half the last-level cache: they would not stay in cache
+# anyway, and writing around it saves reading each destination line first.
+# Half, by measurement on a 32 MiB LLC: layer norm (4096, 768) float32, 25 MB
+# moved, is 7% faster streamed; batch norm (8, 256, 28, 28), 13 MB, is 12%
+# slower streamed.
 STREAM_BYTES = _stream_threshold()
 
 
