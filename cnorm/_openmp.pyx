@@ -33,16 +33,27 @@ def llc_bytes():
 
 
 def openmp_enabled():
-    """Return True when the kernels were compiled with OpenMP."""
+    """Whether the kernels were compiled with OpenMP.
+
+    Returns
+    -------
+    bool
+        False when the build found no OpenMP (or ``CNORM_NO_OPENMP=1`` was
+        set): the kernels then run on one thread.
+    """
     return bool(CNORM_HAVE_OPENMP)
 
 
 def get_num_threads():
-    """Return the number of threads cnorm's kernels may use.
+    """The number of threads cnorm's kernels may use.
 
-    Defaults to ``OMP_NUM_THREADS`` when set, else the number of cores.
-    Without OpenMP (see `openmp_enabled`) the kernels run on one thread
-    whatever this returns.
+    Returns
+    -------
+    int
+        What `set_num_threads` last set; at import, ``OMP_NUM_THREADS`` when
+        set, else the number of cores.  Without OpenMP (see
+        `openmp_enabled`) the kernels run on one thread whatever this
+        returns.  Inputs too small to pay for waking threads use one thread.
     """
     return _num_threads
 

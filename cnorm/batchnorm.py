@@ -209,6 +209,12 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
         ``(y, mean, invstd)``: y of x's shape; the batch mean and
         ``1 / sqrt(var + eps)`` per channel, of shape (C,) and x's dtype.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As `batch_norm` with ``training=True``; nothing is modified when an
+        error is raised.
+
     Examples
     --------
     >>> import numpy as np, cnorm
@@ -252,6 +258,17 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     BatchNormGrads
         ``(dx, dweight, dbias)`` with ``dweight = sum(dy * xhat)`` and
         ``dbias = sum(dy)`` per channel, where ``xhat = (x - mean) * invstd``.
+
+    Raises
+    ------
+    TypeError
+        x or dy not floating (dy of another float dtype is cast to x's);
+        non-numeric mean, invstd or weight.
+    ValueError
+        x with fewer than 2 dimensions; dy of another shape than x; axis out
+        of range; mean, invstd or weight not of shape (C,); a bad `out`
+        (shape, dtype, read-only, or partly overlapping x or dy).  Nothing is
+        modified when an error is raised.
 
     Examples
     --------

@@ -177,6 +177,11 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
         ``(y, mean, rstd)``; mean and ``rstd = 1 / sqrt(var + eps)`` have
         shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's dtype.
 
+    Raises
+    ------
+    TypeError, ValueError
+        As `layer_norm`; nothing is modified when an error is raised.
+
     Examples
     --------
     >>> import numpy as np, cnorm
@@ -214,6 +219,17 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
 
         and, summed over the samples, ``dweight = sum(dy * xhat)`` and
         ``dbias = sum(dy)``, both of the normalised shape (always returned).
+
+    Raises
+    ------
+    TypeError
+        x or dy not floating (dy of another float dtype is cast to x's);
+        non-numeric mean, rstd or weight.
+    ValueError
+        dy of another shape than x; mean with as many dimensions as x or
+        more; mean or rstd not of shape ``x.shape[:x.ndim - k]``; weight not
+        of the normalised shape; no elements to normalise over; a bad `out`.
+        Nothing is modified when an error is raised.
 
     Examples
     --------
