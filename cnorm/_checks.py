@@ -98,6 +98,30 @@ def check_overlap(out, inputs, name="out"):
                              f"pass {name}={arg} for in-place work, or a separate buffer")
 
 
+def output_buffer(out, x, inputs, name="out"):
+    """Check out= and pick where a kernel writes: (out, buffer).
+
+    The buffer is out itself when it is C-contiguous (it may be one of the
+    inputs, for in-place work), else a new C-contiguous array that `deliver`
+    copies into out afterwards.  With out None, (None, a new array).
+    """
+    if out is None:
+        return None, np.empty(x.shape, dtype=x.dtype)
+    out = out_array(out, x, name)
+    check_overlap(out, inputs, name)
+    if out.flags.c_contiguous:
+        return out, out
+    return out, np.empty(x.shape, dtype=x.dtype)
+
+
+def deliver(out, buf):
+    """The result of a call that wrote into buf (see output_buffer)."""
+    if out is None or out is buf:
+        return buf
+    out[...] = buf
+    return out
+
+
 def eps_value(eps):
     try:
         e = float(eps)

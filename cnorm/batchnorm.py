@@ -9,8 +9,8 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    axis_value, bool_value, check_overlap, eps_value, float_array, inplace_array, like_array,
-    method_value, momentum_value, out_array,
+    axis_value, bool_value, deliver, eps_value, float_array, inplace_array, like_array,
+    method_value, momentum_value, output_buffer,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -49,24 +49,6 @@ def _c_contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _output(out, x, inputs):
-    """Where the kernel writes: out itself when it is C-contiguous, else a new buffer."""
-    if out is None:
-        return None, np.empty(x.shape, dtype=x.dtype)
-    out = out_array(out, x)
-    check_overlap(out, inputs)
-    if out.flags.c_contiguous:
-        return out, out
-    return out, np.empty(x.shape, dtype=x.dtype)
-
-
-def _deliver(out, buf):
-    if out is None or out is buf:
-        return buf
-    out[...] = buf
-    return out
-
-
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
              method, relu, out, want_stats):
     x = float_array(x, "x")
@@ -95,7 +77,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             raise ValueError("running_mean and running_var are required when training=False")
         running_mean = like_array(running_mean, "running_mean", x.dtype, shape)
         running_var = like_array(running_var, "running_var", x.dtype, shape)
-    out, y = _output(out, x, [("x", x)])
+    out, y = output_buffer(out, x, [("x", x)])
     mean = invstd = None
     if want_stats:
         mean = np.empty(shape, dtype=x.dtype)
@@ -117,7 +99,7 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         else:
             _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu,
                                  stream_stores(2 * x.nbytes))
-    return _deliver(out, y), mean, invstd
+    return deliver(out, y), mean, invstd
 
 
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
@@ -295,11 +277,11 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     mean = like_array(mean, "mean", x.dtype, shape)
     invstd = like_array(invstd, "invstd", x.dtype, shape)
     weight = like_array(weight, "weight", x.dtype, shape)
-    out, dx = _output(out, x, [("x", x), ("dy", dy)])
+    out, dx = output_buffer(out, x, [("x", x), ("dy", dy)])
     dweight = np.zeros(shape, dtype=x.dtype)
     dbias = np.zeros(shape, dtype=x.dtype)
     if x.size:
         dyc = _c_contiguous(dy if dy.dtype == x.dtype else dy.astype(x.dtype))
         _batchnorm.backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,
                             dbias, training, stream_stores(3 * x.nbytes))
-    return BatchNormGrads(_deliver(out, dx), dweight, dbias)
+    return BatchNormGrads(deliver(out, dx), dweight, dbias)

@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    check_overlap, eps_value, float_array, like_array, method_value, out_array,
+    deliver, eps_value, float_array, like_array, method_value, output_buffer,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -74,12 +74,7 @@ def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
     method = method_value(method, DEFAULT_METHOD)
     lead = x.shape[:x.ndim - len(shape)]
     rows = x.size // h
-    if out is None:
-        y = dst = np.empty(x.shape, dtype=x.dtype)
-    else:
-        y = out_array(out, x)
-        check_overlap(y, [("x", x)])
-        dst = y if y.flags.c_contiguous else np.empty(x.shape, dtype=x.dtype)
+    out, dst = output_buffer(out, x, [("x", x)])
     mean = rstd = None
     if want_stats:
         mean = np.empty(lead, dtype=x.dtype)
@@ -87,9 +82,7 @@ def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
     if rows:
         _layernorm.layer_norm(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
                               weight, bias, mean, rstd, eps, method, stream_stores(2 * x.nbytes))
-    if dst is not y:
-        y[...] = dst
-    return y, mean, rstd
+    return deliver(out, dst), mean, rstd
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None, out=None):
@@ -259,12 +252,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
         h *= s
     if h == 0:
         raise ValueError(f"x has no elements to normalize over in its trailing dimensions {shape}")
-    if out is None:
-        dx = dst = np.empty(x.shape, dtype=x.dtype)
-    else:
-        dx = out_array(out, x)
-        check_overlap(dx, [("x", x), ("dy", dy)])
-        dst = dx if dx.flags.c_contiguous else np.empty(x.shape, dtype=x.dtype)
+    out, dst = output_buffer(out, x, [("x", x), ("dy", dy)])
     dweight = np.zeros(shape, dtype=x.dtype)
     dbias = np.zeros(shape, dtype=x.dtype)
     rows = x.size // h
@@ -272,6 +260,4 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
         _layernorm.layer_norm_backward(dyc, np.ascontiguousarray(x), dst, rows, h, mean, rstd,
                                        weight, dweight, dbias)
-    if dst is not dx:
-        dx[...] = dst
-    return LayerNormGrads(dx, dweight, dbias)
+    return LayerNormGrads(deliver(out, dst), dweight, dbias)
