@@ -15,14 +15,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from cnorm._checks import (
-    axis_value, bool_value, eps_value, float_array, like_array, method_value, momentum_value,
+    _FLOAT_DTYPES, _type_name, axis_value, bool_value, eps_value, float_array, like_array,
+    method_value, momentum_value,
 )
 from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
 from cnorm.layernorm import layer_norm_backward, layer_norm_forward
 
 __all__ = ["BatchNorm", "LayerNorm", "fold_batch_norm", "LoadResult"]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
 LoadResult.__doc__ = """Result of ``load_state_dict``: the expected keys that were absent and the
@@ -31,10 +31,6 @@ keys that were not expected, each a list of str (both empty after a strict load)
 
 
 # -- argument checks --------------------------------------------------------------------------
-
-def _type_name(obj):
-    return type(obj).__name__
-
 
 def _dtype_value(dtype):
     if dtype is None:
@@ -341,8 +337,7 @@ class BatchNorm(_Norm):
             axis = operator.index(axis)
         except TypeError:
             raise TypeError(f"axis must be an integer, got {_type_name(axis)}") from None
-        if method is not None:
-            method = method_value(method)
+        method = method_value(method)     # None stays None: the functional default
         dtype = _dtype_value(dtype)
 
         self.num_features = num_features
@@ -564,8 +559,7 @@ class LayerNorm(_Norm):
         eps = eps_value(eps)
         elementwise_affine = bool_value(elementwise_affine, "elementwise_affine")
         bias = bool_value(bias, "bias")
-        if method is not None:
-            method = method_value(method)
+        method = method_value(method)     # None stays None: the functional default
         dtype = _dtype_value(dtype)
 
         self.normalized_shape = shape
