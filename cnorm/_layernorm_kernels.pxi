@@ -16,8 +16,8 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    DOT_TILE, STREAM_TILE, Affine, Moments, chunked_moments, cnorm_stream_copy, cnorm_stream_fence,
-    run_gdev, run_shifted_sum, run_wgdev, run_wsum, TWO_PASS, WELFORD,
+    LANES, STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_stream_copy,
+    cnorm_stream_fence, lanes8_total, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
 
@@ -26,6 +26,7 @@ cnp.import_array()
 cdef enum:
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
+    PREFETCH_BYTES = 4096       # software prefetch distance of forward, at least (measured)
 
 
 cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
@@ -51,7 +52,10 @@ cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double
 
 cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
                              const floating* b, floating* mean_out, floating* rstd_out,
-                             double eps, int method, bint stream) noexcept nogil:
+                             double eps, int method, bint stream,
+                             const floating* ahead) noexcept nogil:
+    """One row; `ahead` (or NULL) is a later row to prefetch while this one is
+    normalised, so that memory keeps streaming during the in-cache passes."""
     cdef floating buf[STREAM_TILE]
     cdef Moments mo = chunked_moments(x, H, H, H, method)
     cdef double rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
@@ -60,10 +64,14 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
         mean_out[0] = <floating>mo.mean
         rstd_out[0] = <floating>rstd
     if not stream:
+        if ahead != NULL:
+            cnorm_prefetch(ahead, H * sizeof(floating))
         row_affine(x, y, H, mo.mean, rstd, w, b)
         return
     while t < H:
         L = STREAM_TILE if H - t > STREAM_TILE else H - t
+        if ahead != NULL:
+            cnorm_prefetch(ahead + t, L * sizeof(floating))
         row_affine(x + t, buf, L, mo.mean, rstd, w + t if w != NULL else NULL,
                    b + t if b != NULL else NULL)
         cnorm_stream_copy(y + t, buf, L * sizeof(floating))
@@ -74,62 +82,63 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
 cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, const floating* w,
                   const floating* b, floating* mean_out, floating* rstd_out, double eps,
                   int method, bint stream, int nt) noexcept nogil:
+    # prefetch the row at least PREFETCH_BYTES ahead of the one being normalised
+    cdef Py_ssize_t d = (PREFETCH_BYTES // <Py_ssize_t>sizeof(floating) + H - 1) // H
     cdef Py_ssize_t r
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
         for r in range(R):
             forward_row(x + r * H, y + r * H, H, w, b,
                         mean_out + r if mean_out != NULL else NULL,
-                        rstd_out + r if rstd_out != NULL else NULL, eps, method, stream)
+                        rstd_out + r if rstd_out != NULL else NULL, eps, method, stream,
+                        x + (r + d) * H if r + d < R else NULL)
         return
     for r in prange(R, num_threads=nt, schedule='static'):
         forward_row(x + r * H, y + r * H, H, w, b,
                     mean_out + r if mean_out != NULL else NULL,
-                    rstd_out + r if rstd_out != NULL else NULL, eps, method, stream)
+                    rstd_out + r if rstd_out != NULL else NULL, eps, method, stream,
+                    x + (r + d) * H if r + d < R else NULL)
+
+
+cdef extern from "_rowgrad.h":
+    void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
+                                 double m, double r, double* sums, double* dw,
+                                 double* db) noexcept nogil
+    void cnorm_row_grad_sums_f64(const double* g, const double* x, const double* w, Py_ssize_t n,
+                                 double m, double r, double* sums, double* dw,
+                                 double* db) noexcept nogil
+
+
+cdef inline void row_grad_sums(const floating* g, const floating* x, const floating* w,
+                               Py_ssize_t n, double m, double r, double* sums,
+                               double* dw, double* db) noexcept nogil:
+    """One pass over a row: sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m)), and
+    the row's column terms dw += g*(x - m)*r, db += g (see _rowgrad.h)."""
+    if floating is float:
+        cnorm_row_grad_sums_f32(g, x, w, n, m, r, sums, dw, db)
+    else:
+        cnorm_row_grad_sums_f64(g, x, w, n, m, r, sums, dw, db)
 
 
 cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
-                              double mean, double rstd, const floating* w) noexcept nogil:
-    """dx of one row."""
-    cdef double a[8]
-    cdef double c[8]
-    cdef Py_ssize_t i, j, t, T
+                              double mean, double rstd, const floating* w, double* dw,
+                              double* db) noexcept nogil:
+    """dx of one row, and its terms of dweight and dbias (w: the weight, or ones)."""
+    cdef double sums[2]
     cdef double sum_g, sum_gx
+    cdef Py_ssize_t i
     cdef floating hi = <floating>mean
+    cdef floating lo = <floating>(mean - <double>hi)
     cdef floating ra, rb, rc
-    for j in range(8):
-        a[j] = 0.0
-        c[j] = 0.0
-    t = 0
-    while t < H:    # tile by tile, as in seq_dot, so that g and x stream side by side
-        T = DOT_TILE if H - t > DOT_TILE else H - t
-        if w != NULL:
-            run_wsum(a, g + t, w + t, T)
-            run_wgdev(c, g + t, w + t, x + t, T, <double>hi)
-        else:
-            run_shifted_sum(a, g + t, T, 0.0)
-            run_gdev(c, g + t, x + t, T, <double>hi)
-        t += T
-    sum_g = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
-    sum_gx = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]))
-    # dx = rstd * (g - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
+    # every sum before any dx: dx may be the very buffer of g or x
+    row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
+    sum_g = sums[0]
+    sum_gx = sums[1]
+    # dx = rstd * (g*w - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
     ra = <floating>rstd
     rb = <floating>(rstd * rstd * rstd * sum_gx / H)
     rc = <floating>(rstd * sum_g / H)
-    if w != NULL:
-        for i in range(H):
-            dx[i] = ((g[i] * w[i]) * ra - (x[i] - hi) * rb) - rc
-    else:
-        for i in range(H):
-            dx[i] = (g[i] * ra - (x[i] - hi) * rb) - rc
-
-
-cdef inline void add_columns(const floating* g, const floating* x, Py_ssize_t H, double mean,
-                             double rstd, double* dw, double* db) noexcept nogil:
-    """dw += g * xhat, db += g for one row."""
-    cdef Py_ssize_t i
     for i in range(H):
-        dw[i] += g[i] * ((x[i] - mean) * rstd)
-        db[i] += g[i]
+        dx[i] = ((g[i] * w[i]) * ra - ((x[i] - hi) - lo) * rb) - rc
 
 
 cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
@@ -143,9 +152,7 @@ cdef inline void backward_block(const floating* g, const floating* x, floating* 
     for i in range(2 * H):
         dw[i] = 0.0
     for r in range(k * rb, r1):
-        # the row's dweight/dbias terms before its dx: dx may be the very buffer of g or x
-        add_columns(g + r * H, x + r * H, H, mean[r], rstd[r], dw, db)
-        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w)
+        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w, dw, db)
 
 
 cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t R, Py_ssize_t H,
@@ -156,6 +163,7 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
     cdef Py_ssize_t rb = (ROWS_WORK + H - 1) // H
     cdef Py_ssize_t nblk, k, i
     cdef double* part
+    cdef floating* ones = NULL
     cdef double sw, sb
     if rb * MAX_COLUMN_BLOCKS < R:
         rb = (R + MAX_COLUMN_BLOCKS - 1) // MAX_COLUMN_BLOCKS
@@ -163,6 +171,14 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
     part = <double*>malloc((2 * nblk * H + 1) * sizeof(double))
     if part == NULL:
         return -1
+    if w == NULL:   # no weight: the same loops, with ones
+        ones = <floating*>malloc(H * sizeof(floating))
+        if ones == NULL:
+            free(part)
+            return -1
+        for i in range(H):
+            ones[i] = 1
+        w = ones
     if nt == 1:
         for k in range(nblk):
             backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part)
@@ -178,6 +194,7 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
         dweight[i] = <floating>sw
         dbias[i] = <floating>sb
     free(part)
+    free(ones)
     return 0
 
 

@@ -1,0 +1,90 @@
+/* The one pass over a row of layer-norm backward, in C:
+ *
+ *   sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m))   (8 lanes, fixed tree)
+ *   dw[i] += g*(x - m)*r, db[i] += g                  (column partials)
+ *
+ * GCC does not vectorise this mix of float loads, float64 lane sums and
+ * float64 column updates from plain loops (Cython's or C's), so the 8 lanes
+ * are written as two 4-wide GCC vector-extension values.  Each lane's
+ * arithmetic is plain IEEE float64 and the final tree is fixed, so every
+ * build (SSE2 pairs or AVX2) and the scalar fallback give the same bits.
+ */
+#ifndef CNORM_ROWGRAD_H
+#define CNORM_ROWGRAD_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define CNORM_ROW_GRAD_SCALAR(i, lane)                                             \
+    do {                                                                           \
+        double gv_ = g[i], xc_ = (double)x[i] - m, gw_ = gv_ * (double)w[i];       \
+        a[lane] += gw_;                                                            \
+        c[lane] += gw_ * xc_;                                                      \
+        dw[i] += gv_ * (xc_ * r);                                                  \
+        db[i] += gv_;                                                              \
+    } while (0)
+
+#define CNORM_ROW_GRAD_FINISH                                                      \
+    sums[0] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));   \
+    sums[1] = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
+
+#if defined(__GNUC__)
+
+typedef double cnorm_v4d __attribute__((vector_size(32)));
+typedef float cnorm_v4f __attribute__((vector_size(16)));
+
+/* 4 values of type T at p, as float64 */
+#define CNORM_LOAD4(VT, p)                                                         \
+    ((cnorm_v4d){(double)(p)[0], (double)(p)[1], (double)(p)[2], (double)(p)[3]})
+
+#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T, VT)                                    \
+static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
+                        double m, double r, double *sums, double *dw, double *db)  \
+{                                                                                  \
+    cnorm_v4d a0 = {0}, a1 = {0}, c0 = {0}, c1 = {0};                              \
+    double a[8], c[8];                                                             \
+    ptrdiff_t nb = n - n % 8, i;                                                   \
+    for (i = 0; i < nb; i += 8) {                                                  \
+        cnorm_v4d g0 = CNORM_LOAD4(VT, g + i), g1 = CNORM_LOAD4(VT, g + i + 4);    \
+        cnorm_v4d x0 = CNORM_LOAD4(VT, x + i) - m, x1 = CNORM_LOAD4(VT, x + i + 4) - m; \
+        cnorm_v4d w0 = g0 * CNORM_LOAD4(VT, w + i), w1 = g1 * CNORM_LOAD4(VT, w + i + 4); \
+        cnorm_v4d d0, d1, b0, b1;                                                  \
+        a0 += w0; a1 += w1;                                                        \
+        c0 += w0 * x0; c1 += w1 * x1;                                              \
+        memcpy(&d0, dw + i, 32); memcpy(&d1, dw + i + 4, 32);                      \
+        memcpy(&b0, db + i, 32); memcpy(&b1, db + i + 4, 32);                      \
+        d0 += g0 * (x0 * r); d1 += g1 * (x1 * r);                                  \
+        b0 += g0; b1 += g1;                                                        \
+        memcpy(dw + i, &d0, 32); memcpy(dw + i + 4, &d1, 32);                      \
+        memcpy(db + i, &b0, 32); memcpy(db + i + 4, &b1, 32);                      \
+    }                                                                              \
+    memcpy(a, &a0, 32); memcpy(a + 4, &a1, 32);                                    \
+    memcpy(c, &c0, 32); memcpy(c + 4, &c1, 32);                                    \
+    for (i = nb; i < n; i++)                                                       \
+        CNORM_ROW_GRAD_SCALAR(i, i - nb);                                          \
+    CNORM_ROW_GRAD_FINISH                                                          \
+}
+
+#else
+
+#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T, VT)                                    \
+static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
+                        double m, double r, double *sums, double *dw, double *db)  \
+{                                                                                  \
+    double a[8] = {0.0}, c[8] = {0.0};                                             \
+    ptrdiff_t nb = n - n % 8, i;                                                   \
+    int j;                                                                         \
+    for (i = 0; i < nb; i += 8)                                                    \
+        for (j = 0; j < 8; j++)                                                    \
+            CNORM_ROW_GRAD_SCALAR(i + j, j);                                       \
+    for (i = nb; i < n; i++)                                                       \
+        CNORM_ROW_GRAD_SCALAR(i, i - nb);                                          \
+    CNORM_ROW_GRAD_FINISH                                                          \
+}
+
+#endif
+
+CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float, cnorm_v4f)
+CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double, cnorm_v4d)
+
+#endif
