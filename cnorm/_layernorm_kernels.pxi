@@ -17,7 +17,7 @@ from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
     LANES, STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_stream_copy,
-    cnorm_stream_fence, lanes8_total, TWO_PASS, WELFORD,
+    cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
 
@@ -97,26 +97,6 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
                     mean_out + r if mean_out != NULL else NULL,
                     rstd_out + r if rstd_out != NULL else NULL, eps, method, stream,
                     x + (r + d) * H if r + d < R else NULL)
-
-
-cdef extern from "_rowgrad.h":
-    void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
-                                 double m, double r, double* sums, double* dw,
-                                 double* db) noexcept nogil
-    void cnorm_row_grad_sums_f64(const double* g, const double* x, const double* w, Py_ssize_t n,
-                                 double m, double r, double* sums, double* dw,
-                                 double* db) noexcept nogil
-
-
-cdef inline void row_grad_sums(const floating* g, const floating* x, const floating* w,
-                               Py_ssize_t n, double m, double r, double* sums,
-                               double* dw, double* db) noexcept nogil:
-    """One pass over a row: sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m)), and
-    the row's column terms dw += g*(x - m)*r, db += g (see _rowgrad.h)."""
-    if floating is float:
-        cnorm_row_grad_sums_f32(g, x, w, n, m, r, sums, dw, db)
-    else:
-        cnorm_row_grad_sums_f64(g, x, w, n, m, r, sums, dw, db)
 
 
 cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,

@@ -18,11 +18,23 @@ cdef extern from "_stream.h":
     void cnorm_stream_fence() noexcept nogil
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
 
+cdef extern from "_lanes.h":
+    void cnorm_dot2_f32(const float* g, const float* x, Py_ssize_t n, double m,
+                        double* a, double* c) noexcept nogil
+    void cnorm_dot2_f64(const double* g, const double* x, Py_ssize_t n, double m,
+                        double* a, double* c) noexcept nogil
+    void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
+                                 double m, double r, double* sums, double* dw,
+                                 double* db) noexcept nogil
+    void cnorm_row_grad_sums_f64(const double* g, const double* x, const double* w, Py_ssize_t n,
+                                 double m, double r, double* sums, double* dw,
+                                 double* db) noexcept nogil
+
 cdef enum:
     STREAM_TILE = 1024   # elements computed in cache before a streaming store
-    DOT_TILE = 256       # elements per tile of the two-loop dot product (a multiple of SUM_LANES)
     LANES = 8            # independent Welford accumulators: enough for AVX-512 float64
     SUM_LANES = 16       # independent accumulators of the plain sums: four AVX2 add chains
+                         # (also hard-wired in _lanes.h's cnorm_dot2)
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
     ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
@@ -93,11 +105,6 @@ cdef inline void merge_columns(double* mean, double* m2, double n,
 # SUM_LANES-wide accumulation over one contiguous run of elements
 # ---------------------------------------------------------------------------
 
-cdef inline double lanes8_total(const double* a) noexcept nogil:
-    """Sum of LANES (8) accumulators in a fixed tree."""
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
-
-
 cdef inline double lanes_total(const double* a) noexcept nogil:
     """Sum of SUM_LANES accumulators in a fixed tree."""
     return ((((a[0] + a[8]) + (a[1] + a[9])) + ((a[2] + a[10]) + (a[3] + a[11])))
@@ -139,21 +146,25 @@ cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double 
         acc[j] = a[j]
 
 
-cdef inline void run_gdev(double* acc, const floating* g, const floating* x, Py_ssize_t n,
-                          double m) noexcept nogil:
-    """acc += g * (x - m), lane-wise as in run_shifted_sum."""
-    cdef double a[SUM_LANES]
-    cdef Py_ssize_t i, j, step, nb = n - n % SUM_LANES
-    for j in range(SUM_LANES):
-        a[j] = acc[j]
-    for step in range(nb // SUM_LANES):
-        i = step * SUM_LANES
-        for j in range(SUM_LANES):
-            a[j] += g[i + j] * (x[i + j] - m)
-    for i in range(nb, n):
-        a[i - nb] += g[i] * (x[i] - m)
-    for j in range(SUM_LANES):
-        acc[j] = a[j]
+cdef inline void run_dot2(double* a, double* c, const floating* g, const floating* x,
+                          Py_ssize_t n, double m) noexcept nogil:
+    """a += g and c += g * (x - m) over a run, in one pass, lane-wise as in
+    run_shifted_sum (see _lanes.h)."""
+    if floating is float:
+        cnorm_dot2_f32(g, x, n, m, a, c)
+    else:
+        cnorm_dot2_f64(g, x, n, m, a, c)
+
+
+cdef inline void row_grad_sums(const floating* g, const floating* x, const floating* w,
+                               Py_ssize_t n, double m, double r, double* sums,
+                               double* dw, double* db) noexcept nogil:
+    """One pass over a layer-norm row: sums[0] = sum(g*w), sums[1] =
+    sum(g*w*(x - m)), and the row's column terms dw += g*(x - m)*r, db += g."""
+    if floating is float:
+        cnorm_row_grad_sums_f32(g, x, w, n, m, r, sums, dw, db)
+    else:
+        cnorm_row_grad_sums_f64(g, x, w, n, m, r, sums, dw, db)
 
 
 ctypedef struct WelfordLanes:
@@ -273,21 +284,14 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
     """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1)."""
     cdef double a[SUM_LANES]
     cdef double b[SUM_LANES]
-    cdef Py_ssize_t i, j, t, off, L, T
+    cdef Py_ssize_t i, j, off, L
     for j in range(SUM_LANES):
         a[j] = 0.0
         b[j] = 0.0
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
-        # Both loops go over the run tile by tile, so that g and x stream from
-        # memory side by side.  Tiles are whole lane steps: same sums, bit for bit.
-        t = 0
-        while t < L:
-            T = DOT_TILE if L - t > DOT_TILE else L - t
-            run_shifted_sum(a, g + off + t, T, 0.0)
-            run_gdev(b, g + off + t, x + off + t, T, m)
-            t += T
+        run_dot2(a, b, g + off, x + off, L, m)
         i += L
     sum_g[0] += lanes_total(a)
     sum_gx[0] += lanes_total(b)

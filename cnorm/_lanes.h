@@ -1,16 +1,19 @@
-/* The one pass over a row of layer-norm backward, in C:
+/* Fused float64 lane sums of the backward passes, in C.
  *
+ * cnorm_row_grad_sums_*: the one pass over a row of layer-norm backward,
  *   sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m))   (8 lanes, fixed tree)
  *   dw[i] += g*(x - m)*r, db[i] += g                  (column partials)
+ * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
+ *   of seq_dot: a[k] += g, c[k] += g*(x - m)
  *
- * GCC does not vectorise this mix of float loads, float64 lane sums and
- * float64 column updates from plain loops (Cython's or C's), so the 8 lanes
- * are written as two 4-wide GCC vector-extension values.  Each lane's
- * arithmetic is plain IEEE float64 and the final tree is fixed, so every
- * build (SSE2 pairs or AVX2) and the scalar fallback give the same bits.
+ * GCC does not vectorise these mixes of float loads and float64 lane sums
+ * from plain loops (Cython's or C's), so the lanes are written as 4-wide
+ * GCC vector-extension values.  Each lane's arithmetic is plain IEEE float64
+ * and the final trees are fixed, so every build (SSE2 pairs or AVX2) and the
+ * scalar fallback give the same bits.
  */
-#ifndef CNORM_ROWGRAD_H
-#define CNORM_ROWGRAD_H
+#ifndef CNORM_LANES_H
+#define CNORM_LANES_H
 
 #include <stddef.h>
 #include <string.h>
@@ -31,13 +34,36 @@
 #if defined(__GNUC__)
 
 typedef double cnorm_v4d __attribute__((vector_size(32)));
-typedef float cnorm_v4f __attribute__((vector_size(16)));
 
 /* 4 values of type T at p, as float64 */
-#define CNORM_LOAD4(VT, p)                                                         \
+#define CNORM_LOAD4(p)                                                         \
     ((cnorm_v4d){(double)(p)[0], (double)(p)[1], (double)(p)[2], (double)(p)[3]})
 
-#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T, VT)                                    \
+#define CNORM_DEFINE_DOT2(NAME, T)                                             \
+static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
+                        double *a, double *c)                                      \
+{                                                                                  \
+    cnorm_v4d A[4], C[4];                                                          \
+    ptrdiff_t nb = n - n % 16, i;                                                  \
+    int q;                                                                         \
+    memcpy(A, a, sizeof A);                                                        \
+    memcpy(C, c, sizeof C);                                                        \
+    for (i = 0; i < nb; i += 16) {                                                 \
+        for (q = 0; q < 4; q++) {                                                  \
+            cnorm_v4d gq = CNORM_LOAD4(g + i + 4 * q);                         \
+            A[q] += gq;                                                            \
+            C[q] += gq * (CNORM_LOAD4(x + i + 4 * q) - m);                     \
+        }                                                                          \
+    }                                                                              \
+    memcpy(a, A, sizeof A);                                                        \
+    memcpy(c, C, sizeof C);                                                        \
+    for (i = nb; i < n; i++) {                                                     \
+        a[i - nb] += (double)g[i];                                                 \
+        c[i - nb] += (double)g[i] * ((double)x[i] - m);                            \
+    }                                                                              \
+}
+
+#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
 static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
@@ -45,9 +71,9 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
     double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     for (i = 0; i < nb; i += 8) {                                                  \
-        cnorm_v4d g0 = CNORM_LOAD4(VT, g + i), g1 = CNORM_LOAD4(VT, g + i + 4);    \
-        cnorm_v4d x0 = CNORM_LOAD4(VT, x + i) - m, x1 = CNORM_LOAD4(VT, x + i + 4) - m; \
-        cnorm_v4d w0 = g0 * CNORM_LOAD4(VT, w + i), w1 = g1 * CNORM_LOAD4(VT, w + i + 4); \
+        cnorm_v4d g0 = CNORM_LOAD4(g + i), g1 = CNORM_LOAD4(g + i + 4);    \
+        cnorm_v4d x0 = CNORM_LOAD4(x + i) - m, x1 = CNORM_LOAD4(x + i + 4) - m; \
+        cnorm_v4d w0 = g0 * CNORM_LOAD4(w + i), w1 = g1 * CNORM_LOAD4(w + i + 4); \
         cnorm_v4d d0, d1, b0, b1;                                                  \
         a0 += w0; a1 += w1;                                                        \
         c0 += w0 * x0; c1 += w1 * x1;                                              \
@@ -67,7 +93,18 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 
 #else
 
-#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T, VT)                                    \
+#define CNORM_DEFINE_DOT2(NAME, T)                                             \
+static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
+                        double *a, double *c)                                      \
+{                                                                                  \
+    ptrdiff_t i;                                                                   \
+    for (i = 0; i < n; i++) {                                                      \
+        a[i % 16] += (double)g[i];                                                 \
+        c[i % 16] += (double)g[i] * ((double)x[i] - m);                            \
+    }                                                                              \
+}
+
+#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
 static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
@@ -84,7 +121,9 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 
 #endif
 
-CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float, cnorm_v4f)
-CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double, cnorm_v4d)
+CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)
+CNORM_DEFINE_DOT2(cnorm_dot2_f64, double)
+CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float)
+CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double)
 
 #endif
