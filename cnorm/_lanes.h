@@ -1,10 +1,12 @@
-/* Fused float64 lane sums of the backward passes, in C.
+/* float64 lane loops of the statistics and backward passes, in C.
  *
  * cnorm_row_grad_sums_*: the one pass over a row of layer-norm backward,
  *   sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m))   (8 lanes, fixed tree)
  *   dw[i] += g*(x - m)*r, db[i] += g                  (column partials)
  * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
+ * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane
+ *   per position in the step, so that one division serves the 16 lanes
  *
  * GCC does not vectorise these mixes of float loads and float64 lane sums
  * from plain loops (Cython's or C's), so the lanes are written as 4-wide
@@ -38,6 +40,31 @@ typedef double cnorm_v4d __attribute__((vector_size(32)));
 /* 4 values of type T at p, as float64 */
 #define CNORM_LOAD4(p)                                                         \
     ((cnorm_v4d){(double)(p)[0], (double)(p)[1], (double)(p)[2], (double)(p)[3]})
+
+#define CNORM_DEFINE_WELFORD(NAME, T)                                          \
+static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,           \
+                          double *m2)                                              \
+{                                                                                  \
+    cnorm_v4d M[4], Q[4];                                                          \
+    ptrdiff_t i;                                                                   \
+    int q;                                                                         \
+    memcpy(M, mu, sizeof M);                                                       \
+    memcpy(Q, m2, sizeof Q);                                                       \
+    for (i = 0; i + 16 <= n; i += 16) {                                            \
+        double r;                                                                  \
+        k += 1.0;                                                                  \
+        r = 1.0 / k;                                                               \
+        for (q = 0; q < 4; q++) {                                                  \
+            cnorm_v4d v = CNORM_LOAD4(x + i + 4 * q);                              \
+            cnorm_v4d d = v - M[q];                                                \
+            M[q] += d * r;                                                         \
+            Q[q] += d * (v - M[q]);                                                \
+        }                                                                          \
+    }                                                                              \
+    memcpy(mu, M, sizeof M);                                                       \
+    memcpy(m2, Q, sizeof Q);                                                       \
+    return k;                                                                      \
+}
 
 #define CNORM_DEFINE_DOT2(NAME, T)                                             \
 static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
@@ -93,6 +120,25 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 
 #else
 
+#define CNORM_DEFINE_WELFORD(NAME, T)                                          \
+static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,           \
+                          double *m2)                                              \
+{                                                                                  \
+    ptrdiff_t i;                                                                   \
+    int j;                                                                         \
+    for (i = 0; i + 16 <= n; i += 16) {                                            \
+        double r;                                                                  \
+        k += 1.0;                                                                  \
+        r = 1.0 / k;                                                               \
+        for (j = 0; j < 16; j++) {                                                 \
+            double v = x[i + j], d = v - mu[j];                                    \
+            mu[j] += d * r;                                                        \
+            m2[j] += d * (v - mu[j]);                                              \
+        }                                                                          \
+    }                                                                              \
+    return k;                                                                      \
+}
+
 #define CNORM_DEFINE_DOT2(NAME, T)                                             \
 static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
                         double *a, double *c)                                      \
@@ -121,6 +167,8 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 
 #endif
 
+CNORM_DEFINE_WELFORD(cnorm_welford_f32, float)
+CNORM_DEFINE_WELFORD(cnorm_welford_f64, double)
 CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)
 CNORM_DEFINE_DOT2(cnorm_dot2_f64, double)
 CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float)

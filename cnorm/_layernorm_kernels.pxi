@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    LANES, STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_stream_copy,
+    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_stream_copy,
     cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for

@@ -19,6 +19,10 @@ cdef extern from "_stream.h":
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
 
 cdef extern from "_lanes.h":
+    double cnorm_welford_f32(const float* x, Py_ssize_t n, double k, double* mu,
+                             double* m2) noexcept nogil
+    double cnorm_welford_f64(const double* x, Py_ssize_t n, double k, double* mu,
+                             double* m2) noexcept nogil
     void cnorm_dot2_f32(const float* g, const float* x, Py_ssize_t n, double m,
                         double* a, double* c) noexcept nogil
     void cnorm_dot2_f64(const double* g, const double* x, Py_ssize_t n, double m,
@@ -32,7 +36,8 @@ cdef extern from "_lanes.h":
 
 cdef enum:
     STREAM_TILE = 1024   # elements computed in cache before a streaming store
-    LANES = 8            # independent Welford accumulators: enough for AVX-512 float64
+    LANES = 16           # independent Welford accumulators: four AVX2 vectors
+                         # (hard-wired in _lanes.h's cnorm_welford)
     SUM_LANES = 16       # independent accumulators of the plain sums: four AVX2 add chains
                          # (also hard-wired in _lanes.h's cnorm_dot2)
     CHUNK = 4096         # elements of one channel or row per statistics block
@@ -184,28 +189,13 @@ cdef inline void welford_init(WelfordLanes* w) noexcept nogil:
 
 
 cdef inline void run_welford(WelfordLanes* w, const floating* x, Py_ssize_t n) noexcept nogil:
-    """Vectorised Welford: every lane has the same count, so one division per step."""
-    cdef double mu[LANES]
-    cdef double q[LANES]
-    cdef double k = w.k
-    cdef double r, v, d
-    cdef Py_ssize_t i, j, step, nb = n - n % LANES
-    for j in range(LANES):
-        mu[j] = w.mean[j]
-        q[j] = w.m2[j]
-    for step in range(nb // LANES):
-        i = step * LANES
-        k = k + 1.0
-        r = 1.0 / k
-        for j in range(LANES):
-            v = x[i + j]
-            d = v - mu[j]
-            mu[j] = mu[j] + d * r
-            q[j] = q[j] + d * (v - mu[j])
-    for j in range(LANES):
-        w.mean[j] = mu[j]
-        w.m2[j] = q[j]
-    w.k = k
+    """Vectorised Welford: every lane has the same count, so one division per step
+    (see _lanes.h); the values after the last whole step go to w.tail."""
+    cdef Py_ssize_t i, nb = n - n % LANES
+    if floating is float:
+        w.k = cnorm_welford_f32(x, nb, w.k, w.mean, w.m2)
+    else:
+        w.k = cnorm_welford_f64(x, nb, w.k, w.mean, w.m2)
     for i in range(nb, n):
         moments_push(&w.tail, x[i])
 
