@@ -12,7 +12,8 @@
  * from plain loops (Cython's or C's), so the lanes are written as 4-wide
  * GCC vector-extension values.  Each lane's arithmetic is plain IEEE float64
  * and the final trees are fixed, so every build (SSE2 pairs or AVX2) and the
- * scalar fallback give the same bits.
+ * plain-C fallback (other compilers, or CNORM_LANES_SCALAR defined) give the
+ * same bits: tests/test_lanes.py compiles both and compares them.
  */
 #ifndef CNORM_LANES_H
 #define CNORM_LANES_H
@@ -33,7 +34,7 @@
     sums[0] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));   \
     sums[1] = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
 
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(CNORM_LANES_SCALAR)
 
 typedef double cnorm_v4d __attribute__((vector_size(32)));
 
