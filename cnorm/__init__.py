@@ -1,6 +1,14 @@
 """cnorm: batch and layer normalization for NumPy, with OpenMP-parallel Cython kernels."""
 
-from cnorm._openmp import get_num_threads, openmp_enabled, set_num_threads
+try:
+    from cnorm._openmp import get_num_threads, openmp_enabled, set_num_threads
+except ModuleNotFoundError as e:     # a source checkout whose kernels were never built
+    if e.name != "cnorm._openmp":
+        raise
+    raise ImportError(
+        f"cnorm was imported from {__path__[0]}, which has no compiled kernels. This is a "
+        "source checkout that shadows any installed cnorm: run from another directory, or "
+        "build in place with `pip install -e .`") from e
 from cnorm.batchnorm import (
     BatchNormGrads, BatchNormOutput, batch_norm, batch_norm_backward, batch_norm_forward,
 )
