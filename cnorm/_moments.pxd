@@ -6,7 +6,7 @@
 # Determinism: every reduction is split into blocks whose boundaries depend
 # only on the array's shape (CHUNK elements of a channel or row, ROW_GROUP
 # elements of a row-major matrix).  Inside a block the order of operations is
-# fixed by the code (LANES or SUM_LANES independent accumulators, then a fixed tree), and
+# fixed by the code (LANES independent accumulators, then a fixed tree), and
 # blocks are merged in index order.  Which thread computes a block never
 # changes a bit of the result.
 
@@ -36,10 +36,8 @@ cdef extern from "_lanes.h":
 
 cdef enum:
     STREAM_TILE = 1024   # elements computed in cache before a streaming store
-    LANES = 16           # independent Welford accumulators: four AVX2 vectors
-                         # (hard-wired in _lanes.h's cnorm_welford)
-    SUM_LANES = 16       # independent accumulators of the plain sums: four AVX2 add chains
-                         # (also hard-wired in _lanes.h's cnorm_dot2)
+    LANES = 16           # independent float64 accumulators of the lane loops: four AVX2
+                         # vectors (hard-wired in _lanes.h's Welford and dot2 too)
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
     ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
@@ -107,47 +105,47 @@ cdef inline void merge_columns(double* mean, double* m2, double n,
 
 
 # ---------------------------------------------------------------------------
-# SUM_LANES-wide accumulation over one contiguous run of elements
+# LANES-wide accumulation over one contiguous run of elements
 # ---------------------------------------------------------------------------
 
 cdef inline double lanes_total(const double* a) noexcept nogil:
-    """Sum of SUM_LANES accumulators in a fixed tree."""
+    """Sum of LANES accumulators in a fixed tree."""
     return ((((a[0] + a[8]) + (a[1] + a[9])) + ((a[2] + a[10]) + (a[3] + a[11])))
             + (((a[4] + a[12]) + (a[5] + a[13])) + ((a[6] + a[14]) + (a[7] + a[15]))))
 
 
 cdef inline void run_shifted_sum(double* acc, const floating* x, Py_ssize_t n, double s) noexcept nogil:
-    """acc[j] += x[i] - s over full steps of SUM_LANES values, then the tail into lanes 0, 1, ..."""
-    cdef double a[SUM_LANES]
-    cdef Py_ssize_t i, j, step, nb = n - n % SUM_LANES
-    for j in range(SUM_LANES):
+    """acc[j] += x[i] - s over full steps of LANES values, then the tail into lanes 0, 1, ..."""
+    cdef double a[LANES]
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
         a[j] = acc[j]
-    for step in range(nb // SUM_LANES):
-        i = step * SUM_LANES
-        for j in range(SUM_LANES):
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
             a[j] += x[i + j] - s
     for i in range(nb, n):
         a[i - nb] += x[i] - s
-    for j in range(SUM_LANES):
+    for j in range(LANES):
         acc[j] = a[j]
 
 
 cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double m) noexcept nogil:
     """acc += (x - m)**2, lane-wise as in run_shifted_sum."""
-    cdef double a[SUM_LANES]
+    cdef double a[LANES]
     cdef double d
-    cdef Py_ssize_t i, j, step, nb = n - n % SUM_LANES
-    for j in range(SUM_LANES):
+    cdef Py_ssize_t i, j, step, nb = n - n % LANES
+    for j in range(LANES):
         a[j] = acc[j]
-    for step in range(nb // SUM_LANES):
-        i = step * SUM_LANES
-        for j in range(SUM_LANES):
+    for step in range(nb // LANES):
+        i = step * LANES
+        for j in range(LANES):
             d = x[i + j] - m
             a[j] += d * d
     for i in range(nb, n):
         d = x[i] - m
         a[i - nb] += d * d
-    for j in range(SUM_LANES):
+    for j in range(LANES):
         acc[j] = a[j]
 
 
@@ -232,7 +230,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
                                 Py_ssize_t i0, Py_ssize_t i1, int method) noexcept nogil:
     """(count, mean, M2) of elements [i0, i1) of a segmented sequence."""
     cdef Moments out
-    cdef double acc[SUM_LANES]
+    cdef double acc[LANES]
     cdef double x0
     cdef WelfordLanes w
     cdef Py_ssize_t i, j, off, L
@@ -248,7 +246,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     # mean x0 and M2 0, and data far from zero loses nothing to its offset.
     seq_run(i0, i1, M, stride, &off)
     x0 = base[off]
-    for j in range(SUM_LANES):
+    for j in range(LANES):
         acc[j] = 0.0
     i = i0
     while i < i1:
@@ -257,7 +255,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
         i += L
     out.n = <double>(i1 - i0)
     out.mean = x0 + lanes_total(acc) / out.n
-    for j in range(SUM_LANES):
+    for j in range(LANES):
         acc[j] = 0.0
     i = i0
     while i < i1:
@@ -272,10 +270,10 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
                          Py_ssize_t i0, Py_ssize_t i1, double m,
                          double* sum_g, double* sum_gx) noexcept nogil:
     """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1)."""
-    cdef double a[SUM_LANES]
-    cdef double b[SUM_LANES]
+    cdef double a[LANES]
+    cdef double b[LANES]
     cdef Py_ssize_t i, j, off, L
-    for j in range(SUM_LANES):
+    for j in range(LANES):
         a[j] = 0.0
         b[j] = 0.0
     i = i0
