@@ -33,6 +33,18 @@ def float_array(x, name):
     return x
 
 
+def real_array(v, name):
+    """np.asarray(v), which must hold real numbers (float, int, unsigned or bool)."""
+    try:
+        a = np.asarray(v)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array of real numbers, "
+                        f"got an object of type {_type_name(v)} ({exc})") from None
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a
+
+
 def like_array(v, name, dtype, shape):
     """A read-only parameter (weight, bias, ...) cast to dtype, C-contiguous, of the given shape."""
     if v is None:
@@ -40,14 +52,7 @@ def like_array(v, name, dtype, shape):
     if type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous:
         a = v
     else:
-        try:
-            a = np.asarray(v)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array of real numbers, "
-                            f"got an object of type {_type_name(v)} ({exc})") from None
-        if a.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-        a = np.ascontiguousarray(a, dtype=dtype)
+        a = np.ascontiguousarray(real_array(v, name), dtype=dtype)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return a

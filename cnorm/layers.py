@@ -16,7 +16,7 @@ import numpy as np
 
 from cnorm._checks import (
     _FLOAT_DTYPES, _type_name, axis_value, bool_value, eps_value, float_array, like_array,
-    method_value, momentum_value,
+    method_value, momentum_value, real_array,
 )
 from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
 from cnorm.layernorm import layer_norm_backward, layer_norm_forward
@@ -94,14 +94,7 @@ def _real_array(v, name):
                 v = t.float().numpy()   # dtypes NumPy lacks (bfloat16)
         elif not hasattr(v, "__array__") and hasattr(v, "numpy"):
             v = v.numpy()
-        try:
-            v = np.asarray(v)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array of real numbers, "
-                            f"got an object of type {_type_name(v)} ({exc})") from None
-    if v.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must hold real numbers, got dtype {v.dtype}")
-    return v
+    return real_array(v, name)
 
 
 # -- shared machinery ------------------------------------------------------------------------
