@@ -854,6 +854,24 @@ def _stream_on(monkeypatch):
     assert cnorm._dispatch.stream_stores(1)
 
 
+def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
+    """The streaming threshold is the per-core LLC: sysfs's largest data cache, else sysconf."""
+    for i, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                             (2, "Unified", "512K"), (3, "Unified", "32768K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    real_glob = cnorm._dispatch.glob.glob
+    monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
+    assert cnorm._dispatch._cache_bytes() == 32 << 20
+    monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: [])
+    assert cnorm._dispatch._cache_bytes() == cnorm._openmp.llc_bytes()
+    monkeypatch.setenv("CNORM_STREAM_BYTES", "12345")
+    assert cnorm._dispatch._stream_threshold() == 12345
+
+
 def test_stream_stores_is_the_dispatch_function():
     """The patching in the streaming tests reaches the operations."""
     import cnorm.batchnorm
