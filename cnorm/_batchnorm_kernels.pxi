@@ -396,7 +396,7 @@ cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py
                           Grad q, bint training, bint stream) noexcept nogil:
     cdef floating buf[STREAM_TILE]
     cdef Py_ssize_t t = 0, L
-    if not stream:
+    if not stream or n < STREAM_TILE:     # see STREAM_TILE
         grad_block(g, x, dx, n, q, training)
         return
     while t < n:
