@@ -99,13 +99,22 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
                     x + (r + d) * H if r + d < R else NULL)
 
 
+cdef inline void row_dx(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                        const floating* w, floating hi, floating lo, floating ra, floating rb,
+                        floating rc) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = ((g[i] * w[i]) * ra - ((x[i] - hi) - lo) * rb) - rc
+
+
 cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
                               double mean, double rstd, const floating* w, double* dw,
-                              double* db) noexcept nogil:
+                              double* db, bint stream) noexcept nogil:
     """dx of one row, and its terms of dweight and dbias (w: the weight, or ones)."""
+    cdef floating buf[STREAM_TILE]
     cdef double sums[2]
     cdef double sum_g, sum_gx
-    cdef Py_ssize_t i
+    cdef Py_ssize_t t = 0, L
     cdef floating hi = <floating>mean
     cdef floating lo = <floating>(mean - <double>hi)
     cdef floating ra, rb, rc
@@ -117,13 +126,20 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
     ra = <floating>rstd
     rb = <floating>(rstd * rstd * rstd * sum_gx / H)
     rc = <floating>(rstd * sum_g / H)
-    for i in range(H):
-        dx[i] = ((g[i] * w[i]) * ra - ((x[i] - hi) - lo) * rb) - rc
+    if not stream:
+        row_dx(g, x, dx, H, w, hi, lo, ra, rb, rc)
+        return
+    while t < H:
+        L = STREAM_TILE if H - t > STREAM_TILE else H - t
+        row_dx(g + t, x + t, buf, L, w + t, hi, lo, ra, rb, rc)
+        cnorm_stream_copy(dx + t, buf, L * sizeof(floating))
+        t += L
 
 
 cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
                                 Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const floating* mean,
-                                const floating* rstd, const floating* w, double* part) noexcept nogil:
+                                const floating* rstd, const floating* w, double* part,
+                                bint stream) noexcept nogil:
     """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H]."""
     cdef Py_ssize_t i, r
     cdef Py_ssize_t r1 = (k + 1) * rb if (k + 1) * rb < R else R
@@ -132,12 +148,14 @@ cdef inline void backward_block(const floating* g, const floating* x, floating* 
     for i in range(2 * H):
         dw[i] = 0.0
     for r in range(k * rb, r1):
-        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w, dw, db)
+        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r], rstd[r], w, dw, db, stream)
+    if stream:
+        cnorm_stream_fence()
 
 
 cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t R, Py_ssize_t H,
                   const floating* mean, const floating* rstd, const floating* w,
-                  floating* dweight, floating* dbias, int nt) noexcept nogil:
+                  floating* dweight, floating* dbias, bint stream, int nt) noexcept nogil:
     # Row blocks: at least ROWS_WORK elements each, at most MAX_COLUMN_BLOCKS of them;
     # both bounds depend on the shape alone.
     cdef Py_ssize_t rb = (ROWS_WORK + H - 1) // H
@@ -163,7 +181,7 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
     # was measured 3-4x slower on one thread of a 16-core Xeon with GCC 13, which
     # compiled its inlined copy of backward_block worse than the parallel one.
     for k in prange(nblk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part)
+        backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream)
     for i in range(H):
         sw = 0.0
         sb = 0.0
@@ -214,7 +232,7 @@ def layer_norm(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, weight,
 
 
 def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
-                        Py_ssize_t H, mean, rstd, weight, dweight, dbias):
+                        Py_ssize_t H, mean, rstd, weight, dweight, dbias, bint stream):
     cdef int nt = threads_for(R * H)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
@@ -228,9 +246,9 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_
     with nogil:
         if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
             rc = backward[float](<float*>pg, <float*>px, <float*>pdx, R, H, <float*>pm,
-                                 <float*>pr, <float*>pw, <float*>pdw, <float*>pdb, nt)
+                                 <float*>pr, <float*>pw, <float*>pdw, <float*>pdb, stream, nt)
         else:
             rc = backward[double](<double*>pg, <double*>px, <double*>pdx, R, H, <double*>pm,
-                                  <double*>pr, <double*>pw, <double*>pdw, <double*>pdb, nt)
+                                  <double*>pr, <double*>pw, <double*>pdw, <double*>pdb, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for layer_norm_backward")

@@ -259,5 +259,5 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     if rows:
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
         _layernorm.layer_norm_backward(dyc, np.ascontiguousarray(x), dst, rows, h, mean, rstd,
-                                       weight, dweight, dbias)
+                                       weight, dweight, dbias, stream_stores(3 * x.nbytes))
     return LayerNormGrads(deliver(out, dst), dweight, dbias)

@@ -891,6 +891,7 @@ STREAM_LN = [("5x37", (5, 37), 37, 1), ("6x2500", (6, 2500), 2500, 1),
 def test_layer_norm_streaming_matches(rng, monkeypatch, name, shape, ns, nt, dtype, which):
     x = row_data(rng, shape, ns, dtype)
     w, b = affine(rng, ns, dtype, which)
+    dy = rng.standard_normal(shape).astype(dtype)
 
     def run():
         res = {}
@@ -914,6 +915,15 @@ def test_layer_norm_streaming_matches(rng, monkeypatch, name, shape, ns, nt, dty
             assert (big[..., 1::2] == 0).all()
             xi = x.copy()
             res["in-place"] = cnorm.layer_norm(xi, ns, w, b, method=method, out=xi)
+            # backward writes dx with streaming stores too
+            g = cnorm.layer_norm_backward(dy, x, f.mean, f.rstd, w)
+            res.update(dx=g.dx, dweight=g.dweight, dbias=g.dbias)
+            buf = np.full(x.size + 1, 3.0, dtype)
+            res["dx offset-out"] = cnorm.layer_norm_backward(
+                dy, x, f.mean, f.rstd, w, out=buf[1:].reshape(shape)).dx
+            assert buf[0] == 3.0
+            dyi = dy.copy()
+            res["dx in-place"] = cnorm.layer_norm_backward(dyi, x, f.mean, f.rstd, w, out=dyi).dx
         return res
 
     _stream_off(monkeypatch)
@@ -924,6 +934,8 @@ def test_layer_norm_streaming_matches(rng, monkeypatch, name, shape, ns, nt, dty
     for key in plain:
         assert_same(streamed[key], plain[key], key)
     assert_close(plain["None y"], R.layer_norm(x, ns, w, b)[0], dtype)
+    ref = R.layer_norm_backward(dy, x, plain["None mean"], plain["None rstd"], w)
+    assert_close(plain["None dx"], ref[0], dtype)
 
 
 STREAM_BN = [("NC", (16, 5), 1, 1), ("NC-col-tiles", (70, 1100), 1, 2),
