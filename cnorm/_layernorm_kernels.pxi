@@ -16,7 +16,7 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_stream_copy,
+    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_prefetch_write, cnorm_stream_copy,
     cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
@@ -27,6 +27,7 @@ cdef enum:
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
     PREFETCH_BYTES = 4096       # software prefetch distance of forward, at least (measured)
+    PREFETCH_WRITE_MAX = 1024   # rows this short also prefetch their output (measured)
 
 
 cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
@@ -66,6 +67,8 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     if not stream:
         if ahead != NULL:
             cnorm_prefetch(ahead, H * sizeof(floating))
+            if H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
+                cnorm_prefetch_write(y + (ahead - x), H * sizeof(floating))
         row_affine(x, y, H, mo.mean, rstd, w, b)
         return
     while t < H:

@@ -17,6 +17,7 @@ cdef extern from "_stream.h":
     void cnorm_stream_copy(void* dst, const void* src, size_t n) noexcept nogil
     void cnorm_stream_fence() noexcept nogil
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
+    void cnorm_prefetch_write(void* p, size_t n) noexcept nogil
 
 cdef extern from "_lanes.h":
     double cnorm_welford_f32(const float* x, Py_ssize_t n, double k, double* mu,

@@ -63,6 +63,14 @@ static inline void cnorm_prefetch(const void *p, size_t n)
         __builtin_prefetch(c + o, 0, 3);
 }
 
+/* The same for n bytes about to be written (a write hint where the CPU has one). */
+static inline void cnorm_prefetch_write(void *p, size_t n)
+{
+    char *c = (char *)p;
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch(c + o, 1, 3);
+}
+
 /* Bytes of last-level cache, or 0 when the system does not say. */
 static inline long cnorm_llc_bytes(void)
 {
