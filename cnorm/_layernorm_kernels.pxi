@@ -27,7 +27,8 @@ cdef enum:
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
     PREFETCH_BYTES = 4096       # software prefetch distance of forward, at least (measured)
-    PREFETCH_WRITE_MAX = 1024   # rows this short also prefetch their output (measured)
+    PREFETCH_WRITE_MAX = 1024   # rows up to this long prefetch y a row ahead, longer ones
+                                # their own y (measured; see forward_row)
 
 
 cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
@@ -56,11 +57,20 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
                              double eps, int method, bint stream,
                              const floating* ahead) noexcept nogil:
     """One row; `ahead` (or NULL) is a later row to prefetch while this one is
-    normalised, so that memory keeps streaming during the in-cache passes."""
+    normalised, so that memory keeps streaming during the in-cache passes.
+
+    Without streaming stores, each line of y is fetched before it is written.
+    A long row asks for its own y lines before its statistics passes, which
+    then hide the wait; a short row's passes are too brief for that, so it
+    asks for the y lines of the row `ahead` instead."""
     cdef floating buf[STREAM_TILE]
-    cdef Moments mo = chunked_moments(x, H, H, H, method)
-    cdef double rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
+    cdef Moments mo
+    cdef double rstd
     cdef Py_ssize_t t = 0, L
+    if not stream and H * <Py_ssize_t>sizeof(floating) > PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(y, H * sizeof(floating))
+    mo = chunked_moments(x, H, H, H, method)
+    rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
     if mean_out != NULL:
         mean_out[0] = <floating>mo.mean
         rstd_out[0] = <floating>rstd
