@@ -131,6 +131,10 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
     cdef floating hi = <floating>mean
     cdef floating lo = <floating>(mean - <double>hi)
     cdef floating ra, rb, rc
+    # As in forward_row, a short row asks for dx's lines before its sums pass
+    # (measured: (64, 4096) lost 6% with it, probably as dx then evicts g and x from L1).
+    if not stream and H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(dx, H * sizeof(floating))
     # every sum before any dx: dx may be the very buffer of g or x
     row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
     sum_g = sums[0]
