@@ -16,8 +16,8 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_prefetch_write, cnorm_stream_copy,
-    cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
+    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_prefetch_write,
+    cnorm_stream_copy, cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
 
