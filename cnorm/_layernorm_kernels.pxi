@@ -67,8 +67,9 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     cdef Moments mo
     cdef double rstd
     cdef Py_ssize_t t = 0, L
-    if not stream and H * <Py_ssize_t>sizeof(floating) > PREFETCH_WRITE_MAX:
-        cnorm_prefetch_write(y, H * sizeof(floating))
+    cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(floating)
+    if not stream and nbytes > PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(y, nbytes)
     mo = chunked_moments(x, H, H, H, method)
     rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
     if mean_out != NULL:
@@ -76,9 +77,9 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
         rstd_out[0] = <floating>rstd
     if not stream:
         if ahead != NULL:
-            cnorm_prefetch(ahead, H * sizeof(floating))
-            if H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
-                cnorm_prefetch_write(y + (ahead - x), H * sizeof(floating))
+            cnorm_prefetch(ahead, nbytes)
+            if nbytes <= PREFETCH_WRITE_MAX:
+                cnorm_prefetch_write(y + (ahead - x), nbytes)
         row_affine(x, y, H, mo.mean, rstd, w, b)
         return
     while t < H:
