@@ -1,6 +1,5 @@
 # Batch-normalization kernels, included by _batchnorm.pyx (any x86-64) and
 # _batchnorm_v3.pyx (compiled for x86-64-v3, AVX2); see cnorm/_dispatch.py.
-# Batch-normalization kernels.
 #
 # Layout: the Python layer presents x as a C-contiguous (N, C, M) array, with the
 # channel axis in the middle (M = product of the axes after it; M == 1 for
@@ -26,7 +25,7 @@ from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
     CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
-    moments_merge, moments_zero, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
+    col_sum2, moments_merge, moments_zero, one_pass_ok, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
     cnorm_stream_copy, cnorm_stream_fence,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
@@ -128,13 +127,16 @@ cdef inline Tiling make_tiling(Py_ssize_t R, Py_ssize_t K) noexcept nogil:
 cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_t r1,
                        Py_ssize_t ncol, int method, double* mean, double* m2,
                        double* scratch) noexcept nogil:
-    """Column statistics of rows [r0, r1), columns [0, ncol) of x (row stride K)."""
+    """Column statistics of rows [r0, r1), columns [0, ncol) of x (row stride K);
+    scratch holds 3 * ncol values."""
     cdef Py_ssize_t r, c, rb, b0, b1
     cdef double k, inv, d, v, n
     cdef double* bmean = scratch
     cdef double* bm2 = scratch + ncol
+    cdef double* f64 = scratch + 2 * ncol
     cdef const floating* row
     cdef const floating* first
+    cdef bint ok
     for c in range(ncol):
         mean[c] = 0.0
         m2[c] = 0.0
@@ -150,29 +152,39 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + d * (v - mean[c])
         return
-    # two-pass over cache-sized blocks of rows, merged with Chan's formula
+    # two-pass over cache-sized blocks of rows, merged with Chan's formula; as
+    # in seq_moments, the first pass sums x - (the block's first row) and its
+    # squares, and the second runs only for a block that one_pass_ok refuses
     rb = ROW_BLOCK // ncol if ROW_BLOCK // ncol > 1 else 1
     n = 0.0
     b0 = r0
     while b0 < r1:
         b1 = b0 + rb if b0 + rb < r1 else r1
+        first = x + b0 * K
         for c in range(ncol):
             bmean[c] = 0.0
             bm2[c] = 0.0
-        # as in seq_moments: sum x - (the block's first row), exact for constant columns
-        first = x + b0 * K
+            f64[c] = first[c]
         for r in range(b0 + 1, b1):
-            row = x + r * K
-            for c in range(ncol):
-                bmean[c] += row[c] - first[c]
+            col_sum2(bmean, bm2, x + r * K, f64, ncol)
         inv = 1.0 / (b1 - b0)
+        ok = True
         for c in range(ncol):
-            bmean[c] = first[c] + bmean[c] * inv
-        for r in range(b0, b1):
-            row = x + r * K
+            d = bmean[c]                  # the sum of x - first
+            v = bm2[c]                    # and of its squares
+            bmean[c] = f64[c] + d * inv
+            bm2[c] = v - d * (d * inv)
+            if not one_pass_ok(bm2[c], v, x):
+                bm2[c] = -1.0             # an accepted M2 is >= 0
+                ok = False
+        if not ok:                        # column by column: one bad column changes no other
             for c in range(ncol):
-                d = row[c] - bmean[c]
-                bm2[c] += d * d
+                if bm2[c] < 0.0:
+                    v = 0.0
+                    for r in range(b0, b1):
+                        d = x[r * K + c] - bmean[c]
+                        v += d * d
+                    bm2[c] = v
         if n == 0.0:
             for c in range(ncol):
                 mean[c] = bmean[c]
@@ -188,7 +200,7 @@ cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int metho
     """Column means and M2 of a C-contiguous (R, K) matrix (count R for every column)."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, g, j, c0, nc, r0, r1
-    cdef double* part = <double*>malloc((2 * t.ngroup * K + 2 * nt * t.tile + 1) * sizeof(double))
+    cdef double* part = <double*>malloc((2 * t.ngroup * K + 3 * nt * t.tile + 1) * sizeof(double))
     cdef double* scratch
     if part == NULL:
         return -1
@@ -201,7 +213,7 @@ cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int metho
         r0 = g * t.rows
         r1 = r0 + t.rows if r0 + t.rows < R else R
         tile_moments(x + c0, K, r0, r1, nc, method, part + 2 * g * K + c0,
-                     part + (2 * g + 1) * K + c0, scratch + 2 * t.tile * omp_get_thread_num())
+                     part + (2 * g + 1) * K + c0, scratch + 3 * t.tile * omp_get_thread_num())
     for j in range(K):
         mean[j] = part[j]
         m2[j] = part[K + j]

@@ -91,6 +91,30 @@ static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,          
     }                                                                              \
 }
 
+#define CNORM_DEFINE_SUM2(NAME, T)                                             \
+static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+{                                                                                  \
+    cnorm_v4d A[4], Q[4];                                                          \
+    ptrdiff_t nb = n - n % 16, i;                                                  \
+    int q_;                                                                        \
+    memcpy(A, a, sizeof A);                                                        \
+    memcpy(Q, q, sizeof Q);                                                        \
+    for (i = 0; i < nb; i += 16) {                                                 \
+        for (q_ = 0; q_ < 4; q_++) {                                               \
+            cnorm_v4d d = CNORM_LOAD4(x + i + 4 * q_) - s;                         \
+            A[q_] += d;                                                            \
+            Q[q_] += d * d;                                                        \
+        }                                                                          \
+    }                                                                              \
+    memcpy(a, A, sizeof A);                                                        \
+    memcpy(q, Q, sizeof Q);                                                        \
+    for (i = nb; i < n; i++) {                                                     \
+        double d = (double)x[i] - s;                                               \
+        a[i - nb] += d;                                                            \
+        q[i - nb] += d * d;                                                        \
+    }                                                                              \
+}
+
 #define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
 static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
@@ -151,6 +175,17 @@ static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,          
     }                                                                              \
 }
 
+#define CNORM_DEFINE_SUM2(NAME, T)                                             \
+static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+{                                                                                  \
+    ptrdiff_t i;                                                                   \
+    for (i = 0; i < n; i++) {                                                      \
+        double d = (double)x[i] - s;                                               \
+        a[i % 16] += d;                                                            \
+        q[i % 16] += d * d;                                                        \
+    }                                                                              \
+}
+
 #define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
 static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
@@ -168,10 +203,29 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 
 #endif
 
+/* One row of a block of column sums: s[c] += x[c] - f[c], q[c] += (x[c] - f[c])**2.
+ * Elementwise, so every build gives the same bits; `restrict` spares GCC the
+ * run-time aliasing checks it would otherwise repeat for every row. */
+#define CNORM_DEFINE_COL_SUM2(NAME, T)                                         \
+static inline void NAME(const T *restrict x, const double *restrict f,             \
+                        double *restrict s, double *restrict q, ptrdiff_t n)       \
+{                                                                                  \
+    ptrdiff_t c;                                                                   \
+    for (c = 0; c < n; c++) {                                                      \
+        double d = (double)x[c] - f[c];                                            \
+        s[c] += d;                                                                 \
+        q[c] += d * d;                                                             \
+    }                                                                              \
+}
+
+CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f32, float)
+CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f64, double)
 CNORM_DEFINE_WELFORD(cnorm_welford_f32, float)
 CNORM_DEFINE_WELFORD(cnorm_welford_f64, double)
 CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)
 CNORM_DEFINE_DOT2(cnorm_dot2_f64, double)
+CNORM_DEFINE_SUM2(cnorm_sum2_f32, float)
+CNORM_DEFINE_SUM2(cnorm_sum2_f64, double)
 CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float)
 CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double)
 

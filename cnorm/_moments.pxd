@@ -28,6 +28,14 @@ cdef extern from "_lanes.h":
                         double* a, double* c) noexcept nogil
     void cnorm_dot2_f64(const double* g, const double* x, Py_ssize_t n, double m,
                         double* a, double* c) noexcept nogil
+    void cnorm_sum2_f32(const float* x, Py_ssize_t n, double s, double* a,
+                        double* q) noexcept nogil
+    void cnorm_sum2_f64(const double* x, Py_ssize_t n, double s, double* a,
+                        double* q) noexcept nogil
+    void cnorm_col_sum2_f32(const float* x, const double* f, double* s, double* q,
+                            Py_ssize_t n) noexcept nogil
+    void cnorm_col_sum2_f64(const double* x, const double* f, double* s, double* q,
+                            Py_ssize_t n) noexcept nogil
     void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
                                  double m, double r, double* sums, double* dw,
                                  double* db) noexcept nogil
@@ -44,6 +52,8 @@ cdef enum:
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
     ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
+    SUM2_COND_F32 = 10000   # largest q / M2 for which a one-pass M2 is kept, float32
+    SUM2_COND_F64 = 64      # and float64 data (see one_pass_ok)
 
 cdef enum Method:
     TWO_PASS = 0
@@ -117,24 +127,10 @@ cdef inline double lanes_total(const double* a) noexcept nogil:
             + (((a[4] + a[12]) + (a[5] + a[13])) + ((a[6] + a[14]) + (a[7] + a[15]))))
 
 
-cdef inline void run_shifted_sum(double* acc, const floating* x, Py_ssize_t n, double s) noexcept nogil:
-    """acc[j] += x[i] - s over full steps of LANES values, then the tail into lanes 0, 1, ..."""
-    cdef double a[LANES]
-    cdef Py_ssize_t i, j, step, nb = n - n % LANES
-    for j in range(LANES):
-        a[j] = acc[j]
-    for step in range(nb // LANES):
-        i = step * LANES
-        for j in range(LANES):
-            a[j] += x[i + j] - s
-    for i in range(nb, n):
-        a[i - nb] += x[i] - s
-    for j in range(LANES):
-        acc[j] = a[j]
-
-
 cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double m) noexcept nogil:
-    """acc += (x - m)**2, lane-wise as in run_shifted_sum."""
+    """acc += (x - m)**2 over a run: lane j takes elements j, j + LANES, ... of the
+    whole steps, then the tail goes to lanes 0, 1, ...  The lanes carry over
+    from run to run, so a segmented sequence is summed as one."""
     cdef double a[LANES]
     cdef double d
     cdef Py_ssize_t i, j, step, nb = n - n % LANES
@@ -152,10 +148,28 @@ cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double 
         acc[j] = a[j]
 
 
+cdef inline void run_sum2(double* a, double* q, const floating* x, Py_ssize_t n,
+                          double s) noexcept nogil:
+    """a += x - s and q += (x - s)**2 over a run, lane-wise as in run_sqdev."""
+    if floating is float:
+        cnorm_sum2_f32(x, n, s, a, q)
+    else:
+        cnorm_sum2_f64(x, n, s, a, q)
+
+
+cdef inline void col_sum2(double* s, double* q, const floating* x, const double* f,
+                          Py_ssize_t n) noexcept nogil:
+    """s[c] += x[c] - f[c] and q[c] += (x[c] - f[c])**2: one row of column sums."""
+    if floating is float:
+        cnorm_col_sum2_f32(x, f, s, q, n)
+    else:
+        cnorm_col_sum2_f64(x, f, s, q, n)
+
+
 cdef inline void run_dot2(double* a, double* c, const floating* g, const floating* x,
                           Py_ssize_t n, double m) noexcept nogil:
     """a += g and c += g * (x - m) over a run, in one pass, lane-wise as in
-    run_shifted_sum (see _lanes.h)."""
+    run_sqdev (see _lanes.h)."""
     if floating is float:
         cnorm_dot2_f32(g, x, n, m, a, c)
     else:
@@ -214,6 +228,25 @@ cdef inline Moments welford_finish(const WelfordLanes* w) noexcept nogil:
     return m
 
 
+cdef inline bint one_pass_ok(double m2, double q, const floating* like) noexcept nogil:
+    """Whether M2 = q - s**2 / n, from sums s and q of x - x0 over a block with x0
+    one of its values, may stand in for a second pass over x - mean.
+
+    q = M2 + n * (mean - x0)**2 <= (n + 1) * M2, since x0 is one of the values:
+    centring on x0 bounds the cancellation in M2 by the block's length.  The
+    rounding error of M2 is below ~1e-13 * q (float64 sums of at most CHUNK
+    values, in LANES lanes), so q <= cond * M2 keeps M2 within ~1e-13 * cond
+    relative: below 1e-9 for float32 data, where no finite block fails the
+    check, and below 1e-11 for float64.  A block that fails it (x0 far out in
+    float64 data, or NaN or inf, where the comparison is false) takes the
+    second pass.  `like` only selects the data type.
+    """
+    if floating is float:
+        return m2 * SUM2_COND_F32 >= q
+    else:
+        return m2 * SUM2_COND_F64 >= q
+
+
 # ---------------------------------------------------------------------------
 # Segmented sequences: a channel of an (N, C, M) array is N runs of M
 # contiguous elements, `stride` apart; a layer-norm row is one run.  Element i
@@ -234,7 +267,8 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     """(count, mean, M2) of elements [i0, i1) of a segmented sequence."""
     cdef Moments out
     cdef double acc[LANES]
-    cdef double x0
+    cdef double sq[LANES]
+    cdef double x0, s, q
     cdef WelfordLanes w
     cdef Py_ssize_t i, j, off, L
     if method == WELFORD:
@@ -245,19 +279,27 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
             run_welford(&w, base + off, L)
             i += L
         return welford_finish(&w)
-    # Sum x - x0, with x0 the first value: a constant block then has exactly
-    # mean x0 and M2 0, and data far from zero loses nothing to its offset.
+    # Sum x - x0 and its squares, with x0 the first value: a constant block then
+    # has exactly mean x0 and M2 0, and data far from zero loses nothing to its
+    # offset.  The second pass, over (x - mean)**2, runs only where one_pass_ok
+    # says the first pass's M2 is not accurate enough.
     seq_run(i0, i1, M, stride, &off)
     x0 = base[off]
     for j in range(LANES):
         acc[j] = 0.0
+        sq[j] = 0.0
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
-        run_shifted_sum(acc, base + off, L, x0)
+        run_sum2(acc, sq, base + off, L, x0)
         i += L
     out.n = <double>(i1 - i0)
-    out.mean = x0 + lanes_total(acc) / out.n
+    s = lanes_total(acc)
+    q = lanes_total(sq)
+    out.mean = x0 + s / out.n
+    out.m2 = q - s * (s / out.n)
+    if one_pass_ok(out.m2, q, base):
+        return out
     for j in range(LANES):
         acc[j] = 0.0
     i = i0

@@ -16,10 +16,16 @@ from cnorm._dispatch import kernels, stream_stores
 
 _batchnorm = kernels("_batchnorm")
 
-# Chosen by measurement (python -m cnorm.bench and the method comparison in
-# the README): for batch norm's long channels, streaming each block once with
-# Welford beats reading it twice, by 2-30% depending on the layout.
-DEFAULT_METHOD = "welford"
+# method=None, chosen by measurement (the method comparison in the README):
+# two-pass where a channel is made of runs at least this long (its first pass
+# is a plain sum of x - x0 and its square, and the second is seldom needed),
+# Welford for shorter runs and channels-last data, where two-pass's per-block
+# bookkeeping costs more than Welford's division per row.
+TWO_PASS_MIN_RUN = 128
+
+
+def _default_method(m):
+    return "two_pass" if m >= TWO_PASS_MIN_RUN else "welford"
 
 __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
            "BatchNormOutput", "BatchNormGrads"]
@@ -56,9 +62,11 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     axis = axis_value(axis, x.ndim)
     eps = eps_value(eps)
-    method = method_value(method, DEFAULT_METHOD)
+    method = method_value(method)
     relu = bool_value(relu, "relu")
     n, c, m = _layout(x, axis)
+    if method is None:
+        method = _default_method(m)
     shape = (c,)
     weight = like_array(weight, "weight", x.dtype, shape)
     bias = like_array(bias, "bias", x.dtype, shape)
@@ -139,12 +147,15 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     axis : int, default 1
         The channel axis: 1 for NC, NCL, NCHW, NCDHW; -1 for channels-last.
     method : {None, 'two_pass', 'welford'}
-        How batch variances are computed.  'two_pass': blocked two-pass
-        sums, each block centred on its own mean while it is in cache, blocks
-        merged with Chan's formula.  'welford': each block streamed once with
-        a vectorised Welford update, blocks merged with Chan's formula.  Both
-        accumulate in float64 and agree to rounding.  None is 'welford', the
-        faster of the two for batch norm (chosen by measurement).
+        How batch variances are computed; both accumulate in float64, merge
+        fixed-size blocks with Chan's formula and agree to rounding.
+        'two_pass': each block is summed as x - x0 and (x - x0)**2, with x0
+        its first value; a second pass over (x - mean)**2, while the block is
+        in cache, runs only where the first pass's cancellation could cost
+        accuracy (see the README).  'welford': each block is streamed once with
+        a vectorised Welford update.  None picks the faster, by measurement:
+        'two_pass' where the axes after the channel axis hold at least 128
+        values, else 'welford'.
     relu : bool, default False
         Apply ``max(y, 0)`` in the same pass (NaN stays NaN).
     out : ndarray, optional

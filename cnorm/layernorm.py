@@ -108,8 +108,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     method : {None, 'two_pass', 'welford'}
         How the variance is computed (see `batch_norm`).  None is
         'two_pass', the faster of the two for rows (chosen by measurement:
-        Welford's division per step costs more than a second pass over a row
-        that is in L1).
+        Welford's division per step costs more than two-pass's plain sums).
     out : ndarray, optional
         Receives y: x's shape and dtype, writeable; may be x itself.
 

@@ -883,3 +883,24 @@ def test_against_torch(rng, name, shape, dtype, weighted):
     if w is not None:
         assert_close(g.dweight, tdw.numpy(), dtype, err_msg="dweight inference")
         assert_close(g.dbias, tdb.numpy(), dtype, err_msg="dbias inference")
+
+
+@pytest.mark.parametrize("shape,axis,expected", [
+    ((4, 3, 16, 8), 1, "two_pass"),     # runs of 128 values: the threshold
+    ((4, 3, 127), 1, "welford"),
+    ((6, 5, 7, 7), 1, "welford"),
+    ((64, 3), 1, "welford"),
+    ((4, 16, 8, 3), -1, "welford"),     # channels-last: runs of 1
+], ids=["run128", "run127", "run49", "NC", "channels-last"])
+def test_method_none_is_the_documented_choice(rng, shape, axis, expected):
+    # The two methods round differently in float64 (float32 statistics round
+    # both to the same values), so method=None must match one of them bit for
+    # bit; the data are far from zero so that they surely differ.
+    x = rng.standard_normal(shape) + 3.0
+    other = "welford" if expected == "two_pass" else "two_pass"
+    got = cnorm.batch_norm_forward(x, axis=axis)
+    want = cnorm.batch_norm_forward(x, axis=axis, method=expected)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b, err_msg=expected)
+    alt = cnorm.batch_norm_forward(x, axis=axis, method=other)
+    assert not all(np.array_equal(a, b) for a, b in zip(got[1:], alt[1:]))

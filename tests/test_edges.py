@@ -67,3 +67,29 @@ def test_float32_variance_accuracy_from_offset_over_sd_1_to_3e7(ratio, method):
     for r in range(48):
         _, var = exact_mean_var(rows[r])
         assert abs(float(l.rstd[r]) ** -2 / var - 1) <= 1e-6
+
+
+def test_float64_two_pass_second_pass_when_first_value_is_far_out():
+    # Two-pass sums each block centred on its first value and keeps that one-pass
+    # M2 only when its cancellation is mild; here the first value sits ~1000 sd
+    # from the rest, the one-pass M2 would lose ~1e-11 relative, and the second
+    # pass must bring it back to float64 rounding (checked against fsum).
+    from cnorm._reference import exact_mean_var
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((6, 4096))
+    rows[:, 0] = 1e3
+    l = cnorm.layer_norm_forward(rows, 4096, eps=0.0, method="two_pass")
+    for r in range(6):
+        _, var = exact_mean_var(rows[r])
+        assert abs(float(l.rstd[r]) ** -2 / var - 1) <= 1e-13, r
+    x = np.ascontiguousarray(rows.reshape(6, 1, 4096).transpose(1, 0, 2))   # one channel, N=1
+    f = cnorm.batch_norm_forward(x[:, :1], eps=0.0, method="two_pass")
+    _, var = exact_mean_var(rows[0])
+    assert abs(float(f.invstd[0]) ** -2 / var - 1) <= 1e-13
+    # (N, C) data goes through the column kernels, which decide column by column
+    cols = np.ascontiguousarray(rows.T)
+    cols[:, 3] = rng.standard_normal(4096)               # a column that needs no second pass
+    f = cnorm.batch_norm_forward(cols, eps=0.0, method="two_pass")
+    for c in range(6):
+        _, var = exact_mean_var(cols[:, c])
+        assert abs(float(f.invstd[c]) ** -2 / var - 1) <= 1e-13, c

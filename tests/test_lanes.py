@@ -29,6 +29,8 @@ double CAT(welford_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double k, double *mu
 void CAT(dot2_##S##_, SUFFIX)(const T *g, const T *x, ptrdiff_t n, double m,         \
                               double *a, double *c)                                  \
 { cnorm_dot2_##S(g, x, n, m, a, c); }                                                \
+void CAT(sum2_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double s, double *a, double *q) \
+{ cnorm_sum2_##S(x, n, s, a, q); }                                                    \
 void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, const T *w, ptrdiff_t n,       \
                               double m, double r, double *sums, double *dw,          \
                               double *db)                                            \
@@ -93,10 +95,16 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
         k = _run(lib, f"welford_{tag}", suffix, x, n - n % 16, 3.0, mu, m2)
         a, c = np.arange(16.0), np.zeros(16)
         _run(lib, f"dot2_{tag}", suffix, g, x, n, 1e4, a, c)
+        sa, sq = np.arange(16.0), np.ones(16)
+        _run(lib, f"sum2_{tag}", suffix, x, n, 1e4, sa, sq)
         sums, dw, db = np.zeros(2), np.ones(n), np.full(n, 2.0)
         _run(lib, f"grad_{tag}", suffix, g, x, w, n, 1e4, 0.5, sums, dw, db)
-        out[suffix] = [np.array([k]), mu, m2, a, c, sums, dw, db]
+        out[suffix] = [np.array([k]), mu, m2, a, c, sa, sq, sums, dw, db]
     for v, s in zip(out["vec"], out["scalar"]):
         np.testing.assert_array_equal(v.view(np.int64), s.view(np.int64))
-    # and the loops did something: the Welford count moved by one per step of 16
+    # and the loops did something: the Welford count moved by one per step of 16,
+    # and the shifted sums are those of x - 1e4
     assert out["vec"][0][0] == 3.0 + (n - n % 16) // 16
+    d = x.astype(np.float64) - 1e4
+    np.testing.assert_allclose(out["vec"][5].sum(), np.arange(16.0).sum() + d.sum(), rtol=1e-12)
+    np.testing.assert_allclose(out["vec"][6].sum(), 16.0 + (d * d).sum(), rtol=1e-12)
