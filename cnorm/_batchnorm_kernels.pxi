@@ -26,7 +26,7 @@ from libc.stdlib cimport free, malloc
 from cnorm._moments cimport (
     CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
     col_sum2, moments_merge, moments_zero, one_pass_ok, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
-    cnorm_stream_copy, cnorm_stream_fence,
+    cnorm_prefetch, cnorm_stream_copy, cnorm_stream_fence, prefetch_rows,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 
@@ -90,7 +90,8 @@ cdef void normalize_rows(const floating* x, floating* y, Py_ssize_t R, Py_ssize_
     cdef Py_ssize_t nb = (R + rb - 1) // rb
     cdef Py_ssize_t b
     for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        rows_affine(x, y, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, K, cols, relu, stream)
+        rows_affine(x, y, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, R, K, cols, relu,
+                    stream)
 
 
 cdef void spread_columns(const Affine* aff, Py_ssize_t C, Py_ssize_t M, floating* cols) noexcept nogil:
@@ -137,6 +138,8 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
     cdef const floating* row
     cdef const floating* first
     cdef bint ok
+    # the hardware prefetcher alone left this loop waiting on loads of x
+    cdef Py_ssize_t pd = prefetch_rows(ncol, sizeof(floating))
     for c in range(ncol):
         mean[c] = 0.0
         m2[c] = 0.0
@@ -144,6 +147,8 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
         k = 0.0
         for r in range(r0, r1):
             row = x + r * K
+            if r + pd < r1:
+                cnorm_prefetch(row + pd * K, ncol * sizeof(floating))
             k = k + 1.0
             inv = 1.0 / k
             for c in range(ncol):
@@ -166,6 +171,8 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
             bm2[c] = 0.0
             f64[c] = first[c]
         for r in range(b0 + 1, b1):
+            if r + pd < r1:
+                cnorm_prefetch(x + (r + pd) * K, ncol * sizeof(floating))
             col_sum2(bmean, bm2, x + r * K, f64, ncol)
         inv = 1.0 / (b1 - b0)
         ok = True
@@ -230,6 +237,8 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
     """Column sums of g and of g * (x - mu) for C-contiguous (R, K) matrices."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, gi, j, c, r, c0, c1, r0, r1
+    cdef Py_ssize_t pd = prefetch_rows(t.tile, sizeof(floating))
+    cdef size_t pbytes = t.tile * sizeof(floating) if pd > 1 else 0
     cdef double* part = <double*>malloc((2 * t.ngroup * K + 1) * sizeof(double))
     cdef double* pg
     cdef double* pgx
@@ -248,6 +257,9 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
             pg[c] = 0.0
             pgx[c] = 0.0
         for r in range(r0, r1):
+            if r + pd < R:
+                cnorm_prefetch(g + (r + pd) * K + c0, pbytes)
+                cnorm_prefetch(x + (r + pd) * K + c0, pbytes)
             for c in range(c0, c1):
                 pg[c] += g[r * K + c]
                 pgx[c] += g[r * K + c] * (x[r * K + c] - mu[c])
@@ -471,6 +483,8 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
     # stream is accepted for symmetry with backward_planar but not used yet: the
     # rows layout writes dx with ordinary stores.
     cdef Py_ssize_t K = C * M, c, m, r, i
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
+    cdef size_t pbytes = K * sizeof(floating) if pd > 1 else 0
     cdef double sg, sgx
     cdef Grad q
     cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))
@@ -503,6 +517,9 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                 cb[c * M + m] = <floating>q.bc
                 cc[c * M + m] = <floating>q.cc
         for r in prange(N, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+            if r + pd < N:
+                cnorm_prefetch(g + (r + pd) * K, pbytes)
+                cnorm_prefetch(x + (r + pd) * K, pbytes)
             if training:
                 for i in range(K):
                     dx[r * K + i] = (g[r * K + i] * ca[i] - (x[r * K + i] - chi[i]) * cb[i]) - cc[i]

@@ -17,7 +17,7 @@ from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
     STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_prefetch_write,
-    cnorm_stream_copy, cnorm_stream_fence, row_grad_sums, TWO_PASS, WELFORD,
+    cnorm_stream_copy, cnorm_stream_fence, prefetch_rows, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
 
@@ -26,7 +26,6 @@ cnp.import_array()
 cdef enum:
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
-    PREFETCH_BYTES = 4096       # software prefetch distance of forward, at least (measured)
     PREFETCH_WRITE_MAX = 1024   # rows up to this long prefetch y a row ahead, longer ones
                                 # their own y (measured; see forward_row)
 
@@ -97,7 +96,7 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
                   const floating* b, floating* mean_out, floating* rstd_out, double eps,
                   int method, bint stream, int nt) noexcept nogil:
     # prefetch the row at least PREFETCH_BYTES ahead of the one being normalised
-    cdef Py_ssize_t d = (PREFETCH_BYTES // <Py_ssize_t>sizeof(floating) + H - 1) // H
+    cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
     cdef Py_ssize_t r
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
         for r in range(R):

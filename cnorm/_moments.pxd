@@ -54,6 +54,14 @@ cdef enum:
     ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
     SUM2_COND_F32 = 10000   # largest q / M2 for which a one-pass M2 is kept, float32
     SUM2_COND_F64 = 64      # and float64 data (see one_pass_ok)
+    PREFETCH_BYTES = 4096   # software prefetch distance of the row-by-row loops, at least
+                            # (measured: layer-norm forward, and batch norm's column
+                            # statistics, which stalled on loads without it)
+
+cdef inline Py_ssize_t prefetch_rows(Py_ssize_t row_elems, Py_ssize_t itemsize) noexcept nogil:
+    """How many rows of row_elems items ahead to prefetch: PREFETCH_BYTES or a bit more."""
+    return (PREFETCH_BYTES // itemsize + row_elems - 1) // row_elems
+
 
 cdef enum Method:
     TWO_PASS = 0
@@ -418,12 +426,18 @@ cdef inline void affine_columns(const floating* x, floating* y, Py_ssize_t n,
 
 
 cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
-                             Py_ssize_t K, const floating* cols, bint relu, bint stream) noexcept nogil:
-    """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each)."""
+                             Py_ssize_t R, Py_ssize_t K, const floating* cols, bint relu,
+                             bint stream) noexcept nogil:
+    """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each).
+    Rows up to PREFETCH_BYTES long are prefetched that far ahead, up to row R."""
     cdef floating buf[STREAM_TILE]
     cdef Py_ssize_t r, c0, L, rb
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
+    cdef size_t pbytes = K * sizeof(floating) if pd > 1 else 0
     if not stream:
         for r in range(r0, r1):
+            if r + pd < R:
+                cnorm_prefetch(x + (r + pd) * K, pbytes)
             affine_columns(x + r * K, y + r * K, K, cols, cols + K, cols + 2 * K, cols + 3 * K, relu)
         return
     if K <= STREAM_TILE:
@@ -432,6 +446,8 @@ cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_s
         while r0 < r1:
             L = rb if r1 - r0 > rb else r1 - r0
             for r in range(L):
+                if r0 + r + pd < R:
+                    cnorm_prefetch(x + (r0 + r + pd) * K, pbytes)
                 affine_columns(x + (r0 + r) * K, buf + r * K, K, cols, cols + K, cols + 2 * K,
                                cols + 3 * K, relu)
             cnorm_stream_copy(y + r0 * K, buf, L * K * sizeof(floating))
