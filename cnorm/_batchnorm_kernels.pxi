@@ -304,7 +304,8 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
     for k in prange(C * nchunk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         c = k // nchunk
         i0 = (k - c * nchunk) * CHUNK
-        part[k] = seq_moments(x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count, method)
+        part[k] = seq_moments(x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count,
+                              count, method)
     for c in range(C):
         mo = moments_zero()
         for k in range(nchunk):
@@ -462,7 +463,7 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
         part[2 * k] = 0.0
         part[2 * k + 1] = 0.0
         seq_dot(g + c * M, x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count,
-                mean[c], &part[2 * k], &part[2 * k + 1])
+                count, mean[c], &part[2 * k], &part[2 * k + 1])
     for c in range(C):
         sg = 0.0
         sgx = 0.0

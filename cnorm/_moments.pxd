@@ -270,9 +270,21 @@ cdef inline Py_ssize_t seq_run(Py_ssize_t i, Py_ssize_t stop, Py_ssize_t M, Py_s
     return M - m if M - m < stop - i else stop - i
 
 
+cdef inline void prefetch_run(const floating* base, Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M,
+                              Py_ssize_t stride) noexcept nogil:
+    """Prefetch (the first PREFETCH_BYTES of) the run PREFETCH_BYTES, or one run, ahead
+    of the run holding element i, if it starts before element limit.  A run ends
+    where the hardware prefetcher's stream ends, and the next starts a stride away."""
+    cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(floating))
+    cdef size_t nbytes = M * sizeof(floating)
+    if n * M < limit:
+        cnorm_prefetch(base + n * stride, nbytes if nbytes < PREFETCH_BYTES else PREFETCH_BYTES)
+
+
 cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
-                                Py_ssize_t i0, Py_ssize_t i1, int method) noexcept nogil:
-    """(count, mean, M2) of elements [i0, i1) of a segmented sequence."""
+                                Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t limit,
+                                int method) noexcept nogil:
+    """(count, mean, M2) of elements [i0, i1) of a segmented sequence of limit elements."""
     cdef Moments out
     cdef double acc[LANES]
     cdef double sq[LANES]
@@ -284,6 +296,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
         i = i0
         while i < i1:
             L = seq_run(i, i1, M, stride, &off)
+            prefetch_run(base, i, limit, M, stride)
             run_welford(&w, base + off, L)
             i += L
         return welford_finish(&w)
@@ -299,6 +312,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
+        prefetch_run(base, i, limit, M, stride)
         run_sum2(acc, sq, base + off, L, x0)
         i += L
     out.n = <double>(i1 - i0)
@@ -320,9 +334,9 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
 
 
 cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_ssize_t stride,
-                         Py_ssize_t i0, Py_ssize_t i1, double m,
+                         Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t limit, double m,
                          double* sum_g, double* sum_gx) noexcept nogil:
-    """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1)."""
+    """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1) of limit."""
     cdef double a[LANES]
     cdef double b[LANES]
     cdef Py_ssize_t i, j, off, L
@@ -332,6 +346,8 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
+        prefetch_run(g, i, limit, M, stride)
+        prefetch_run(x, i, limit, M, stride)
         run_dot2(a, b, g + off, x + off, L, m)
         i += L
     sum_g[0] += lanes_total(a)
@@ -348,7 +364,8 @@ cdef inline Moments chunked_moments(const floating* base, Py_ssize_t M, Py_ssize
     cdef Moments mo = moments_zero()
     cdef Py_ssize_t i = 0
     while i < count:
-        moments_merge(&mo, seq_moments(base, M, stride, i, i + CHUNK if i + CHUNK < count else count, method))
+        moments_merge(&mo, seq_moments(base, M, stride, i, i + CHUNK if i + CHUNK < count else count,
+                                         count, method))
         i += CHUNK
     return mo
 
@@ -358,7 +375,8 @@ cdef inline void chunked_dot(const floating* g, const floating* x, Py_ssize_t M,
     """seq_dot over a whole sequence, one CHUNK-sized piece after another."""
     cdef Py_ssize_t i = 0
     while i < count:
-        seq_dot(g, x, M, stride, i, i + CHUNK if i + CHUNK < count else count, m, sum_g, sum_gx)
+        seq_dot(g, x, M, stride, i, i + CHUNK if i + CHUNK < count else count, count, m,
+                sum_g, sum_gx)
         i += CHUNK
 
 
