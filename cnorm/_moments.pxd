@@ -272,13 +272,14 @@ cdef inline Py_ssize_t seq_run(Py_ssize_t i, Py_ssize_t stop, Py_ssize_t M, Py_s
 
 cdef inline void prefetch_run(const floating* base, Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M,
                               Py_ssize_t stride) noexcept nogil:
-    """Prefetch (the first PREFETCH_BYTES of) the run PREFETCH_BYTES, or one run, ahead
-    of the run holding element i, if it starts before element limit.  A run ends
-    where the hardware prefetcher's stream ends, and the next starts a stride away."""
+    """For runs up to PREFETCH_BYTES long, prefetch the run at least PREFETCH_BYTES
+    ahead of the one holding element i, if it starts before element limit.  Each
+    run ends the hardware prefetcher's stream, and the next starts a stride away;
+    longer runs give it time to catch up (measured: prefetching the next run of
+    12 KiB runs lost 2%)."""
     cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(floating))
-    cdef size_t nbytes = M * sizeof(floating)
-    if n * M < limit:
-        cnorm_prefetch(base + n * stride, nbytes if nbytes < PREFETCH_BYTES else PREFETCH_BYTES)
+    if M * <Py_ssize_t>sizeof(floating) <= PREFETCH_BYTES and n * M < limit:
+        cnorm_prefetch(base + n * stride, M * sizeof(floating))
 
 
 cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
