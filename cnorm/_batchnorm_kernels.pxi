@@ -26,7 +26,7 @@ from libc.stdlib cimport free, malloc
 from cnorm._moments cimport (
     CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
     col_sum2, moments_merge, moments_zero, one_pass_ok, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
-    cnorm_prefetch, cnorm_stream_copy, cnorm_stream_fence, prefetch_rows,
+    cnorm_prefetch, cnorm_stream_copy, cnorm_stream_fence, prefetch_rows, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 
@@ -238,7 +238,7 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, gi, j, c, r, c0, c1, r0, r1
     cdef Py_ssize_t pd = prefetch_rows(t.tile, sizeof(floating))
-    cdef size_t pbytes = t.tile * sizeof(floating) if pd > 1 else 0
+    cdef size_t pbytes = short_row_bytes(t.tile, sizeof(floating))
     cdef double* part = <double*>malloc((2 * t.ngroup * K + 1) * sizeof(double))
     cdef double* pg
     cdef double* pgx
@@ -485,7 +485,7 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
     # rows layout writes dx with ordinary stores.
     cdef Py_ssize_t K = C * M, c, m, r, i
     cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
-    cdef size_t pbytes = K * sizeof(floating) if pd > 1 else 0
+    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
     cdef double sg, sgx
     cdef Grad q
     cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))

@@ -63,6 +63,13 @@ cdef inline Py_ssize_t prefetch_rows(Py_ssize_t row_elems, Py_ssize_t itemsize) 
     return (PREFETCH_BYTES // itemsize + row_elems - 1) // row_elems
 
 
+cdef inline size_t short_row_bytes(Py_ssize_t row_elems, Py_ssize_t itemsize) noexcept nogil:
+    """Bytes of each row to prefetch ahead: all of a row shorter than PREFETCH_BYTES,
+    none of a longer one (the hardware prefetcher keeps up within long rows)."""
+    cdef Py_ssize_t n = row_elems * itemsize
+    return n if n < PREFETCH_BYTES else 0
+
+
 cdef enum Method:
     TWO_PASS = 0
     WELFORD = 1
@@ -272,14 +279,15 @@ cdef inline Py_ssize_t seq_run(Py_ssize_t i, Py_ssize_t stop, Py_ssize_t M, Py_s
 
 cdef inline void prefetch_run(const floating* base, Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M,
                               Py_ssize_t stride) noexcept nogil:
-    """For runs up to PREFETCH_BYTES long, prefetch the run at least PREFETCH_BYTES
+    """For runs shorter than PREFETCH_BYTES, prefetch the run at least PREFETCH_BYTES
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
     longer runs give it time to catch up (measured: prefetching the next run of
     12 KiB runs lost 2%)."""
     cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(floating))
-    if M * <Py_ssize_t>sizeof(floating) <= PREFETCH_BYTES and n * M < limit:
-        cnorm_prefetch(base + n * stride, M * sizeof(floating))
+    cdef size_t nbytes = short_row_bytes(M, sizeof(floating))
+    if nbytes != 0 and n * M < limit:
+        cnorm_prefetch(base + n * stride, nbytes)
 
 
 cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
@@ -448,11 +456,11 @@ cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_s
                              Py_ssize_t R, Py_ssize_t K, const floating* cols, bint relu,
                              bint stream) noexcept nogil:
     """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each).
-    Rows up to PREFETCH_BYTES long are prefetched that far ahead, up to row R."""
+    Rows shorter than PREFETCH_BYTES are prefetched that far ahead, up to row R."""
     cdef floating buf[STREAM_TILE]
     cdef Py_ssize_t r, c0, L, rb
     cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
-    cdef size_t pbytes = K * sizeof(floating) if pd > 1 else 0
+    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
     if not stream:
         for r in range(r0, r1):
             if r + pd < R:
