@@ -26,7 +26,8 @@ from libc.stdlib cimport free, malloc
 from cnorm._moments cimport (
     CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
     col_sum2, moments_merge, moments_zero, one_pass_ok, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
-    cnorm_prefetch, cnorm_stream_copy, cnorm_stream_fence, prefetch_rows, short_row_bytes,
+    cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch,
+    cnorm_stream_fence, prefetch_rows, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 
@@ -402,34 +403,38 @@ cdef inline Grad finish_grad(double sum_g, double sum_gx, Py_ssize_t c, double c
     return q
 
 
-cdef inline void grad_block(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
-                            Grad q, bint training) noexcept nogil:
-    cdef floating hi = <floating>q.hi
-    cdef floating a = <floating>q.a
-    cdef floating bc = <floating>q.bc
-    cdef floating cc = <floating>q.cc
-    cdef Py_ssize_t i
-    if training:
-        for i in range(n):
-            dx[i] = (g[i] * a - (x[i] - hi) * bc) - cc
-    else:
-        for i in range(n):
-            dx[i] = g[i] * a
-
-
 cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
                           Grad q, bint training, bint stream) noexcept nogil:
-    cdef floating buf[STREAM_TILE]
-    cdef Py_ssize_t t = 0, L
-    if not stream or n < STREAM_TILE:     # see STREAM_TILE
-        grad_block(g, x, dx, n, q, training)
-        return
-    while t < n:
-        L = STREAM_TILE if n - t > STREAM_TILE else n - t
-        grad_block(g + t, x + t, buf, L, q, training)
-        cnorm_stream_copy(dx + t, buf, L * sizeof(floating))
-        t += L
-    cnorm_stream_fence()
+    """dx over a run (see Grad); streaming stores as in run_affine."""
+    cdef bint st = stream and n >= STREAM_TILE
+    if floating is float:
+        cnorm_grad_f32(g, x, dx, n, <float>q.hi, <float>q.a, <float>q.bc, <float>q.cc, training, st)
+    else:
+        cnorm_grad_f64(g, x, dx, n, q.hi, q.a, q.bc, q.cc, training, st)
+    if st:
+        cnorm_stream_fence()
+
+
+cdef inline void grad_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
+                           Py_ssize_t r1, Py_ssize_t R, Py_ssize_t K, const floating* cols,
+                           bint training, bint stream) noexcept nogil:
+    """dx over rows [r0, r1) of (R, K) matrices; cols holds hi, a, bc and cc (K each).
+    Rows are prefetched as in rows_affine."""
+    cdef Py_ssize_t r
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
+    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
+    for r in range(r0, r1):
+        if r + pd < R:
+            cnorm_prefetch(g + (r + pd) * K, pbytes)
+            cnorm_prefetch(x + (r + pd) * K, pbytes)
+        if floating is float:
+            cnorm_grad_cols_f32(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
+                                cols + 3 * K, training, stream)
+        else:
+            cnorm_grad_cols_f64(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
+                                cols + 3 * K, training, stream)
+    if stream:
+        cnorm_stream_fence()
 
 
 cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
@@ -481,11 +486,9 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                        Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
                        const floating* w, floating* dweight, floating* dbias, bint training,
                        bint stream, int nt) noexcept nogil:
-    # stream is accepted for symmetry with backward_planar but not used yet: the
-    # rows layout writes dx with ordinary stores.
-    cdef Py_ssize_t K = C * M, c, m, r, i
-    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
-    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
+    cdef Py_ssize_t K = C * M, c, m, b
+    cdef Py_ssize_t rb = STREAM_TILE // K if STREAM_TILE // K > 1 else 1
+    cdef Py_ssize_t nb = (N + rb - 1) // rb
     cdef double sg, sgx
     cdef Grad q
     cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))
@@ -517,16 +520,9 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                 ca[c * M + m] = <floating>q.a
                 cb[c * M + m] = <floating>q.bc
                 cc[c * M + m] = <floating>q.cc
-        for r in prange(N, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            if r + pd < N:
-                cnorm_prefetch(g + (r + pd) * K, pbytes)
-                cnorm_prefetch(x + (r + pd) * K, pbytes)
-            if training:
-                for i in range(K):
-                    dx[r * K + i] = (g[r * K + i] * ca[i] - (x[r * K + i] - chi[i]) * cb[i]) - cc[i]
-            else:
-                for i in range(K):
-                    dx[r * K + i] = g[r * K + i] * ca[i]
+        for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+            grad_rows(g, x, dx, b * rb, (b + 1) * rb if (b + 1) * rb < N else N, N, K, cols,
+                      training, stream)
     free(buf)
     free(cols)
     return rc

@@ -16,8 +16,9 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    STREAM_TILE, Moments, chunked_moments, cnorm_prefetch, cnorm_prefetch_write,
-    cnorm_stream_copy, cnorm_stream_fence, prefetch_rows, row_grad_sums, TWO_PASS, WELFORD,
+    STREAM_TILE, Moments, chunked_moments, cnorm_ln_affine_f32, cnorm_ln_affine_f64,
+    cnorm_ln_dx_f32, cnorm_ln_dx_f64, cnorm_prefetch, cnorm_prefetch_write, cnorm_stream_fence,
+    prefetch_rows, row_grad_sums, TWO_PASS, WELFORD,
 )
 from cnorm._openmp cimport threads_for
 
@@ -31,24 +32,15 @@ cdef enum:
 
 
 cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
-                            const floating* w, const floating* b) noexcept nogil:
-    """y = ((x - hi) - lo) * rstd [* w] [+ b], with mean = hi + lo split in x's type."""
+                            const floating* w, const floating* b, bint stream) noexcept nogil:
+    """y = ((x - hi) - lo) * rstd [* w] [+ b], with mean = hi + lo split in x's type;
+    w and b may each be NULL."""
     cdef floating hi = <floating>mean
     cdef floating lo = <floating>(mean - <double>hi)
-    cdef floating r = <floating>rstd
-    cdef Py_ssize_t i
-    if w != NULL and b != NULL:
-        for i in range(n):
-            y[i] = (((x[i] - hi) - lo) * r) * w[i] + b[i]
-    elif w != NULL:
-        for i in range(n):
-            y[i] = (((x[i] - hi) - lo) * r) * w[i]
-    elif b != NULL:
-        for i in range(n):
-            y[i] = ((x[i] - hi) - lo) * r + b[i]
+    if floating is float:
+        cnorm_ln_affine_f32(x, y, n, hi, lo, <float>rstd, w, b, stream)
     else:
-        for i in range(n):
-            y[i] = ((x[i] - hi) - lo) * r
+        cnorm_ln_affine_f64(x, y, n, hi, lo, rstd, w, b, stream)
 
 
 cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
@@ -62,7 +54,6 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     A long row asks for its own y lines before its statistics passes, which
     then hide the wait; a short row's passes are too brief for that, so it
     asks for the y lines of the row `ahead` instead."""
-    cdef floating buf[STREAM_TILE]
     cdef Moments mo
     cdef double rstd
     cdef Py_ssize_t t = 0, L
@@ -79,15 +70,15 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
             cnorm_prefetch(ahead, nbytes)
             if nbytes <= PREFETCH_WRITE_MAX:
                 cnorm_prefetch_write(y + (ahead - x), nbytes)
-        row_affine(x, y, H, mo.mean, rstd, w, b)
+        row_affine(x, y, H, mo.mean, rstd, w, b, False)
         return
+    # streaming: the row ahead is prefetched a tile at a time, spread over the row
     while t < H:
         L = STREAM_TILE if H - t > STREAM_TILE else H - t
         if ahead != NULL:
             cnorm_prefetch(ahead + t, L * sizeof(floating))
-        row_affine(x + t, buf, L, mo.mean, rstd, w + t if w != NULL else NULL,
-                   b + t if b != NULL else NULL)
-        cnorm_stream_copy(y + t, buf, L * sizeof(floating))
+        row_affine(x + t, y + t, L, mo.mean, rstd, w + t if w != NULL else NULL,
+                   b + t if b != NULL else NULL, True)
         t += L
     cnorm_stream_fence()
 
@@ -112,22 +103,12 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
                     x + (r + d) * H if r + d < R else NULL)
 
 
-cdef inline void row_dx(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
-                        const floating* w, floating hi, floating lo, floating ra, floating rb,
-                        floating rc) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        dx[i] = ((g[i] * w[i]) * ra - ((x[i] - hi) - lo) * rb) - rc
-
-
 cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
                               double mean, double rstd, const floating* w, double* dw,
                               double* db, bint stream) noexcept nogil:
     """dx of one row, and its terms of dweight and dbias (w: the weight, or ones)."""
-    cdef floating buf[STREAM_TILE]
     cdef double sums[2]
     cdef double sum_g, sum_gx
-    cdef Py_ssize_t t = 0, L
     cdef floating hi = <floating>mean
     cdef floating lo = <floating>(mean - <double>hi)
     cdef floating ra, rb, rc
@@ -143,14 +124,10 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
     ra = <floating>rstd
     rb = <floating>(rstd * rstd * rstd * sum_gx / H)
     rc = <floating>(rstd * sum_g / H)
-    if not stream:
-        row_dx(g, x, dx, H, w, hi, lo, ra, rb, rc)
-        return
-    while t < H:
-        L = STREAM_TILE if H - t > STREAM_TILE else H - t
-        row_dx(g + t, x + t, buf, L, w + t, hi, lo, ra, rb, rc)
-        cnorm_stream_copy(dx + t, buf, L * sizeof(floating))
-        t += L
+    if floating is float:
+        cnorm_ln_dx_f32(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
+    else:
+        cnorm_ln_dx_f64(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
 
 
 cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,

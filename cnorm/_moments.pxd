@@ -14,10 +14,40 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 cdef extern from "_stream.h":
-    void cnorm_stream_copy(void* dst, const void* src, size_t n) noexcept nogil
     void cnorm_stream_fence() noexcept nogil
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
     void cnorm_prefetch_write(void* p, size_t n) noexcept nogil
+
+cdef extern from "_elementwise.h":
+    void cnorm_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float s,
+                          float b, int relu, int stream) noexcept nogil
+    void cnorm_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
+                          double s, double b, int relu, int stream) noexcept nogil
+    void cnorm_affine_cols_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
+                               const float* lo, const float* s, const float* b, int relu,
+                               int stream) noexcept nogil
+    void cnorm_affine_cols_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
+                               const double* lo, const double* s, const double* b, int relu,
+                               int stream) noexcept nogil
+    void cnorm_grad_f32(const float* g, const float* x, float* dx, Py_ssize_t n, float hi,
+                        float a, float bc, float cc, int training, int stream) noexcept nogil
+    void cnorm_grad_f64(const double* g, const double* x, double* dx, Py_ssize_t n, double hi,
+                        double a, double bc, double cc, int training, int stream) noexcept nogil
+    void cnorm_grad_cols_f32(const float* g, const float* x, float* dx, Py_ssize_t n,
+                             const float* hi, const float* a, const float* bc, const float* cc,
+                             int training, int stream) noexcept nogil
+    void cnorm_grad_cols_f64(const double* g, const double* x, double* dx, Py_ssize_t n,
+                             const double* hi, const double* a, const double* bc,
+                             const double* cc, int training, int stream) noexcept nogil
+    void cnorm_ln_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float r,
+                             const float* w, const float* b, int stream) noexcept nogil
+    void cnorm_ln_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
+                             double r, const double* w, const double* b, int stream) noexcept nogil
+    void cnorm_ln_dx_f32(const float* g, const float* x, const float* w, float* dx, Py_ssize_t n,
+                         float hi, float lo, float ra, float rb, float rc, int stream) noexcept nogil
+    void cnorm_ln_dx_f64(const double* g, const double* x, const double* w, double* dx,
+                         Py_ssize_t n, double hi, double lo, double ra, double rb, double rc,
+                         int stream) noexcept nogil
 
 cdef extern from "_lanes.h":
     double cnorm_welford_f32(const float* x, Py_ssize_t n, double k, double* mu,
@@ -44,9 +74,10 @@ cdef extern from "_lanes.h":
                                  double* db) noexcept nogil
 
 cdef enum:
-    STREAM_TILE = 1024   # elements computed in cache before a streaming store; shorter
-                         # separate runs are stored plainly (measured: streaming (64, 512,
-                         # 7, 7) float64 BN in runs of 49 with a fence each was 1.6x slower)
+    STREAM_TILE = 1024   # separate runs shorter than this are stored plainly, not streamed
+                         # (measured: streaming (64, 512, 7, 7) float64 BN in runs of 49,
+                         # with a fence each, was 1.6x slower); also the tile of the
+                         # layer-norm rows' prefetching
     LANES = 16           # independent float64 accumulators of the lane loops: four AVX2
                          # vectors (hard-wired in _lanes.h's Welford and dot2 too)
     CHUNK = 4096         # elements of one channel or row per statistics block
@@ -403,53 +434,29 @@ ctypedef struct Affine:
     double shift
 
 
-cdef inline void affine_block(const floating* x, floating* y, Py_ssize_t n, Affine p,
-                              bint relu) noexcept nogil:
-    cdef floating hi = <floating>p.hi
-    cdef floating lo = <floating>p.lo
-    cdef floating s = <floating>p.scale
-    cdef floating b = <floating>p.shift
-    cdef floating v
-    cdef Py_ssize_t i
-    if relu:
-        for i in range(n):
-            v = ((x[i] - hi) - lo) * s + b
-            y[i] = 0 if v < 0 else v      # NaN stays NaN, as in torch.relu
-    else:
-        for i in range(n):
-            y[i] = ((x[i] - hi) - lo) * s + b
-
-
 cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p, bint relu,
                             bint stream) noexcept nogil:
-    """y = ((x - hi) - lo) * scale + shift over a run, optionally with streaming stores."""
-    cdef floating buf[STREAM_TILE]
-    cdef Py_ssize_t t = 0, L
-    if not stream or n < STREAM_TILE:     # see STREAM_TILE
-        affine_block(x, y, n, p, relu)
-        return
-    while t < n:
-        L = STREAM_TILE if n - t > STREAM_TILE else n - t
-        affine_block(x + t, buf, L, p, relu)
-        cnorm_stream_copy(y + t, buf, L * sizeof(floating))
-        t += L
-    cnorm_stream_fence()
+    """y = ((x - hi) - lo) * scale + shift [then ReLU] over a run; streaming stores
+    for runs of at least STREAM_TILE elements when stream is set."""
+    cdef bint st = stream and n >= STREAM_TILE
+    if floating is float:
+        cnorm_affine_f32(x, y, n, <float>p.hi, <float>p.lo, <float>p.scale, <float>p.shift,
+                         relu, st)
+    else:
+        cnorm_affine_f64(x, y, n, p.hi, p.lo, p.scale, p.shift, relu, st)
+    if st:
+        cnorm_stream_fence()
 
 
 cdef inline void affine_columns(const floating* x, floating* y, Py_ssize_t n,
-                                const floating* hi, const floating* lo,
-                                const floating* s, const floating* b,
-                                bint relu) noexcept nogil:
-    """Row of a row-major matrix, with per-column hi/lo/scale/shift."""
-    cdef floating v
-    cdef Py_ssize_t i
-    if relu:
-        for i in range(n):
-            v = ((x[i] - hi[i]) - lo[i]) * s[i] + b[i]
-            y[i] = 0 if v < 0 else v
+                                const floating* cols, Py_ssize_t K, bint relu,
+                                bint stream) noexcept nogil:
+    """n elements of a row of a row-major matrix; cols holds hi, lo, scale and
+    shift (K each) for the row's columns."""
+    if floating is float:
+        cnorm_affine_cols_f32(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, relu, stream)
     else:
-        for i in range(n):
-            y[i] = ((x[i] - hi[i]) - lo[i]) * s[i] + b[i]
+        cnorm_affine_cols_f64(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, relu, stream)
 
 
 cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
@@ -457,35 +464,12 @@ cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_s
                              bint stream) noexcept nogil:
     """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each).
     Rows shorter than PREFETCH_BYTES are prefetched that far ahead, up to row R."""
-    cdef floating buf[STREAM_TILE]
-    cdef Py_ssize_t r, c0, L, rb
+    cdef Py_ssize_t r
     cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
     cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
-    if not stream:
-        for r in range(r0, r1):
-            if r + pd < R:
-                cnorm_prefetch(x + (r + pd) * K, pbytes)
-            affine_columns(x + r * K, y + r * K, K, cols, cols + K, cols + 2 * K, cols + 3 * K, relu)
-        return
-    if K <= STREAM_TILE:
-        # whole rows, as many as fit in the buffer, then one streaming copy
-        rb = STREAM_TILE // K
-        while r0 < r1:
-            L = rb if r1 - r0 > rb else r1 - r0
-            for r in range(L):
-                if r0 + r + pd < R:
-                    cnorm_prefetch(x + (r0 + r + pd) * K, pbytes)
-                affine_columns(x + (r0 + r) * K, buf + r * K, K, cols, cols + K, cols + 2 * K,
-                               cols + 3 * K, relu)
-            cnorm_stream_copy(y + r0 * K, buf, L * K * sizeof(floating))
-            r0 += L
-    else:
-        for r in range(r0, r1):
-            c0 = 0
-            while c0 < K:
-                L = STREAM_TILE if K - c0 > STREAM_TILE else K - c0
-                affine_columns(x + r * K + c0, buf, L, cols + c0, cols + K + c0, cols + 2 * K + c0,
-                               cols + 3 * K + c0, relu)
-                cnorm_stream_copy(y + r * K + c0, buf, L * sizeof(floating))
-                c0 += L
-    cnorm_stream_fence()
+    for r in range(r0, r1):
+        if r + pd < R:
+            cnorm_prefetch(x + (r + pd) * K, pbytes)
+        affine_columns(x + r * K, y + r * K, K, cols, K, relu, stream)
+    if stream:
+        cnorm_stream_fence()

@@ -47,22 +47,28 @@ def _compiler():
     return cc
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def _build(tmp_path_factory, name, driver, builds):
+    """Compile driver once per (suffix, flags) build into one shared library."""
     cc = _compiler()
-    d = tmp_path_factory.mktemp("lanes")
+    d = tmp_path_factory.mktemp(name)
     src = d / "driver.c"
-    src.write_text(DRIVER)
+    src.write_text(driver)
     objs = []
-    for suffix, extra in (("vec", ["-march=x86-64-v3"] if _is_x86() else []),
-                          ("scalar", ["-DCNORM_LANES_SCALAR"])):
+    for suffix, extra in builds:
         obj = d / f"{suffix}.o"
         subprocess.run([cc, "-O3", "-ffp-contract=off", "-fPIC", "-c", str(src), "-o", str(obj),
                         f"-I{HEADER_DIR}", f"-DSUFFIX={suffix}", *extra], check=True)
         objs.append(str(obj))
-    so = d / "lanes.so"
+    so = d / f"{name}.so"
     subprocess.run([cc, "-shared", "-o", str(so), *objs], check=True)
     return ctypes.CDLL(str(so))
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    return _build(tmp_path_factory, "lanes", DRIVER,
+                  [("vec", ["-march=x86-64-v3"] if _is_x86() else []),
+                   ("scalar", ["-DCNORM_LANES_SCALAR"])])
 
 
 def _is_x86():
@@ -108,3 +114,132 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
     d = x.astype(np.float64) - 1e4
     np.testing.assert_allclose(out["vec"][5].sum(), np.arange(16.0).sum() + d.sum(), rtol=1e-12)
     np.testing.assert_allclose(out["vec"][6].sum(), 16.0 + (d * d).sum(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# cnorm/_elementwise.h: the output loops, with plain and streaming stores
+# ---------------------------------------------------------------------------
+
+EW_DRIVER = r"""
+#include "_elementwise.h"
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define WRAP(T, S)                                                                   \
+void CAT(affine_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, double hi, double lo,   \
+                                double s, double b, int relu, int stream)            \
+{ cnorm_affine_##S(x, y, n, (T)hi, (T)lo, (T)s, (T)b, relu, stream); }              \
+void CAT(affine_cols_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, const T *hi,       \
+                                     const T *lo, const T *s, const T *b, int relu,  \
+                                     int stream)                                     \
+{ cnorm_affine_cols_##S(x, y, n, hi, lo, s, b, relu, stream); }                      \
+void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, T *dx, ptrdiff_t n, double hi,   \
+                              double a, double bc, double cc, int training,          \
+                              int stream)                                            \
+{ cnorm_grad_##S(g, x, dx, n, (T)hi, (T)a, (T)bc, (T)cc, training, stream); }        \
+void CAT(grad_cols_##S##_, SUFFIX)(const T *g, const T *x, T *dx, ptrdiff_t n,         \
+                                   const T *hi, const T *a, const T *bc,             \
+                                   const T *cc, int training, int stream)            \
+{ cnorm_grad_cols_##S(g, x, dx, n, hi, a, bc, cc, training, stream); }               \
+void CAT(ln_affine_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, double hi,           \
+                                   double lo, double r, const T *w, const T *b,      \
+                                   int stream)                                       \
+{ cnorm_ln_affine_##S(x, y, n, (T)hi, (T)lo, (T)r, w, b, stream); }                  \
+void CAT(ln_dx_##S##_, SUFFIX)(const T *g, const T *x, const T *w, T *dx, ptrdiff_t n, \
+                               double hi, double lo, double ra, double rb, double rc, \
+                               int stream)                                           \
+{ cnorm_ln_dx_##S(g, x, w, dx, n, (T)hi, (T)lo, (T)ra, (T)rb, (T)rc, stream);        \
+  cnorm_stream_fence(); }
+WRAP(float, f32)
+WRAP(double, f64)
+"""
+
+# every build of the loops: AVX2 (x86-64-v3), the x86-64 baseline (SSE2
+# streaming stores), and the plain-C fallback of other compilers
+EW_BUILDS = ([("v3", ["-march=x86-64-v3"]), ("sse2", [])] if _is_x86() else [("vec", [])]) + [
+    ("scalar", ["-DCNORM_LANES_SCALAR"])]
+
+
+@pytest.fixture(scope="module")
+def ew_lib(tmp_path_factory):
+    return _build(tmp_path_factory, "elementwise", EW_DRIVER, EW_BUILDS)
+
+
+def _ew_call(lib, name, *args):
+    f = getattr(lib, name)
+    types = []
+    for a in args:
+        if a is None or isinstance(a, np.ndarray):
+            types.append(ctypes.c_void_p)
+        elif isinstance(a, float):
+            types.append(ctypes.c_double)
+        elif isinstance(a, ctypes.c_ssize_t):   # a length
+            types.append(ctypes.c_ssize_t)
+        else:                                   # a flag
+            types.append(ctypes.c_int)
+    f.argtypes = types
+    f.restype = None
+    f(*[None if a is None else (_p(a) if isinstance(a, np.ndarray) else a) for a in args])
+
+
+def _special(rng, n, dtype):
+    """Normal values with NaN, +-inf, -0.0 and +0.0 sprinkled in."""
+    v = rng.standard_normal(n).astype(dtype)
+    picks = rng.integers(0, n, size=min(n, 8)) if n else []
+    for i, s in zip(picks, [np.nan, np.inf, -np.inf, -0.0, 0.0, np.nan, -0.0, 1e30]):
+        v[i] = s
+    return v
+
+
+@pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64")])
+@pytest.mark.parametrize("n", [0, 3, 8, 37, 1029])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4])
+def test_output_loops_agree_bitwise(ew_lib, dtype, tag, n, offset):
+    """Every build, with plain and streaming stores, at any offset of the output from
+    a 32-byte boundary, gives the formula's bits (NumPy's elementwise ops in the
+    data's type, in the same order), and writes nothing outside the output."""
+    rng = np.random.default_rng(n * 10 + offset)
+    t = dtype
+    x, g = _special(rng, n, t), _special(rng, n, t)
+    length, n = n, ctypes.c_ssize_t(n)
+    c0, c1, c2, c3 = (rng.standard_normal(length).astype(t) for _ in range(4))
+    hi, lo, s, b, r = (float(t(v)) for v in rng.standard_normal(5))
+    T = {k: t(v) for k, v in dict(hi=hi, lo=lo, s=s, b=b, r=r).items()}
+    with np.errstate(all="ignore"):
+        affine = ((x - T["hi"]) - T["lo"]) * T["s"] + T["b"]
+        affine_cols = ((x - c0) - c1) * c2 + c3
+        ln = ((x - T["hi"]) - T["lo"]) * T["s"]
+        # (expected, function, arguments with Y for the output)
+        cases = {
+            "affine": (affine, "affine", (x, "Y", n, hi, lo, s, b, 0)),
+            "affine relu": (np.where(affine < 0, t(0), affine), "affine", (x, "Y", n, hi, lo, s, b, 1)),
+            # y = x exactly: ReLU keeps -0.0 and NaN, as torch.relu does
+            "relu": (np.where(x < 0, t(0), x), "affine", (x, "Y", n, 0.0, 0.0, 1.0, -0.0, 1)),
+            "affine_cols": (affine_cols, "affine_cols", (x, "Y", n, c0, c1, c2, c3, 0)),
+            "affine_cols relu": (np.where(affine_cols < 0, t(0), affine_cols), "affine_cols",
+                                 (x, "Y", n, c0, c1, c2, c3, 1)),
+            "grad": ((g * T["s"] - (x - T["hi"]) * T["b"]) - T["r"], "grad",
+                     (g, x, "Y", n, hi, s, b, r, 1)),
+            "grad fixed": (g * T["s"], "grad", (g, x, "Y", n, hi, s, b, r, 0)),
+            "grad_cols": ((g * c1 - (x - c0) * c2) - c3, "grad_cols", (g, x, "Y", n, c0, c1, c2, c3, 1)),
+            "grad_cols fixed": (g * c1, "grad_cols", (g, x, "Y", n, c0, c1, c2, c3, 0)),
+            "ln w b": (ln * c0 + c1, "ln_affine", (x, "Y", n, hi, lo, s, c0, c1)),
+            "ln w": (ln * c0, "ln_affine", (x, "Y", n, hi, lo, s, c0, None)),
+            "ln b": (ln + c1, "ln_affine", (x, "Y", n, hi, lo, s, None, c1)),
+            "ln": (ln, "ln_affine", (x, "Y", n, hi, lo, s, None, None)),
+            "ln_dx": (((g * c0) * T["s"] - ((x - T["hi"]) - T["lo"]) * T["b"]) - T["r"], "ln_dx",
+                      (g, x, c0, "Y", n, hi, lo, s, b, r)),
+        }
+    assert length == 0 or not np.array_equal(affine, x)     # the loops do change the data
+    itemsize = np.dtype(t).itemsize
+    for suffix, _ in EW_BUILDS:
+        for stream in (0, 1):
+            for key, (expect, fn, args) in cases.items():
+                # the output `offset` elements past a 64-byte boundary of a larger buffer
+                buf = np.full(length + 2 * 64 // itemsize, 7.0, t)
+                start = (-buf.ctypes.data % 64) // itemsize + offset
+                y = buf[start:start + length]
+                _ew_call(ew_lib, f"{fn}_{tag}_{suffix}",
+                         *[y if isinstance(a, str) else a for a in args], stream)
+                np.testing.assert_array_equal(y.view(f"i{itemsize}"), expect.view(f"i{itemsize}"),
+                                              err_msg=f"{key}, {suffix} build, stream={stream}")
+                assert (buf[:start] == 7).all() and (buf[start + length:] == 7).all(), key
