@@ -58,19 +58,21 @@ def _stream_threshold():
     env = os.environ.get("CNORM_STREAM_BYTES")
     if env:
         return int(env)
-    return _cache_bytes() or 32 << 20
+    return (_cache_bytes() or 32 << 20) // 4
 
 
 # Outputs are written with streaming (non-temporal) stores when the bytes a
-# call moves exceed the last-level cache: they would not stay in cache anyway,
-# and writing around it saves reading each destination line first.  The
-# threshold is the whole LLC by measurement on a 32 MiB L3 (torch/cnorm,
-# streamed vs not): BN train (32, 64, 56, 56), 51 MB moved, +2..11%; BN
-# backward on it, 77 MB, +10%; channels-last BN train, 51 MB, +4..13%; LN
-# (4096, 1024), 34 MB, +4%; but LN (4096, 768), 25 MB, -4..8% and LN
-# (16384, 128), 17 MB, -8% (they stay partly in cache between calls), and BN
-# (8, 256, 28, 28), 13 MB, -12%.  LN backward (4096, 768) and (4096, 1024),
-# 38 and 50 MB: +10..14%.
+# call moves exceed a quarter of the last-level cache: writing around the
+# cache saves reading each destination line first, and leaves the inputs in
+# cache.  Measured on a 32 MiB L3 with the stores made straight from the
+# registers (cnorm/_elementwise.h), torch/cnorm streamed at 8 MB against not
+# below 32 MiB, medians of 5-7 alternating processes: LN forward (4096, 768),
+# 25 MB moved, 1.34 -> 1.70; (2048, 768), 13 MB, 1.20 -> 1.50; (8192, 512),
+# 34 MB, 1.31 -> 1.66; LN backward (4096, 512), 25 MB, 1.10 -> 1.26, and
+# (2048, 1024), 1.01 -> 1.17; BN train and backward (8, 256, 28, 28), 13 and
+# 19 MB, unchanged.  Layer-norm rows of at most 1 KiB are never streamed (see
+# _layernorm_kernels.pxi).  With the earlier buffer-and-copy streaming, the
+# threshold had to be the whole LLC.
 STREAM_BYTES = _stream_threshold()
 
 

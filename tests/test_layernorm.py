@@ -855,7 +855,8 @@ def _stream_on(monkeypatch):
 
 
 def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
-    """The streaming threshold is the per-core LLC: sysfs's largest data cache, else sysconf."""
+    """The streaming threshold is a quarter of the per-core LLC: sysfs's largest data
+    cache, else sysconf; CNORM_STREAM_BYTES overrides it."""
     for i, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
                                              (2, "Unified", "512K"), (3, "Unified", "32768K")]):
         d = tmp_path / f"index{i}"
@@ -866,6 +867,7 @@ def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
     real_glob = cnorm._dispatch.glob.glob
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
     assert cnorm._dispatch._cache_bytes() == 32 << 20
+    assert cnorm._dispatch._stream_threshold() == 8 << 20
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: [])
     assert cnorm._dispatch._cache_bytes() == cnorm._openmp.llc_bytes()
     monkeypatch.setenv("CNORM_STREAM_BYTES", "12345")
