@@ -76,8 +76,9 @@ cdef extern from "_lanes.h":
 cdef enum:
     STREAM_TILE = 1024   # separate runs shorter than this are stored plainly, not streamed
                          # (measured: streaming (64, 512, 7, 7) float64 BN in runs of 49,
-                         # with a fence each, was 1.6x slower); also the tile of the
-                         # layer-norm rows' prefetching
+                         # with a fence each, was 1.6x slower); also the elements per
+                         # work item of row-major BN's output passes, and the tile of
+                         # a streamed layer-norm row's prefetching
     LANES = 16           # independent float64 accumulators of the lane loops: four AVX2
                          # vectors (hard-wired in _lanes.h's Welford and dot2 too)
     CHUNK = 4096         # elements of one channel or row per statistics block

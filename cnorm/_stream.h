@@ -1,16 +1,15 @@
-/* Non-temporal ("streaming") stores, which Cython cannot express.
+/* Memory-path helpers that Cython cannot express: the fence after streaming
+ * (non-temporal) stores, software prefetches, and the cache size.
  *
- * Large outputs are written around the cache: the write does not first read
- * the destination line from memory, and it does not evict data a kernel is
- * about to read again.  Values are unchanged; only the path to memory is.
- * On compilers or CPUs without SSE2 this falls back to memcpy.
+ * Large outputs are written around the cache (the stores themselves are in
+ * _elementwise.h): the write does not first read the destination line from
+ * memory, and it does not evict data a kernel is about to read again.  Values
+ * are unchanged; only the path to memory is.
  */
 #ifndef CNORM_STREAM_H
 #define CNORM_STREAM_H
 
 #include <stddef.h>
-#include <stdint.h>
-#include <string.h>
 #include <unistd.h>
 
 #if defined(__SSE2__)
@@ -19,33 +18,6 @@
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
-
-/* Copy n bytes from src (in cache) to dst with non-temporal stores. */
-static inline void cnorm_stream_copy(void *dst, const void *src, size_t n)
-{
-#if defined(__SSE2__)
-    char *d = (char *)dst;
-    const char *s = (const char *)src;
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
-    if (head > n)
-        head = n;
-    memcpy(d, s, head);
-    d += head; s += head; n -= head;
-#if defined(__AVX__)
-    if (((uintptr_t)d & 31) && n >= 16) {
-        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
-        d += 16; s += 16; n -= 16;
-    }
-    for (; n >= 32; d += 32, s += 32, n -= 32)
-        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
-#endif
-    for (; n >= 16; d += 16, s += 16, n -= 16)
-        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
-    memcpy(d, s, n);
-#else
-    memcpy(dst, src, n);
-#endif
-}
 
 /* Order earlier streaming stores before anything that follows. */
 static inline void cnorm_stream_fence(void)
