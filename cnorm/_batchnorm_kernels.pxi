@@ -24,8 +24,9 @@ from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    CHUNK, ROW_BLOCK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
-    col_sum2, moments_merge, moments_zero, one_pass_ok, rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
+    CHUNK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
+    col_dot2_x4, col_sum2, col_sum2_x4, col_welford_x4, moments_merge, moments_zero, one_pass_ok,
+    rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
     cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch,
     cnorm_stream_fence, prefetch_rows, short_row_bytes,
 )
@@ -36,6 +37,9 @@ cnp.import_array()
 cdef enum:
     PLANAR_MIN_RUN = 16   # shortest run M for which the planar kernels pay off
     COL_TILE = 1024       # columns per tile in the rows kernels
+
+# for the Python layer's choice of method (batchnorm._default_method)
+planar_min_run = PLANAR_MIN_RUN
 
 
 # ---------------------------------------------------------------------------
@@ -95,17 +99,6 @@ cdef void normalize_rows(const floating* x, floating* y, Py_ssize_t R, Py_ssize_
                     stream)
 
 
-cdef void spread_columns(const Affine* aff, Py_ssize_t C, Py_ssize_t M, floating* cols) noexcept nogil:
-    """Per-channel parameters -> per-column arrays hi, lo, scale, shift (K = C*M each)."""
-    cdef Py_ssize_t c, m, K = C * M
-    for c in range(C):
-        for m in range(M):
-            cols[c * M + m] = <floating>aff[c].hi
-            cols[K + c * M + m] = <floating>aff[c].lo
-            cols[2 * K + c * M + m] = <floating>aff[c].scale
-            cols[3 * K + c * M + m] = <floating>aff[c].shift
-
-
 # ---------------------------------------------------------------------------
 # Column reductions of an (R, K) matrix, tiled and merged in a fixed order
 # ---------------------------------------------------------------------------
@@ -121,35 +114,54 @@ cdef inline Tiling make_tiling(Py_ssize_t R, Py_ssize_t K) noexcept nogil:
     cdef Tiling t
     t.tile = K if K < COL_TILE else COL_TILE
     t.ntile = (K + t.tile - 1) // t.tile
+    # at most CHUNK rows: a group is one two-pass block (see tile_moments)
     t.rows = ROW_GROUP // t.tile if ROW_GROUP // t.tile > 1 else 1
+    t.rows = t.rows if t.rows < CHUNK else CHUNK
     t.ngroup = (R + t.rows - 1) // t.rows
     return t
+
+
+cdef inline void prefetch_rows4(const floating* x, Py_ssize_t K, Py_ssize_t r, Py_ssize_t r1,
+                                size_t nbytes) noexcept nogil:
+    """Prefetch the first nbytes of rows r .. r + 3 of x (row stride K) that are below r1."""
+    cdef Py_ssize_t j
+    if nbytes != 0:
+        for j in range(r, r + 4 if r + 4 < r1 else r1):
+            cnorm_prefetch(x + j * K, nbytes)
 
 
 cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_t r1,
                        Py_ssize_t ncol, int method, double* mean, double* m2,
                        double* scratch) noexcept nogil:
     """Column statistics of rows [r0, r1), columns [0, ncol) of x (row stride K);
-    scratch holds 3 * ncol values."""
-    cdef Py_ssize_t r, c, rb, b0, b1
-    cdef double k, inv, d, v, n
-    cdef double* bmean = scratch
-    cdef double* bm2 = scratch + ncol
-    cdef double* f64 = scratch + 2 * ncol
+    scratch holds 2 * ncol values.  Each column's arithmetic is its own: the
+    result for a column does not depend on ncol or on the other columns."""
+    cdef Py_ssize_t r, c
+    cdef double k, inv, d, v, sd, sq
+    cdef double* f64 = scratch
+    cdef double* bq = scratch + ncol
     cdef const floating* row
-    cdef const floating* first
     cdef bint ok
-    # the hardware prefetcher alone left this loop waiting on loads of x
-    cdef Py_ssize_t pd = prefetch_rows(ncol, sizeof(floating))
-    for c in range(ncol):
-        mean[c] = 0.0
-        m2[c] = 0.0
+    cdef double r4[4]
+    # the hardware prefetcher alone left these loops waiting on loads of x; four
+    # rows go at a time, so the distance is rounded up to a whole number of steps
+    cdef Py_ssize_t pd = (prefetch_rows(ncol, sizeof(floating)) + 3) // 4 * 4
+    cdef size_t pbytes = ncol * sizeof(floating)
     if method == WELFORD:
+        for c in range(ncol):
+            mean[c] = 0.0
+            m2[c] = 0.0
         k = 0.0
-        for r in range(r0, r1):
+        r = r0
+        while r + 4 <= r1:
+            prefetch_rows4(x, K, r + pd, r1, pbytes)
+            for c in range(4):
+                r4[c] = 1.0 / (k + (c + 1))
+            col_welford_x4(mean, m2, x + r * K, K, r4, ncol)
+            k = k + 4.0
+            r = r + 4
+        for r in range(r, r1):
             row = x + r * K
-            if r + pd < r1:
-                cnorm_prefetch(row + pd * K, ncol * sizeof(floating))
             k = k + 1.0
             inv = 1.0 / k
             for c in range(ncol):
@@ -158,49 +170,38 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + d * (v - mean[c])
         return
-    # two-pass over cache-sized blocks of rows, merged with Chan's formula; as
-    # in seq_moments, the first pass sums x - (the block's first row) and its
-    # squares, and the second runs only for a block that one_pass_ok refuses
-    rb = ROW_BLOCK // ncol if ROW_BLOCK // ncol > 1 else 1
-    n = 0.0
-    b0 = r0
-    while b0 < r1:
-        b1 = b0 + rb if b0 + rb < r1 else r1
-        first = x + b0 * K
+    # two-pass: as in seq_moments, the first pass sums x - (the first row) and
+    # its squares, and a column gets a second pass only if one_pass_ok refuses it
+    row = x + r0 * K
+    for c in range(ncol):
+        mean[c] = 0.0
+        bq[c] = 0.0
+        f64[c] = row[c]
+    r = r0 + 1
+    while r + 4 <= r1:
+        prefetch_rows4(x, K, r + pd, r1, pbytes)
+        col_sum2_x4(mean, bq, x + r * K, K, f64, ncol)
+        r = r + 4
+    for r in range(r, r1):
+        col_sum2(mean, bq, x + r * K, f64, ncol)
+    inv = 1.0 / (r1 - r0)
+    ok = True
+    for c in range(ncol):
+        sd = mean[c]                      # the sum of x - first
+        sq = bq[c]                        # and of its squares
+        mean[c] = f64[c] + sd * inv
+        m2[c] = sq - sd * (sd * inv)
+        if not one_pass_ok(m2[c], sq, x):
+            m2[c] = -1.0                  # an accepted M2 is >= 0
+            ok = False
+    if not ok:                            # column by column: one bad column changes no other
         for c in range(ncol):
-            bmean[c] = 0.0
-            bm2[c] = 0.0
-            f64[c] = first[c]
-        for r in range(b0 + 1, b1):
-            if r + pd < r1:
-                cnorm_prefetch(x + (r + pd) * K, ncol * sizeof(floating))
-            col_sum2(bmean, bm2, x + r * K, f64, ncol)
-        inv = 1.0 / (b1 - b0)
-        ok = True
-        for c in range(ncol):
-            d = bmean[c]                  # the sum of x - first
-            v = bm2[c]                    # and of its squares
-            bmean[c] = f64[c] + d * inv
-            bm2[c] = v - d * (d * inv)
-            if not one_pass_ok(bm2[c], v, x):
-                bm2[c] = -1.0             # an accepted M2 is >= 0
-                ok = False
-        if not ok:                        # column by column: one bad column changes no other
-            for c in range(ncol):
-                if bm2[c] < 0.0:
-                    v = 0.0
-                    for r in range(b0, b1):
-                        d = x[r * K + c] - bmean[c]
-                        v += d * d
-                    bm2[c] = v
-        if n == 0.0:
-            for c in range(ncol):
-                mean[c] = bmean[c]
-                m2[c] = bm2[c]
-        else:
-            merge_columns(mean, m2, n, bmean, bm2, <double>(b1 - b0), ncol)
-        n += b1 - b0
-        b0 = b1
+            if m2[c] < 0.0:
+                v = 0.0
+                for r in range(r0, r1):
+                    d = x[r * K + c] - mean[c]
+                    v += d * d
+                m2[c] = v
 
 
 cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int method, int nt,
@@ -208,7 +209,7 @@ cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int metho
     """Column means and M2 of a C-contiguous (R, K) matrix (count R for every column)."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, g, j, c0, nc, r0, r1
-    cdef double* part = <double*>malloc((2 * t.ngroup * K + 3 * nt * t.tile + 1) * sizeof(double))
+    cdef double* part = <double*>malloc((2 * t.ngroup * K + 2 * nt * t.tile + 1) * sizeof(double))
     cdef double* scratch
     if part == NULL:
         return -1
@@ -221,7 +222,7 @@ cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int metho
         r0 = g * t.rows
         r1 = r0 + t.rows if r0 + t.rows < R else R
         tile_moments(x + c0, K, r0, r1, nc, method, part + 2 * g * K + c0,
-                     part + (2 * g + 1) * K + c0, scratch + 3 * t.tile * omp_get_thread_num())
+                     part + (2 * g + 1) * K + c0, scratch + 2 * t.tile * omp_get_thread_num())
     for j in range(K):
         mean[j] = part[j]
         m2[j] = part[K + j]
@@ -238,7 +239,7 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
     """Column sums of g and of g * (x - mu) for C-contiguous (R, K) matrices."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, gi, j, c, r, c0, c1, r0, r1
-    cdef Py_ssize_t pd = prefetch_rows(t.tile, sizeof(floating))
+    cdef Py_ssize_t pd = (prefetch_rows(t.tile, sizeof(floating)) + 3) // 4 * 4
     cdef size_t pbytes = short_row_bytes(t.tile, sizeof(floating))
     cdef double* part = <double*>malloc((2 * t.ngroup * K + 1) * sizeof(double))
     cdef double* pg
@@ -257,10 +258,13 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
         for c in range(c0, c1):
             pg[c] = 0.0
             pgx[c] = 0.0
-        for r in range(r0, r1):
-            if r + pd < R:
-                cnorm_prefetch(g + (r + pd) * K + c0, pbytes)
-                cnorm_prefetch(x + (r + pd) * K + c0, pbytes)
+        r = r0
+        while r + 4 <= r1:
+            prefetch_rows4(g + c0, K, r + pd, R, pbytes)
+            prefetch_rows4(x + c0, K, r + pd, R, pbytes)
+            col_dot2_x4(pg + c0, pgx + c0, g + r * K + c0, x + r * K + c0, K, mu + c0, c1 - c0)
+            r = r + 4
+        for r in range(r, r1):
             for c in range(c0, c1):
                 pg[c] += g[r * K + c]
                 pgx[c] += g[r * K + c] * (x[r * K + c] - mu[c])
@@ -317,31 +321,47 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
     return 0
 
 
+cdef inline Moments channel_moments(const double* mean, const double* m2, Py_ssize_t c,
+                                    Py_ssize_t M, double n) noexcept nogil:
+    """Merge the column statistics of channel c's M columns (count n each)."""
+    cdef Moments mo = moments_zero(), col
+    cdef Py_ssize_t m
+    col.n = n
+    for m in range(M):
+        col.mean = mean[c * M + m]
+        col.m2 = m2[c * M + m]
+        moments_merge(&mo, col)
+    return mo
+
+
+cdef inline void set_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
+                             floating* cols) noexcept nogil:
+    """One channel's parameters into its M columns k0 .. of hi, lo, scale, shift (K each)."""
+    cdef Py_ssize_t k
+    for k in range(k0, k0 + M):
+        cols[k] = <floating>p.hi
+        cols[K + k] = <floating>p.lo
+        cols[2 * K + k] = <floating>p.scale
+        cols[3 * K + k] = <floating>p.shift
+
+
 cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                     const floating* w, const floating* b, floating* rmean, floating* rvar,
                     floating* mean_out, floating* invstd_out, double eps, double momentum,
                     int method, bint relu, bint stream, int nt) noexcept nogil:
-    cdef Py_ssize_t K = C * M, c, m
-    cdef Moments mo, col
+    cdef Py_ssize_t K = C * M, c
     cdef double* stats = <double*>malloc((2 * K + 1) * sizeof(double))
-    cdef Affine* aff = <Affine*>malloc((C + 1) * sizeof(Affine))
     cdef floating* cols = <floating*>malloc((4 * K + 1) * sizeof(floating))
     cdef int rc = -1
-    if stats != NULL and aff != NULL and cols != NULL:
+    if stats != NULL and cols != NULL:
         rc = column_moments(x, N, K, method, nt, stats, stats + K)
     if rc == 0:
-        col.n = <double>N
         for c in range(C):
-            mo = moments_zero()
-            for m in range(M):
-                col.mean = stats[c * M + m]
-                col.m2 = stats[K + c * M + m]
-                moments_merge(&mo, col)
-            aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
-        spread_columns(aff, C, M, cols)
+            set_columns(finish_channel(channel_moments(stats, stats + K, c, M, <double>N), c, w, b,
+                                       rmean, rvar, mean_out, invstd_out, eps, momentum),
+                        c * M, M, K, cols)
         normalize_rows(x, y, N, K, cols, relu, stream, nt)
     free(stats)
-    free(aff)
     free(cols)
     return rc
 
@@ -368,7 +388,8 @@ cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ss
         if cols == NULL:
             free(aff)
             return -1
-        spread_columns(aff, C, M, cols)
+        for c in range(C):
+            set_columns(aff[c], c * M, M, C * M, cols)
         normalize_rows(x, y, N, C * M, cols, relu, stream, nt)
         free(cols)
     free(aff)

@@ -218,8 +218,73 @@ static inline void NAME(const T *restrict x, const double *restrict f,          
     }                                                                              \
 }
 
+/* Four rows (row stride ld) of the same column sums, added in a fixed tree:
+ * s[c] += (d0 + d1) + (d2 + d3) and likewise for the squares, so that each
+ * column's running sums are loaded and stored once per four rows, not once
+ * per row (the stores were what bound the one-row loop). */
+#define CNORM_DEFINE_COL_SUM2_X4(NAME, T)                                      \
+static inline void NAME(const T *restrict x, ptrdiff_t ld,                         \
+                        const double *restrict f, double *restrict s,              \
+                        double *restrict q, ptrdiff_t n)                           \
+{                                                                                  \
+    const T *restrict x1 = x + ld, *restrict x2 = x + 2 * ld,                      \
+            *restrict x3 = x + 3 * ld;                                             \
+    ptrdiff_t c;                                                                   \
+    for (c = 0; c < n; c++) {                                                      \
+        double d0 = (double)x[c] - f[c], d1 = (double)x1[c] - f[c];                \
+        double d2 = (double)x2[c] - f[c], d3 = (double)x3[c] - f[c];               \
+        s[c] += (d0 + d1) + (d2 + d3);                                             \
+        q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                         \
+    }                                                                              \
+}
+
+/* Welford's update of column statistics by four rows in turn (row stride ld),
+ * with r[j] = 1/(count after row j): the same operations, in the same order,
+ * as four one-row updates, with each column's mean and M2 kept in registers. */
+#define CNORM_DEFINE_COL_WELFORD_X4(NAME, T)                                   \
+static inline void NAME(const T *restrict x, ptrdiff_t ld, const double *r,        \
+                        double *restrict mu, double *restrict m2, ptrdiff_t n)     \
+{                                                                                  \
+    const T *restrict x1 = x + ld, *restrict x2 = x + 2 * ld,                      \
+            *restrict x3 = x + 3 * ld;                                             \
+    double r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];                             \
+    ptrdiff_t c;                                                                   \
+    for (c = 0; c < n; c++) {                                                      \
+        double m = mu[c], a = m2[c], v, d;                                         \
+        v = x[c];  d = v - m; m = m + d * r0; a = a + d * (v - m);                 \
+        v = x1[c]; d = v - m; m = m + d * r1; a = a + d * (v - m);                 \
+        v = x2[c]; d = v - m; m = m + d * r2; a = a + d * (v - m);                 \
+        v = x3[c]; d = v - m; m = m + d * r3; a = a + d * (v - m);                 \
+        mu[c] = m;                                                                 \
+        m2[c] = a;                                                                 \
+    }                                                                              \
+}
+
+/* Four rows of batch-norm backward's column sums: a[c] += g, b[c] += g*(x - mu[c]),
+ * each added in a fixed tree as in the column sums above. */
+#define CNORM_DEFINE_COL_DOT2_X4(NAME, T)                                      \
+static inline void NAME(const T *restrict g, const T *restrict x, ptrdiff_t ld,    \
+                        const double *restrict mu, double *restrict a,             \
+                        double *restrict b, ptrdiff_t n)                           \
+{                                                                                  \
+    ptrdiff_t c;                                                                   \
+    for (c = 0; c < n; c++) {                                                      \
+        double g0 = g[c], g1 = g[c + ld], g2 = g[c + 2 * ld], g3 = g[c + 3 * ld];  \
+        double m = mu[c];                                                          \
+        a[c] += (g0 + g1) + (g2 + g3);                                             \
+        b[c] += (g0 * ((double)x[c] - m) + g1 * ((double)x[c + ld] - m))           \
+              + (g2 * ((double)x[c + 2 * ld] - m) + g3 * ((double)x[c + 3 * ld] - m)); \
+    }                                                                              \
+}
+
 CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f32, float)
 CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f64, double)
+CNORM_DEFINE_COL_SUM2_X4(cnorm_col_sum2_x4_f32, float)
+CNORM_DEFINE_COL_SUM2_X4(cnorm_col_sum2_x4_f64, double)
+CNORM_DEFINE_COL_WELFORD_X4(cnorm_col_welford_x4_f32, float)
+CNORM_DEFINE_COL_WELFORD_X4(cnorm_col_welford_x4_f64, double)
+CNORM_DEFINE_COL_DOT2_X4(cnorm_col_dot2_x4_f32, float)
+CNORM_DEFINE_COL_DOT2_X4(cnorm_col_dot2_x4_f64, double)
 CNORM_DEFINE_WELFORD(cnorm_welford_f32, float)
 CNORM_DEFINE_WELFORD(cnorm_welford_f64, double)
 CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)

@@ -66,6 +66,18 @@ cdef extern from "_lanes.h":
                             Py_ssize_t n) noexcept nogil
     void cnorm_col_sum2_f64(const double* x, const double* f, double* s, double* q,
                             Py_ssize_t n) noexcept nogil
+    void cnorm_col_sum2_x4_f32(const float* x, Py_ssize_t ld, const double* f, double* s,
+                               double* q, Py_ssize_t n) noexcept nogil
+    void cnorm_col_sum2_x4_f64(const double* x, Py_ssize_t ld, const double* f, double* s,
+                               double* q, Py_ssize_t n) noexcept nogil
+    void cnorm_col_welford_x4_f32(const float* x, Py_ssize_t ld, const double* r, double* mu,
+                                  double* m2, Py_ssize_t n) noexcept nogil
+    void cnorm_col_welford_x4_f64(const double* x, Py_ssize_t ld, const double* r, double* mu,
+                                  double* m2, Py_ssize_t n) noexcept nogil
+    void cnorm_col_dot2_x4_f32(const float* g, const float* x, Py_ssize_t ld, const double* mu,
+                               double* a, double* b, Py_ssize_t n) noexcept nogil
+    void cnorm_col_dot2_x4_f64(const double* g, const double* x, Py_ssize_t ld, const double* mu,
+                               double* a, double* b, Py_ssize_t n) noexcept nogil
     void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
                                  double m, double r, double* sums, double* dw,
                                  double* db) noexcept nogil
@@ -83,7 +95,6 @@ cdef enum:
                          # vectors (hard-wired in _lanes.h's Welford and dot2 too)
     CHUNK = 4096         # elements of one channel or row per statistics block
     ROW_GROUP = 65536    # elements of a row-major matrix per parallel work item
-    ROW_BLOCK = 4096     # elements per cache block inside a row group (two-pass)
     SUM2_COND_F32 = 10000   # largest q / M2 for which a one-pass M2 is kept, float32
     SUM2_COND_F64 = 64      # and float64 data (see one_pass_ok)
     PREFETCH_BYTES = 4096   # software prefetch distance of the row-by-row loops, at least
@@ -211,6 +222,34 @@ cdef inline void col_sum2(double* s, double* q, const floating* x, const double*
         cnorm_col_sum2_f32(x, f, s, q, n)
     else:
         cnorm_col_sum2_f64(x, f, s, q, n)
+
+
+cdef inline void col_sum2_x4(double* s, double* q, const floating* x, Py_ssize_t ld,
+                             const double* f, Py_ssize_t n) noexcept nogil:
+    """col_sum2 of four rows x, x + ld, x + 2 ld, x + 3 ld, each column's four
+    terms added in a fixed tree (see _lanes.h)."""
+    if floating is float:
+        cnorm_col_sum2_x4_f32(x, ld, f, s, q, n)
+    else:
+        cnorm_col_sum2_x4_f64(x, ld, f, s, q, n)
+
+
+cdef inline void col_welford_x4(double* mu, double* m2, const floating* x, Py_ssize_t ld,
+                                const double* r, Py_ssize_t n) noexcept nogil:
+    """Welford's column update by four rows in turn; r[j] = 1 / (count after row j)."""
+    if floating is float:
+        cnorm_col_welford_x4_f32(x, ld, r, mu, m2, n)
+    else:
+        cnorm_col_welford_x4_f64(x, ld, r, mu, m2, n)
+
+
+cdef inline void col_dot2_x4(double* a, double* b, const floating* g, const floating* x,
+                             Py_ssize_t ld, const double* mu, Py_ssize_t n) noexcept nogil:
+    """a[c] += g and b[c] += g * (x - mu[c]) over four rows, in a fixed tree."""
+    if floating is float:
+        cnorm_col_dot2_x4_f32(g, x, ld, mu, a, b, n)
+    else:
+        cnorm_col_dot2_x4_f64(g, x, ld, mu, a, b, n)
 
 
 cdef inline void run_dot2(double* a, double* c, const floating* g, const floating* x,

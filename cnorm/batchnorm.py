@@ -17,15 +17,16 @@ from cnorm._dispatch import kernels, stream_stores
 _batchnorm = kernels("_batchnorm")
 
 # method=None, chosen by measurement (the method comparison in the README):
-# two-pass where a channel is made of runs at least this long (its first pass
-# is a plain sum of x - x0 and its square, and the second is seldom needed),
-# Welford for shorter runs and channels-last data, where two-pass's per-block
-# bookkeeping costs more than Welford's division per row.
+# two-pass, except for channels made of runs of PLANAR_MIN_RUN (16) to 127
+# values, where the planar kernels' per-run bookkeeping of two-pass costs more
+# than Welford's one division per step.  The row-major kernels (shorter runs,
+# channels-last and (N, C) data) sum four rows at a time with two-pass.
 TWO_PASS_MIN_RUN = 128
 
 
 def _default_method(m):
-    return "two_pass" if m >= TWO_PASS_MIN_RUN else "welford"
+    return "welford" if _batchnorm.planar_min_run <= m < TWO_PASS_MIN_RUN else "two_pass"
+
 
 __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
            "BatchNormOutput", "BatchNormGrads"]
@@ -154,8 +155,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         in cache, runs only where the first pass's cancellation could cost
         accuracy (see the README).  'welford': each block is streamed once with
         a vectorised Welford update.  None picks the faster, by measurement:
-        'two_pass' where the axes after the channel axis hold at least 128
-        values, else 'welford'.
+        'welford' where the axes after the channel axis hold 16 to 127
+        values, else 'two_pass'.
     relu : bool, default False
         Apply ``max(y, 0)`` in the same pass (NaN stays NaN).
     out : ndarray, optional

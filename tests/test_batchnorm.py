@@ -889,9 +889,11 @@ def test_against_torch(rng, name, shape, dtype, weighted):
     ((4, 3, 16, 8), 1, "two_pass"),     # runs of 128 values: the threshold
     ((4, 3, 127), 1, "welford"),
     ((6, 5, 7, 7), 1, "welford"),
-    ((64, 3), 1, "welford"),
-    ((4, 16, 8, 3), -1, "welford"),     # channels-last: runs of 1
-], ids=["run128", "run127", "run49", "NC", "channels-last"])
+    ((4, 3, 16), 1, "welford"),         # the shortest runs of the planar kernels
+    ((64, 3, 15), 1, "two_pass"),       # and the longest of the row-major ones
+    ((64, 3), 1, "two_pass"),
+    ((4, 16, 8, 3), -1, "two_pass"),    # channels-last: runs of 1
+], ids=["run128", "run127", "run49", "run16", "run15", "NC", "channels-last"])
 def test_method_none_is_the_documented_choice(rng, shape, axis, expected):
     # The two methods round differently in float64 (float32 statistics round
     # both to the same values), so method=None must match one of them bit for

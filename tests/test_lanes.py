@@ -34,7 +34,17 @@ void CAT(sum2_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double s, double *a, doub
 void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, const T *w, ptrdiff_t n,       \
                               double m, double r, double *sums, double *dw,          \
                               double *db)                                            \
-{ cnorm_row_grad_sums_##S(g, x, w, n, m, r, sums, dw, db); }
+{ cnorm_row_grad_sums_##S(g, x, w, n, m, r, sums, dw, db); }                        \
+void CAT(col_sum2_x4_##S##_, SUFFIX)(const T *x, ptrdiff_t ld, const double *f,      \
+                                     double *s, double *q, ptrdiff_t n)              \
+{ cnorm_col_sum2_x4_##S(x, ld, f, s, q, n); }                                        \
+void CAT(col_welford_x4_##S##_, SUFFIX)(const T *x, ptrdiff_t ld, const double *r,   \
+                                        double *mu, double *m2, ptrdiff_t n)         \
+{ cnorm_col_welford_x4_##S(x, ld, r, mu, m2, n); }                                   \
+void CAT(col_dot2_x4_##S##_, SUFFIX)(const T *g, const T *x, ptrdiff_t ld,           \
+                                     const double *mu, double *a, double *b,         \
+                                     ptrdiff_t n)                                    \
+{ cnorm_col_dot2_x4_##S(g, x, ld, mu, a, b, n); }
 WRAP(float, f32)
 WRAP(double, f64)
 """
@@ -114,6 +124,45 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
     d = x.astype(np.float64) - 1e4
     np.testing.assert_allclose(out["vec"][5].sum(), np.arange(16.0).sum() + d.sum(), rtol=1e-12)
     np.testing.assert_allclose(out["vec"][6].sum(), 16.0 + (d * d).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64")])
+@pytest.mark.parametrize("n", [1, 7, 16, 37])
+def test_four_row_column_loops_match_their_formulas(lib, dtype, tag, n):
+    # The row-major batch-norm kernels take four rows of column sums at a time;
+    # each column's terms are added in a fixed tree, and Welford's four updates
+    # are the one-row updates in turn, so every build gives the formula's bits.
+    rng = np.random.default_rng(n)
+    ld = n + 3                                            # rows with a gap after them
+    # sums small enough that a different order of the four terms shows in the bits
+    x = (rng.standard_normal((4, ld)) * 3).astype(dtype)
+    g = rng.standard_normal((4, ld)).astype(dtype)
+    xs, gs = x[:, :n].astype(np.float64), g[:, :n].astype(np.float64)
+    f = xs[0] + rng.standard_normal(n) * 1e-3
+    r = 1.0 / np.array([4.0, 5.0, 6.0, 7.0])
+    s0, q0 = rng.standard_normal(n) * 1e-9, rng.random(n) * 1e-9
+    mu0 = rng.standard_normal(n)
+    d = xs - f
+    want_s = s0 + ((d[0] + d[1]) + (d[2] + d[3]))
+    want_q = q0 + ((d[0] * d[0] + d[1] * d[1]) + (d[2] * d[2] + d[3] * d[3]))
+    want_mu, want_m2 = mu0.copy(), q0.copy()
+    for j in range(4):
+        dj = xs[j] - want_mu
+        want_mu = want_mu + dj * r[j]
+        want_m2 = want_m2 + dj * (xs[j] - want_mu)
+    e = xs - mu0
+    want_a = s0 + ((gs[0] + gs[1]) + (gs[2] + gs[3]))
+    want_b = q0 + ((gs[0] * e[0] + gs[1] * e[1]) + (gs[2] * e[2] + gs[3] * e[3]))
+    for suffix in ("vec", "scalar"):
+        s, q = s0.copy(), q0.copy()
+        _run(lib, f"col_sum2_x4_{tag}", suffix, x, ld, f, s, q, n)
+        mu, m2 = mu0.copy(), q0.copy()
+        _run(lib, f"col_welford_x4_{tag}", suffix, x, ld, r, mu, m2, n)
+        a, b = s0.copy(), q0.copy()
+        _run(lib, f"col_dot2_x4_{tag}", suffix, g, x, ld, mu0, a, b, n)
+        for got, want in ((s, want_s), (q, want_q), (mu, want_mu), (m2, want_m2), (a, want_a),
+                          (b, want_b)):
+            np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=suffix)
 
 
 # ---------------------------------------------------------------------------
