@@ -7,6 +7,9 @@
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
  * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane
  *   per position in the step, so that one division serves the 16 lanes
+ * cnorm_col_*: the row-major batch-norm kernels' column statistics and sums,
+ *   one row (col_sum2) or four rows (col_sum2_x4, col_welford_x4, col_dot2_x4)
+ *   at a time; plain elementwise C loops that GCC vectorises across columns
  *
  * GCC does not vectorise these mixes of float loads and float64 lane sums
  * from plain loops (Cython's or C's), so the lanes are written as 4-wide
