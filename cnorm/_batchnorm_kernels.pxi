@@ -334,15 +334,21 @@ cdef inline Moments channel_moments(const double* mean, const double* m2, Py_ssi
     return mo
 
 
-cdef inline void set_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
-                             floating* cols) noexcept nogil:
-    """One channel's parameters into its M columns k0 .. of hi, lo, scale, shift (K each)."""
+cdef inline void set_columns(double v0, double v1, double v2, double v3, Py_ssize_t k0,
+                             Py_ssize_t M, Py_ssize_t K, floating* cols) noexcept nogil:
+    """One channel's four parameters into its M columns k0 .. of the four per-column
+    arrays in cols (K each): hi, lo, scale, shift forward, hi, a, bc, cc backward."""
     cdef Py_ssize_t k
     for k in range(k0, k0 + M):
-        cols[k] = <floating>p.hi
-        cols[K + k] = <floating>p.lo
-        cols[2 * K + k] = <floating>p.scale
-        cols[3 * K + k] = <floating>p.shift
+        cols[k] = <floating>v0
+        cols[K + k] = <floating>v1
+        cols[2 * K + k] = <floating>v2
+        cols[3 * K + k] = <floating>v3
+
+
+cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
+                                    floating* cols) noexcept nogil:
+    set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols)
 
 
 cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
@@ -357,9 +363,10 @@ cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, 
         rc = column_moments(x, N, K, method, nt, stats, stats + K)
     if rc == 0:
         for c in range(C):
-            set_columns(finish_channel(channel_moments(stats, stats + K, c, M, <double>N), c, w, b,
-                                       rmean, rvar, mean_out, invstd_out, eps, momentum),
-                        c * M, M, K, cols)
+            set_affine_columns(finish_channel(channel_moments(stats, stats + K, c, M, <double>N), c,
+                                              w, b, rmean, rvar, mean_out, invstd_out, eps,
+                                              momentum),
+                               c * M, M, K, cols)
         normalize_rows(x, y, N, K, cols, relu, stream, nt)
     free(stats)
     free(cols)
@@ -389,7 +396,7 @@ cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ss
             free(aff)
             return -1
         for c in range(C):
-            set_columns(aff[c], c * M, M, C * M, cols)
+            set_affine_columns(aff[c], c * M, M, C * M, cols)
         normalize_rows(x, y, N, C * M, cols, relu, stream, nt)
         free(cols)
     free(aff)
@@ -514,10 +521,6 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
     cdef Grad q
     cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))
     cdef floating* cols = <floating*>malloc((4 * K + 1) * sizeof(floating))
-    cdef floating* chi
-    cdef floating* ca
-    cdef floating* cb
-    cdef floating* cc
     cdef int rc = -1
     if buf != NULL and cols != NULL:
         for c in range(C):
@@ -525,10 +528,6 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                 buf[2 * K + c * M + m] = mean[c]
         rc = column_dots(g, x, N, K, buf + 2 * K, nt, buf, buf + K)
     if rc == 0:
-        chi = cols
-        ca = cols + K
-        cb = cols + 2 * K
-        cc = cols + 3 * K
         for c in range(C):
             sg = 0.0
             sgx = 0.0
@@ -536,11 +535,7 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
                 sg += buf[c * M + m]
                 sgx += buf[K + c * M + m]
             q = finish_grad(sg, sgx, c, <double>(N * M), mean, invstd, w, dweight, dbias, training)
-            for m in range(M):
-                chi[c * M + m] = <floating>q.hi
-                ca[c * M + m] = <floating>q.a
-                cb[c * M + m] = <floating>q.bc
-                cc[c * M + m] = <floating>q.cc
+            set_columns(q.hi, q.a, q.bc, q.cc, c * M, M, K, cols)
         for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             grad_rows(g, x, dx, b * rb, (b + 1) * rb if (b + 1) * rb < N else N, N, K, cols,
                       training, stream)

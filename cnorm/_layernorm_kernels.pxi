@@ -33,6 +33,13 @@ cdef enum:
                                 # forward and backward 8% slower streamed)
 
 
+cdef inline bint streams_rows(Py_ssize_t H, bint stream, const floating* like) noexcept nogil:
+    """Whether rows of H elements get streaming stores: as the caller asks, except
+    rows of at most PREFETCH_WRITE_MAX bytes, which never do.  `like` only selects
+    the data type."""
+    return stream and H * <Py_ssize_t>sizeof(floating) > PREFETCH_WRITE_MAX
+
+
 cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
                             const floating* w, const floating* b, bint stream) noexcept nogil:
     """y = ((x - hi) - lo) * rstd [* w] [+ b], with mean = hi + lo split in x's type;
@@ -111,8 +118,7 @@ cdef void forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H, co
     # one contiguous block of rows per thread, as a static schedule over rows gives
     cdef Py_ssize_t rb = (R + nt - 1) // nt
     cdef Py_ssize_t k
-    if H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
-        stream = False      # see PREFETCH_WRITE_MAX
+    stream = streams_rows(H, stream, x)
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
         forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, eps, method, stream)
         return
@@ -175,8 +181,7 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
     cdef double* part
     cdef floating* ones = NULL
     cdef double sw, sb
-    if H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
-        stream = False      # see PREFETCH_WRITE_MAX
+    stream = streams_rows(H, stream, x)
     if rb * MAX_COLUMN_BLOCKS < R:
         rb = (R + MAX_COLUMN_BLOCKS - 1) // MAX_COLUMN_BLOCKS
     nblk = (R + rb - 1) // rb
