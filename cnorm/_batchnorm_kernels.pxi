@@ -27,7 +27,7 @@ from cnorm._moments cimport (
     CHUNK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
     col_dot2_x4, col_sum2, col_sum2_x4, col_welford_x4, moments_merge, moments_zero, one_pass_ok,
     rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
-    cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch,
+    cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch, cnorm_prefetch_write,
     cnorm_stream_fence, prefetch_rows, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
@@ -75,6 +75,20 @@ cdef inline Affine finish_channel(Moments mo, Py_ssize_t c, const floating* w, c
 cdef inline bint whole_channels(Py_ssize_t C, int nt) noexcept nogil:
     """Give each thread whole channels?  Yes unless that leaves threads idle."""
     return nt == 1 or C >= 4 * nt or C % nt == 0
+
+
+cdef inline void prefetch_write_runs(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t S,
+                                     size_t nbytes) noexcept nogil:
+    """Prefetch, for writing, the first nbytes of runs n1 - 1 down to max(n0, 0) of y
+    (stride S).  The whole-channel loops write a channel's runs a stride apart,
+    and short runs are over before the hardware fetches their lines: without
+    this their stores waited on one cache miss after another (measured: (64,
+    512, 7, 7) training, 2 threads, 1.12 -> 0.92 ns per value in float64 and
+    0.54 -> 0.52 in float32)."""
+    cdef Py_ssize_t n
+    if nbytes != 0:
+        for n in range(n1 - 1, (n0 if n0 > 0 else 0) - 1, -1):
+            cnorm_prefetch_write(y + n * S, nbytes)
 
 
 # ---------------------------------------------------------------------------
@@ -294,12 +308,17 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
     cdef Affine p
     cdef Moments* part
     cdef Affine* aff
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(floating))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(floating))
     if whole_channels(C, nt):
         for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             mo = chunked_moments(x + c * M, M, S, count, method)
             p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
             # backwards: the runs read last by the statistics are the likeliest still in cache
+            prefetch_write_runs(y + c * M, N - pd, N, S, ybytes)
             for n in range(N - 1, -1, -1):
+                if n >= pd:
+                    prefetch_write_runs(y + c * M, n - pd, n - pd + 1, S, ybytes)
                 run_affine(x + n * S + c * M, y + n * S + c * M, M, p, relu, stream)
         return 0
     part = <Moments*>malloc(C * nchunk * sizeof(Moments) + C * sizeof(Affine))
@@ -476,13 +495,18 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
     cdef Grad q
     cdef double* part
     cdef Grad* qs
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(floating))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(floating))
     if whole_channels(C, nt):
         for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             sg = 0.0
             sgx = 0.0
             chunked_dot(g + c * M, x + c * M, M, S, count, mean[c], &sg, &sgx)
             q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training)
+            prefetch_write_runs(dx + c * M, N - pd, N, S, ybytes)
             for n in range(N - 1, -1, -1):    # backwards, as in train_planar
+                if n >= pd:
+                    prefetch_write_runs(dx + c * M, n - pd, n - pd + 1, S, ybytes)
                 off = n * S + c * M
                 run_grad(g + off, x + off, dx + off, M, q, training, stream)
         return 0
