@@ -10,7 +10,10 @@ import operator
 
 import numpy as np
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_FLOAT_DTYPES = (_F32, _F64)
+_INF = float("inf")
 METHODS = ("two_pass", "welford")
 
 
@@ -20,6 +23,8 @@ def _type_name(obj):
 
 def float_array(x, name):
     """x as an ndarray of float32 or float64 (array-likes are converted)."""
+    if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype is _F64):
+        return x                                            # the common case, first
     if type(x) is not np.ndarray:
         try:
             x = np.asarray(x)
@@ -47,8 +52,9 @@ def real_array(v, name):
 
 def like_array(v, name, dtype, shape):
     """A read-only parameter (weight, bias, ...) cast to dtype, C-contiguous, of the given shape."""
-    if v is None:
-        return None
+    if v is None or (type(v) is np.ndarray and v.dtype is dtype and v.shape == shape
+                     and v.flags.c_contiguous):
+        return v                                            # None, or already right
     if type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous:
         a = v
     else:
@@ -58,8 +64,17 @@ def like_array(v, name, dtype, shape):
     return a
 
 
+def ready(v, dtype, n):
+    """Whether v is None or already a contiguous 1-D ndarray of dtype and length n
+    (what the fast paths of the layer-norm and batch-norm calls take as is)."""
+    return v is None or (type(v) is np.ndarray and v.dtype is dtype and v.ndim == 1
+                         and v.shape[0] == n and v.strides[0] == dtype.itemsize)
+
+
 def inplace_array(v, name, dtype, shape):
     """An array updated in place (running statistics): exact dtype, shape, writeable."""
+    if type(v) is np.ndarray and v.dtype is dtype and v.shape == shape and v.flags.writeable:
+        return v
     if not isinstance(v, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), "
                         f"got {_type_name(v)}")
@@ -128,6 +143,8 @@ def deliver(out, buf):
 
 
 def eps_value(eps):
+    if type(eps) is float and 0.0 <= eps < _INF:
+        return eps
     try:
         e = float(eps)
     except (TypeError, ValueError):
@@ -138,6 +155,8 @@ def eps_value(eps):
 
 
 def momentum_value(momentum):
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     try:
         m = float(momentum)
     except (TypeError, ValueError):
@@ -158,6 +177,8 @@ def method_value(method, default=None):
 
 
 def axis_value(axis, ndim, name="axis"):
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
     try:
         a = operator.index(axis)
     except TypeError:

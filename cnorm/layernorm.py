@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    deliver, eps_value, float_array, like_array, method_value, output_buffer,
+    deliver, eps_value, float_array, like_array, method_value, output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -55,22 +55,12 @@ def _normalized_shape(normalized_shape, x):
     return shape, h
 
 
-def _param(v, name, x, shape):
-    # fast path: an ndarray that is already right is used as it is
-    if v is None or (type(v) is np.ndarray and v.dtype is x.dtype and v.shape == shape
-                     and v.flags.c_contiguous):
-        return v
-    return like_array(v, name, x.dtype, shape)
-
-
 def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
-    if type(x) is not np.ndarray or (x.dtype is not _F32 and x.dtype is not _F64):
-        x = float_array(x, "x")
+    x = float_array(x, "x")
     shape, h = _normalized_shape(normalized_shape, x)
-    weight = _param(weight, "weight", x, shape)
-    bias = _param(bias, "bias", x, shape)
-    if type(eps) is not float or not 0.0 <= eps < float("inf"):
-        eps = eps_value(eps)
+    weight = like_array(weight, "weight", x.dtype, shape)
+    bias = like_array(bias, "bias", x.dtype, shape)
+    eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
     lead = x.shape[:x.ndim - len(shape)]
     rows = x.size // h
@@ -140,8 +130,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
             and type(eps) is float and 0.0 <= eps < _INF):
         dt = x.dtype
         if ((dt is _F32 or dt is _F64) and x.ndim and x.shape[-1] == normalized_shape
-                and normalized_shape > 0 and _ready(weight, dt, normalized_shape)
-                and _ready(bias, dt, normalized_shape) and x.flags.c_contiguous):
+                and normalized_shape > 0 and ready(weight, dt, normalized_shape)
+                and ready(bias, dt, normalized_shape) and x.flags.c_contiguous):
             y = np.empty(x.shape, dt)
             rows = x.size // normalized_shape
             if rows:
@@ -149,12 +139,6 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
                                       eps, DEFAULT_METHOD, stream_stores(2 * x.nbytes))
             return y
     return _forward(x, normalized_shape, weight, bias, eps, method, out, False)[0]
-
-
-def _ready(v, dt, h):
-    """v is None, or a contiguous 1-D ndarray of dtype dt and length h."""
-    return v is None or (type(v) is np.ndarray and v.dtype is dt and v.ndim == 1
-                         and v.shape[0] == h and v.strides[0] == dt.itemsize)
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None,

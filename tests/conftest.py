@@ -77,3 +77,17 @@ def _restore_num_threads():
     previous = cnorm.get_num_threads()
     yield
     cnorm.set_num_threads(previous)
+
+
+def count_calls(monkeypatch, module, name="_forward"):
+    """Wrap module.name so that each call appends to the returned list (to tell a
+    fast path from the general one)."""
+    calls = []
+    original = getattr(module, name)
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls

@@ -21,7 +21,7 @@ import pytest
 
 import cnorm
 from cnorm import _reference as R
-from conftest import assert_close, channel_data, threads
+from conftest import assert_close, channel_data, count_calls, threads
 
 DTYPES = [np.float32, np.float64]
 METHODS = [None, "two_pass", "welford"]
@@ -237,6 +237,49 @@ def test_inference(rng, name, shape, axis, nt, dtype, weighted):
     assert y.dtype == dtype and y.shape == shape
     assert_close(y, R.batch_norm_infer(x, rm, rv, w, b, eps=1e-4, axis=axis), dtype)
     assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,shape,axis,nt", pick("NC", "NCL-rows", "NCHW", "NHWC"))
+def test_inference_fast_path_matches_general_path(rng, monkeypatch, name, shape, axis, nt, dtype):
+    """batch_norm's fast path (the common inference call) gives the general path's bits,
+    and every other spelling of the same call takes the general path."""
+    x = channel_data(rng, shape, axis, dtype)
+    c = nchan(shape, axis)
+    w, b, rm, rv = params(rng, c, dtype)
+    calls = count_calls(monkeypatch, cnorm.batchnorm)
+    other = np.float64 if dtype == np.float32 else ">f8"
+    with threads(nt):
+        fast = cnorm.batch_norm(x, w, b, rm, rv, axis=axis)
+        plain = cnorm.batch_norm(x, None, None, rm, rv, axis=axis, eps=1e-3)
+        assert not calls, "the common inference call should take the fast path"
+        variants = {
+            "out": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis, out=np.empty_like(x)),
+            "method": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis, method="two_pass"),
+            "np.int64-axis": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=np.int64(axis)),
+            "np.float64-eps": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis,
+                                                        eps=np.float64(1e-5)),
+            "np.bool-training": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis,
+                                                          training=np.False_),
+            "fortran-x": lambda: cnorm.batch_norm(np.asfortranarray(x), w, b, rm, rv, axis=axis),
+            "list-params": lambda: cnorm.batch_norm(x, w.tolist(), b.tolist(), rm.tolist(),
+                                                     rv.tolist(), axis=axis),
+            "strided-params": lambda: cnorm.batch_norm(
+                x, np.repeat(w, 2)[::2], b, rm, np.repeat(rv, 2)[::2], axis=axis),
+            "other-dtype-stats": lambda: cnorm.batch_norm(x, w, b, rm.astype(other),
+                                                           rv.astype(other), axis=axis),
+        }
+        for label, call in variants.items():
+            n = len(calls)
+            y = call()
+            assert len(calls) == n + 1, f"{label} should take the general path"
+            np.testing.assert_array_equal(y, fast, err_msg=label)
+        calls.clear()
+        np.testing.assert_array_equal(
+            plain, cnorm.batch_norm(x, None, None, rm, rv, axis=axis, eps=1e-3, relu=np.False_))
+        assert calls
+    assert fast.flags.c_contiguous and fast.dtype == dtype and fast.shape == shape
+    assert_close(fast, R.batch_norm_infer(x, rm, rv, w, b, axis=axis), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -25,7 +25,7 @@ import cnorm
 import cnorm._dispatch
 import cnorm.layernorm
 from cnorm import _reference as R
-from conftest import assert_close, channel_data, threads
+from conftest import assert_close, channel_data, count_calls, threads
 
 DTYPES = [np.float32, np.float64]
 METHODS = [None, "two_pass", "welford"]
@@ -233,14 +233,7 @@ def test_fast_path_matches_general_path(rng, monkeypatch, shape, nt, dtype, whic
     h = shape[-1]
     x = row_data(rng, shape, h, dtype)
     w, b = affine(rng, h, dtype, which)
-    calls = []
-    general = cnorm.layernorm._forward
-
-    def counting(*args, **kw):
-        calls.append(1)
-        return general(*args, **kw)
-
-    monkeypatch.setattr(cnorm.layernorm, "_forward", counting)
+    calls = count_calls(monkeypatch, cnorm.layernorm)
 
     def other(v):
         """v of another dtype that holds the same values: float64 for float32 x, and
