@@ -5,8 +5,6 @@ import numpy.typing as npt
 
 _F = npt.NDArray[np.floating]
 
-planar_min_run: int   # shortest run M (values per channel per sample) of the planar kernels
-
 def train(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F | None,
           running_mean: _F | None, running_var: _F | None, mean_out: _F | None,
           invstd_out: _F | None, eps: float, momentum: float, method: str | None, relu: bool,

@@ -38,9 +38,6 @@ cdef enum:
     PLANAR_MIN_RUN = 16   # shortest run M for which the planar kernels pay off
     COL_TILE = 1024       # columns per tile in the rows kernels
 
-# for the Python layer's choice of method (batchnorm._default_method)
-planar_min_run = PLANAR_MIN_RUN
-
 
 # ---------------------------------------------------------------------------
 # Per-channel finishing steps

@@ -19,16 +19,10 @@ _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 _INF = float("inf")
 
-# method=None, chosen by measurement (the method comparison in the README):
-# two-pass, except for channels made of runs of PLANAR_MIN_RUN (16) to 127
-# values, where the planar kernels' per-run bookkeeping of two-pass costs more
-# than Welford's one division per step.  The row-major kernels (shorter runs,
-# channels-last and (N, C) data) sum four rows at a time with two-pass.
-TWO_PASS_MIN_RUN = 128
-
-
-def _default_method(m):
-    return "welford" if _batchnorm.planar_min_run <= m < TWO_PASS_MIN_RUN else "two_pass"
+# method=None is two-pass, chosen by measurement (the method comparison in the
+# README): since output runs are prefetched for writing, Welford is slower for
+# every layout, the short runs (16 to 127 values) it used to win included.
+DEFAULT_METHOD = "two_pass"
 
 
 __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
@@ -66,11 +60,9 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     axis = axis_value(axis, x.ndim)
     eps = eps_value(eps)
-    method = method_value(method)
+    method = method_value(method, DEFAULT_METHOD)
     relu = bool_value(relu, "relu")
     n, c, m = _layout(x, axis)
-    if method is None:
-        method = _default_method(m)
     shape = (c,)
     weight = like_array(weight, "weight", x.dtype, shape)
     bias = like_array(bias, "bias", x.dtype, shape)
@@ -158,8 +150,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         in cache, runs only where the first pass's cancellation could cost
         accuracy (see the README).  'welford': each block is streamed once with
         a vectorised Welford update.  None picks the faster, by measurement:
-        'welford' where the axes after the channel axis hold 16 to 127
-        values, else 'two_pass'.
+        'two_pass'.
     relu : bool, default False
         Apply ``max(y, 0)`` in the same pass (NaN stays NaN).
     out : ndarray, optional

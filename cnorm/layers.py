@@ -260,8 +260,7 @@ class BatchNorm(_Norm):
         The channel axis of x; -1 for channels-last.
     method : {None, 'two_pass', 'welford'}
         How batch statistics are computed: None is batch_norm's default
-        ('welford' when the axes after the channel axis hold 16 to 127
-        values, else 'two_pass'); 'welford' streams each block once;
+        ('two_pass'); 'welford' streams each block once;
         'two_pass' sums each block as x - x0 and its square, with a second
         pass only where that could cost accuracy.  Both accumulate in
         float64 and agree to rounding; `method` has no effect when the running
