@@ -27,8 +27,8 @@ from cnorm._moments cimport (
     CHUNK, ROW_GROUP, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, merge_columns,
     col_dot2_x4, col_sum2, col_sum2_x4, col_welford_x4, moments_merge, moments_zero, one_pass_ok,
     rows_affine, run_affine, seq_dot, seq_moments, STREAM_TILE,
-    cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch, cnorm_prefetch_write,
-    cnorm_stream_fence, prefetch_rows, short_row_bytes,
+    cnorm_grad_cols_f32, cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_prefetch,
+    cnorm_prefetch_write, cnorm_stream_fence, prefetch_rows, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 

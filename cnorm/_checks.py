@@ -10,10 +10,10 @@ import operator
 
 import numpy as np
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_FLOAT_DTYPES = (_F32, _F64)
-_INF = float("inf")
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+_FLOAT_DTYPES = (F32, F64)
+INF = float("inf")
 METHODS = ("two_pass", "welford")
 
 
@@ -23,7 +23,7 @@ def _type_name(obj):
 
 def float_array(x, name):
     """x as an ndarray of float32 or float64 (array-likes are converted)."""
-    if type(x) is np.ndarray and (x.dtype is _F32 or x.dtype is _F64):
+    if type(x) is np.ndarray and (x.dtype is F32 or x.dtype is F64):
         return x                                            # the common case, first
     if type(x) is not np.ndarray:
         try:
@@ -143,7 +143,7 @@ def deliver(out, buf):
 
 
 def eps_value(eps):
-    if type(eps) is float and 0.0 <= eps < _INF:
+    if type(eps) is float and 0.0 <= eps < INF:
         return eps
     try:
         e = float(eps)

@@ -9,15 +9,12 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    axis_value, bool_value, deliver, eps_value, float_array, inplace_array, like_array,
-    method_value, momentum_value, output_buffer, ready,
+    F32, F64, INF, axis_value, bool_value, deliver, eps_value, float_array, inplace_array,
+    like_array, method_value, momentum_value, output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
 
 _batchnorm = kernels("_batchnorm")
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_INF = float("inf")
 
 # method=None is two-pass, chosen by measurement (the method comparison in the
 # README): since output runs are prefetched for writing, Welford is slower for
@@ -185,10 +182,10 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # included, goes the general way.
     if (training is False and out is None and relu is False and method is None
             and type(x) is np.ndarray and type(axis) is int and type(eps) is float
-            and 0.0 <= eps < _INF and running_mean is not None and running_var is not None):
+            and 0.0 <= eps < INF and running_mean is not None and running_var is not None):
         dt = x.dtype
         nd = x.ndim
-        if (dt is _F32 or dt is _F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
+        if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
             n, c, m = _layout(x, axis % nd)
             if (ready(running_mean, dt, c) and ready(running_var, dt, c) and ready(weight, dt, c)
                     and ready(bias, dt, c)):

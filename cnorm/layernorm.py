@@ -9,14 +9,12 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    deliver, eps_value, float_array, like_array, method_value, output_buffer, ready,
+    F32, F64, INF, deliver, eps_value, float_array, like_array, method_value, output_buffer,
+    ready,
 )
 from cnorm._dispatch import kernels, stream_stores
 
 _layernorm = kernels("_layernorm")
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_INF = float("inf")
 DEFAULT_METHOD = "two_pass"     # see the docstring of layer_norm
 
 __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward",
@@ -127,9 +125,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     # are already right): the same checks as _forward, at a fraction of the cost, so that
     # small calls are not dominated by Python.  Anything else goes the general way.
     if (out is None and method is None and type(x) is np.ndarray and type(normalized_shape) is int
-            and type(eps) is float and 0.0 <= eps < _INF):
+            and type(eps) is float and 0.0 <= eps < INF):
         dt = x.dtype
-        if ((dt is _F32 or dt is _F64) and x.ndim and x.shape[-1] == normalized_shape
+        if ((dt is F32 or dt is F64) and x.ndim and x.shape[-1] == normalized_shape
                 and normalized_shape > 0 and ready(weight, dt, normalized_shape)
                 and ready(bias, dt, normalized_shape) and x.flags.c_contiguous):
             y = np.empty(x.shape, dt)
