@@ -55,10 +55,7 @@ def like_array(v, name, dtype, shape):
     if v is None or (type(v) is np.ndarray and v.dtype is dtype and v.shape == shape
                      and v.flags.c_contiguous):
         return v                                            # None, or already right
-    if type(v) is np.ndarray and v.dtype == dtype and v.flags.c_contiguous:
-        a = v
-    else:
-        a = np.ascontiguousarray(real_array(v, name), dtype=dtype)
+    a = np.ascontiguousarray(real_array(v, name), dtype=dtype)   # no copy when v is right
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return a
