@@ -5,8 +5,9 @@ value, with a message that names the argument and says what was expected.
 None of them modifies anything.
 """
 
-import math
+import numbers
 import operator
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -139,14 +140,72 @@ def deliver(out, buf):
     return out
 
 
+def real_number(v, name, expected="a real number"):
+    """float(v) for a real number: a Python or NumPy int or float, or a 0-d array of one.
+
+    bool, str, bytes, complex and everything else are a TypeError naming `name`;
+    `expected` says what the caller wants (for the message).
+    """
+    if type(v) is np.ndarray and v.ndim == 0 and v.dtype.kind in "fiu":
+        v = v[()]
+    if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
+        try:
+            return float(v)
+        except OverflowError:                 # an int too large for a float
+            return INF if v > 0 else -INF
+    raise TypeError(f"{name} must be {expected}, got {_type_name(v)}")
+
+
+def int_value(v, name, expected="an integer"):
+    """operator.index(v) for an integer (Python, NumPy, 0-d integer array); bool is a TypeError."""
+    if type(v) is int:
+        return v
+    if not isinstance(v, (bool, np.bool_)):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be {expected}, got {_type_name(v)}")
+
+
+def positive_int(v, name):
+    i = int_value(v, name, "a positive integer")
+    if i <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {i}")
+    return i
+
+
+def shape_value(v, name="normalized_shape"):
+    """An int, or a sequence of ints, as a tuple of Python ints (bool, str and bytes are not)."""
+    if type(v) is int:
+        return (v,)
+    if not isinstance(v, (Sequence, np.ndarray)) or isinstance(v, (str, bytes, bytearray)) or (
+            isinstance(v, np.ndarray) and v.ndim == 0):
+        return (int_value(v, name, "an int or a tuple of ints"),)
+    try:
+        return tuple(int_value(s, name) for s in v)
+    except TypeError:
+        raise TypeError(f"{name} must hold ints, got {v!r}") from None
+
+
+def dtype_value(dtype, name="dtype"):
+    """A layer's dtype argument: float32 or float64 (anything np.dtype takes for them)."""
+    if dtype is None:
+        raise TypeError(f"{name} must be float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
 def eps_value(eps):
     if type(eps) is float and 0.0 <= eps < INF:
         return eps
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {_type_name(eps)}") from None
-    if not (e >= 0.0 and math.isfinite(e)):
+    e = real_number(eps, "eps", "a real number >= 0")
+    if not (e >= 0.0 and e < INF):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     return e
 
@@ -154,11 +213,7 @@ def eps_value(eps):
 def momentum_value(momentum):
     if type(momentum) is float and 0.0 <= momentum <= 1.0:
         return momentum
-    try:
-        m = float(momentum)
-    except (TypeError, ValueError):
-        raise TypeError(f"momentum must be a real number in [0, 1], "
-                        f"got {_type_name(momentum)}") from None
+    m = real_number(momentum, "momentum", "a real number in [0, 1]")
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     return m
@@ -176,10 +231,7 @@ def method_value(method, default=None):
 def axis_value(axis, ndim, name="axis"):
     if type(axis) is int and -ndim <= axis < ndim:
         return axis % ndim
-    try:
-        a = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {_type_name(axis)}") from None
+    a = int_value(axis, name)
     if not -ndim <= a < ndim:
         raise ValueError(f"{name} {a} is out of range for an array of {ndim} dimensions")
     return a % ndim

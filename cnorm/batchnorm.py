@@ -65,8 +65,8 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
     bias = like_array(bias, "bias", x.dtype, shape)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
+    momentum = momentum_value(momentum)     # checked in inference too: a bad value is a bug
     if training:
-        momentum = momentum_value(momentum)
         if running_mean is not None:
             running_mean = inplace_array(running_mean, "running_mean", x.dtype, shape)
             running_var = inplace_array(running_var, "running_var", x.dtype, shape)
@@ -182,7 +182,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # included, goes the general way.
     if (training is False and out is None and relu is False and method is None
             and type(x) is np.ndarray and type(axis) is int and type(eps) is float
-            and 0.0 <= eps < INF and running_mean is not None and running_var is not None):
+            and 0.0 <= eps < INF and type(momentum) is float and 0.0 <= momentum <= 1.0
+            and running_mean is not None and running_var is not None):
         dt = x.dtype
         nd = x.ndim
         if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, deliver, eps_value, float_array, like_array, method_value, output_buffer,
-    ready,
+    ready, shape_value,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -31,16 +31,7 @@ weight and bias, each of shape normalized_shape."""
 
 def _normalized_shape(normalized_shape, x):
     """normalized_shape as a tuple matching x's trailing dimensions; returns (shape, H)."""
-    if type(normalized_shape) is int:
-        shape = (normalized_shape,)
-    else:
-        try:
-            shape = tuple(int(s.__index__()) for s in
-                          ((normalized_shape,) if np.ndim(normalized_shape) == 0
-                           else normalized_shape))
-        except (TypeError, AttributeError):
-            raise TypeError("normalized_shape must be an int or a tuple of ints, got "
-                            f"{normalized_shape!r}") from None
+    shape = shape_value(normalized_shape)
     k = len(shape)
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != shape:
         raise ValueError(f"normalized_shape {shape} must equal the trailing dimensions of x, "

@@ -8,15 +8,14 @@ for the arithmetic.  `fold_batch_norm` merges an inference-mode batch norm
 into the weights of the Linear or Conv layer before it.
 """
 
-import operator
 from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
 
 from cnorm._checks import (
-    _FLOAT_DTYPES, _type_name, axis_value, bool_value, eps_value, float_array, like_array,
-    method_value, momentum_value, real_array,
+    _type_name, axis_value, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
+    method_value, momentum_value, positive_int, real_array, shape_value,
 )
 from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
 from cnorm.layernorm import layer_norm_backward, layer_norm_forward
@@ -32,52 +31,12 @@ keys that were not expected, each a list of str (both empty after a strict load)
 
 # -- argument checks --------------------------------------------------------------------------
 
-def _dtype_value(dtype):
-    if dtype is None:
-        raise TypeError("dtype must be float32 or float64, got None")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _positive_int(v, name):
-    if isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a positive integer, got bool")
-    try:
-        i = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive integer, got {_type_name(v)}") from None
-    if i <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {i}")
-    return int(i)
-
-
 def _shape_value(normalized_shape):
-    if isinstance(normalized_shape, (bool, np.bool_)):
-        raise TypeError("normalized_shape must be an int or a tuple of ints, got bool")
-    try:
-        return (_positive_int(normalized_shape, "normalized_shape"),)
-    except TypeError:
-        pass
-    try:
-        items = tuple(normalized_shape)
-    except TypeError:
-        raise TypeError("normalized_shape must be an int or a tuple of ints, got "
-                        f"{_type_name(normalized_shape)}") from None
-    if not items:
+    shape = shape_value(normalized_shape)
+    if not shape:
         raise ValueError("normalized_shape must have at least one dimension, got ()")
-    for s in items:
-        if isinstance(s, (bool, np.bool_)):
-            raise TypeError(f"normalized_shape must hold ints, got {normalized_shape!r}")
-        try:
-            operator.index(s)
-        except TypeError:
-            raise TypeError(f"normalized_shape must hold ints, got {normalized_shape!r}") from None
-    shape = tuple(int(operator.index(s)) for s in items)
+    if len(shape) == 1:
+        return (positive_int(shape[0], "normalized_shape"),)
     if min(shape) <= 0:
         raise ValueError(f"normalized_shape must hold positive ints, got {shape}")
     return shape
@@ -321,18 +280,15 @@ class BatchNorm(_Norm):
 
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, axis=1, method=None, dtype=np.float32):
-        num_features = _positive_int(num_features, "num_features")
+        num_features = positive_int(num_features, "num_features")
         eps = eps_value(eps)
         if momentum is not None:
             momentum = momentum_value(momentum)
         affine = bool_value(affine, "affine")
         track_running_stats = bool_value(track_running_stats, "track_running_stats")
-        try:
-            axis = operator.index(axis)
-        except TypeError:
-            raise TypeError(f"axis must be an integer, got {_type_name(axis)}") from None
+        axis = int_value(axis, "axis")
         method = method_value(method)     # None stays None: the functional default
-        dtype = _dtype_value(dtype)
+        dtype = dtype_value(dtype)
 
         self.num_features = num_features
         self.eps = eps
@@ -554,7 +510,7 @@ class LayerNorm(_Norm):
         elementwise_affine = bool_value(elementwise_affine, "elementwise_affine")
         bias = bool_value(bias, "bias")
         method = method_value(method)     # None stays None: the functional default
-        dtype = _dtype_value(dtype)
+        dtype = dtype_value(dtype)
 
         self.normalized_shape = shape
         self.eps = eps

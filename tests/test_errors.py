@@ -554,6 +554,53 @@ case("ln_backward-out-reversed-dy", lambda e: ln_backward(e, out=e["dy"][:, ::-1
      ValueError, "out")
 
 
+# --- scalar arguments: strings, bytes, bools and other non-numbers are TypeErrors ------------
+# (float(v) used to accept "1e-5", b"1e-5" and True.)  Every function, layer and helper that
+# takes the scalar is listed; each rejects every value in _NOT_REAL.
+_NOT_REAL = [("1e-5", "str"), (b"1e-5", "bytes"), (True, "bool"), (np.True_, "np-bool"),
+             (1e-5j, "complex"), ([1e-5], "list"), (np.array([1e-5]), "1d-array"),
+             (np.array("1e-5"), "0d-str-array")]
+_EPS_TAKERS = [("train", train), ("infer", infer), ("forward", forward), ("ln", ln),
+               ("ln_fast", ln_fast), ("ln_forward", ln_forward),
+               ("BatchNorm", lambda e, **kw: call(cnorm.BatchNorm, C, **kw)),
+               ("LayerNorm", lambda e, **kw: call(cnorm.LayerNorm, LN_SHAPE, **kw)),
+               ("fold_batch_norm", lambda e, **kw: call(
+                   cnorm.fold_batch_norm, e.put("W", np.ones((C, 2), F32)), None, e["w"], e["b"],
+                   e["rm"], e["rv"], **kw))]
+for _v, _id in _NOT_REAL:
+    for _mode, _fn in _EPS_TAKERS:
+        case(f"{_mode}-eps-{_id}", lambda e, v=_v, f=_fn: f(e, eps=v), TypeError, "eps")
+    for _mode, _fn in [("train", train), ("infer", infer), ("forward", forward),
+                       ("BatchNorm", _EPS_TAKERS[6][1])]:
+        case(f"{_mode}-momentum-{_id}", lambda e, v=_v, f=_fn: f(e, momentum=v), TypeError,
+             "momentum")
+for _v, _id in [(True, "bool"), (np.True_, "np-bool"), ("1", "str"), (b"\x01", "bytes"),
+                (1.0, "float")]:
+    for _mode, _fn in [("train", train), ("infer", infer), ("forward", forward),
+                       ("backward", backward), ("BatchNorm", _EPS_TAKERS[6][1])]:
+        if (_mode, _id) != ("train", "float"):             # that one is listed above
+            case(f"{_mode}-axis-{_id}", lambda e, v=_v, f=_fn: f(e, axis=v), TypeError, "axis")
+    case(f"BatchNorm-num_features-{_id}", lambda e, v=_v: call(cnorm.BatchNorm, v), TypeError,
+         "num_features")
+    if _id != "str":                                        # listed with the thread count
+        case(f"set_num_threads-{_id}", lambda e, v=_v: call(cnorm.set_num_threads, v),
+             TypeError, "n")
+for _v, _id in [(True, "bool"), (np.True_, "np-bool"), (b"\x03\x05", "bytes"), ((3, True), "tuple-bool"),
+                ({3, 5}, "set"), (np.array(5.0), "0d-float-array")]:
+    for _mode, _fn in LN_MODES:
+        case(f"{_mode}-normalized_shape-{_id}", lambda e, v=_v, f=_fn: f(e, ns=v), TypeError,
+             "normalized_shape")
+    case(f"LayerNorm-normalized_shape-{_id}", lambda e, v=_v: call(cnorm.LayerNorm, v), TypeError,
+         "normalized_shape")
+# Out-of-range values are checked whichever mode runs, and huge ints are not an OverflowError.
+for _mode, _fn in [("infer", infer), ("train", train), ("forward", forward)]:
+    for _v, _id in [(2, "2"), (-0.5, "negative"), (float("nan"), "nan")]:
+        case(f"{_mode}-momentum-range-{_id}", lambda e, v=_v, f=_fn: f(e, momentum=v),
+             ValueError, "momentum")
+for _mode, _fn in _EPS_TAKERS:
+    case(f"{_mode}-eps-huge-int", lambda e, f=_fn: f(e, eps=10 ** 400), ValueError, "eps")
+
+
 def _snapshot(env):
     return {k: copy.deepcopy(v) for k, v in env.items()}
 
