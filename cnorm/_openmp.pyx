@@ -1,6 +1,6 @@
 """Thread-count control for cnorm's OpenMP kernels."""
 
-import os
+import numpy as np
 
 from cython.parallel cimport prange
 from libc.string cimport memcpy
@@ -15,11 +15,7 @@ cdef int _num_threads = 1
 def _default_threads():
     if CNORM_HAVE_OPENMP:
         return max(1, omp_get_max_threads())  # honours OMP_NUM_THREADS
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
-    except ValueError:
-        n = 0
-    return n if n > 0 else (os.cpu_count() or 1)
+    return 1
 
 
 def cpu_has_v3():
@@ -51,9 +47,9 @@ def get_num_threads():
     -------
     int
         What `set_num_threads` last set; at import, ``OMP_NUM_THREADS`` when
-        set, else the number of cores.  Without OpenMP (see
-        `openmp_enabled`) the kernels run on one thread whatever this
-        returns.  Inputs too small to pay for waking threads use one thread.
+        set, else the number of cores.  Always 1 in a build without OpenMP
+        (see `openmp_enabled`), where every kernel runs serially.  Inputs too
+        small to pay for waking threads use one thread whatever this says.
     """
     return _num_threads
 
@@ -65,23 +61,28 @@ def set_num_threads(n):
     ----------
     n : int
         At least 1.  Results do not depend on it: every reduction is carried
-        out in fixed-size blocks merged in a fixed order.
+        out in fixed-size blocks merged in a fixed order.  In a build without
+        OpenMP, n is checked and ignored: the kernels stay serial and
+        `get_num_threads` stays 1.
 
     Raises
     ------
     TypeError
-        If ``n`` is not an integer.
+        If ``n`` is not an integer (bool included).
     ValueError
         If ``n < 1``.
     """
     global _num_threads
+    if isinstance(n, (bool, np.bool_)):
+        raise TypeError("n must be an integer, got bool")
     try:
         value = n.__index__()
     except AttributeError:
         raise TypeError(f"n must be an integer, got {type(n).__name__}") from None
     if value < 1:
         raise ValueError(f"n must be at least 1, got {value}")
-    _num_threads = min(value, 1 << 16)
+    if CNORM_HAVE_OPENMP:
+        _num_threads = min(value, 1 << 16)
 
 
 cdef int threads_for(Py_ssize_t work) noexcept nogil:
