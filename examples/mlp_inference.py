@@ -4,9 +4,10 @@
 
 With torch installed, the network is built as ``torch.nn.Sequential``,
 trained for a few steps on random (seeded) data, switched to eval mode, and
-its ``state_dict()`` is written to WEIGHTS.npz (default: ``mlp_weights.npz``
-in the working directory).  Without torch, WEIGHTS.npz is loaded when it
-exists; otherwise seeded random parameters are created and written there.
+its ``state_dict()`` is written to WEIGHTS.npz.  Without torch, WEIGHTS.npz
+is loaded when it exists; otherwise seeded random parameters are created and
+written there.  Without a WEIGHTS.npz argument the file goes to a temporary
+directory that is removed at exit: nothing is left in the working directory.
 
 Inference then runs on NumPy and cnorm alone: Linear as ``x @ W.T + b``,
 `cnorm.BatchNorm` in eval mode loaded with ``load_state_dict``, ReLU; then
@@ -16,7 +17,9 @@ torch's output when torch is there, and folded against unfolded) and exits
 with status 1 when one exceeds the float32 tolerance.
 """
 
+import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -77,7 +80,13 @@ def sub_state(params, prefix):
 
 
 def main(argv):
-    path = argv[1] if len(argv) > 1 else "mlp_weights.npz"
+    if len(argv) > 1:
+        return run(argv[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(os.path.join(tmp, "mlp_weights.npz"))
+
+
+def run(path):
     model = None
     if torch is not None:
         model = train_torch()

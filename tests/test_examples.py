@@ -58,9 +58,19 @@ def test_mlp_without_torch(tmp_path):
     assert again.rstrip().endswith("OK")
 
 
+def test_mlp_writes_nothing_in_the_working_directory_by_default(tmp_path):
+    out = run_example("mlp_inference.py", tmp_path, torch=False)
+    assert re.search(r"wrote seeded random weights to \S+mlp_weights\.npz", out)
+    assert out.rstrip().endswith("OK")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mlp_with_torch(tmp_path):
     pytest.importorskip("torch")
-    out = run_example("mlp_inference.py", tmp_path)
+    default = run_example("mlp_inference.py", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    out = run_example("mlp_inference.py", tmp_path, "mlp_weights.npz")
+    assert value(out, "checksum") == value(default, "checksum")
     assert "trained 20 steps, wrote the state_dict to mlp_weights.npz" in out
     assert value(out, "max |cnorm - torch| =") < 1e-4
     assert value(out, "max |folded - unfolded| =") < 1e-4
@@ -71,7 +81,7 @@ def test_mlp_with_torch(tmp_path):
                                           "1.num_batches_tracked", "3.weight", "3.bias"])
         assert int(f["1.num_batches_tracked"]) == 20
     # without torch, the exported weights give the same logits
-    numpy_only = run_example("mlp_inference.py", tmp_path, torch=False)
+    numpy_only = run_example("mlp_inference.py", tmp_path, "mlp_weights.npz", torch=False)
     assert "torch not installed: loaded weights from mlp_weights.npz" in numpy_only
     assert value(numpy_only, "checksum") == pytest.approx(value(out, "checksum"), rel=1e-6)
 
