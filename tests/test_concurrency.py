@@ -1,8 +1,12 @@
 """Kernels run with the GIL released; concurrent calls and thread-count changes are safe."""
 
+import ctypes
+import ctypes.util
 import threading
+import time
 
 import numpy as np
+import pytest
 
 import cnorm
 
@@ -42,27 +46,65 @@ def test_eight_python_threads_get_the_single_threaded_results():
     assert failures == []
 
 
-def test_kernels_release_the_gil():
-    # While one Python thread is inside a long kernel call, another one keeps running.
-    x = np.random.default_rng(0).standard_normal((64, 64, 64, 64)).astype(np.float32)
-    ticks = []
+def _longest_stall(fn):
+    """The longest stretch of fn's call in which another Python thread could not run,
+    as a fraction of the call's duration (near 1 when fn holds the GIL throughout).
+
+    A ticker thread records the time at each step; the call runs on one OpenMP thread so
+    that the ticker has a core of its own.
+    """
+    stamps = []
     done = threading.Event()
+    clock = time.perf_counter
 
     def ticker():
         while not done.is_set():
-            ticks.append(1)
+            stamps.append(clock())
 
+    threads = cnorm.get_num_threads()
+    cnorm.set_num_threads(1)
     t = threading.Thread(target=ticker)
     t.start()
     try:
-        before = len(ticks)
-        for _ in range(3):
-            cnorm.batch_norm_forward(x)
-        during = len(ticks) - before
+        while not stamps:                # the ticker is running before the call starts
+            time.sleep(1e-4)
+        t0 = clock()
+        fn()
+        t1 = clock()
     finally:
         done.set()
         t.join()
-    assert during > 100
+        cnorm.set_num_threads(threads)
+    inside = [t0] + [s for s in stamps if t0 < s < t1] + [t1]
+    return max(b - a for a, b in zip(inside, inside[1:])) / (t1 - t0)
+
+
+def test_the_gil_probe_tells_a_held_gil_from_a_released_one():
+    # Stand-ins: ctypes' PyDLL keeps the GIL during a foreign call, CDLL releases it.
+    libc = ctypes.util.find_library("c")
+    if libc is None:
+        pytest.skip("no C library to call through ctypes")
+    assert _longest_stall(lambda: ctypes.PyDLL(libc).usleep(100_000)) > 0.9
+    assert _longest_stall(lambda: ctypes.CDLL(libc).usleep(100_000)) < 0.25
+
+
+@pytest.mark.parametrize("call", ["batch_norm_forward", "batch_norm_backward",
+                                  "layer_norm_forward", "layer_norm_backward", "batch_norm"])
+def test_kernels_release_the_gil(call):
+    # While one Python thread is inside a long kernel call, another one keeps running.
+    x = np.random.default_rng(0).standard_normal((32, 64, 64, 64)).astype(np.float32)
+    ones = np.ones(64, np.float32)
+    f = cnorm.batch_norm_forward(x)
+    lf = cnorm.layer_norm_forward(x, (64, 64))
+    calls = {
+        "batch_norm_forward": lambda: cnorm.batch_norm_forward(x),
+        "batch_norm_backward": lambda: cnorm.batch_norm_backward(x, x, f.mean, f.invstd),
+        "layer_norm_forward": lambda: cnorm.layer_norm_forward(x, (64, 64)),
+        "layer_norm_backward": lambda: cnorm.layer_norm_backward(x, x, lf.mean, lf.rstd),
+        "batch_norm": lambda: cnorm.batch_norm(x, ones, None, f.mean, ones),
+    }
+    stall = min(_longest_stall(calls[call]) for _ in range(3))   # robust to a busy machine
+    assert stall < 0.5, f"{call}: other threads were held up for {stall:.0%} of the call"
 
 
 def test_set_num_threads_from_another_thread_while_kernels_run():

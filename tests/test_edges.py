@@ -25,23 +25,33 @@ def test_eps_zero_constant_channel_gives_inf_invstd_and_nan_output(dtype, method
 @pytest.mark.parametrize("method", ["two_pass", "welford"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_denormal_inputs(dtype, method):
-    # Subnormal data: the statistics are exact to rounding, and with the default
-    # eps the outputs are what the reference gives (tiny, not garbage).  (With
-    # eps=0 the variance itself underflows, so invstd is inf, as in float64 maths.)
+    # Data spread over the whole subnormal range: a kernel that flushed subnormals to zero
+    # (DAZ/FTZ) would get the mean, the variance or the outputs wrong.  The outputs are of
+    # order 1 (float32) or far above the subnormal grid (float64), so they are checked to a
+    # relative tolerance.  float32's variance (~1e-77) is kept in float64 and, with eps of the
+    # same order, decides invstd; float64's variance underflows to 0 in any float64 arithmetic,
+    # so there invstd is 1/sqrt(eps) and the outputs carry the check.
     from cnorm import _reference as R
     tiny = np.finfo(dtype).smallest_subnormal
+    normal = np.finfo(dtype).smallest_normal
+    eps = 1e-77 if dtype == np.float32 else 1e-5
     rng = np.random.default_rng(0)
-    x = (rng.integers(1, 100, size=(64, 3, 8)) * tiny).astype(dtype)
-    f = cnorm.batch_norm_forward(x, method=method)
-    y, mean, _, invstd = R.batch_norm_train(x)
-    np.testing.assert_allclose(f.mean, mean, rtol=1e-6, atol=tiny)  # a subnormal mean rounds to the subnormal grid
+    x = (rng.integers(1, int(normal / tiny), size=(64, 3, 8)) * np.float64(tiny)).astype(dtype)
+    assert (x < normal).all() and (x > 0).all()
+    f = cnorm.batch_norm_forward(x, eps=eps, method=method)
+    y, mean, var, invstd = R.batch_norm_train(x, eps=eps)
+    if dtype == np.float32:
+        assert (var > eps / 10).all()            # the variance matters to invstd
+    np.testing.assert_allclose(f.mean, mean, rtol=1e-6, atol=4 * tiny)  # the subnormal grid
     np.testing.assert_allclose(f.invstd, invstd, rtol=1e-6)
-    np.testing.assert_allclose(f.y, y, rtol=0, atol=1e-30)
-    l = cnorm.layer_norm_forward(x.reshape(192, 8), 8, method=method)
-    y, mean, rstd = R.layer_norm(x.reshape(192, 8), 8)
-    np.testing.assert_allclose(l.mean, mean, rtol=1e-6, atol=tiny)
+    scale = np.abs(y).max()
+    assert scale > 1e6 * tiny
+    np.testing.assert_allclose(f.y, y, rtol=1e-5, atol=1e-6 * scale)
+    l = cnorm.layer_norm_forward(x.reshape(192, 8), 8, eps=eps, method=method)
+    y, mean, rstd = R.layer_norm(x.reshape(192, 8), 8, eps=eps)
+    np.testing.assert_allclose(l.mean, mean, rtol=1e-6, atol=4 * tiny)
     np.testing.assert_allclose(l.rstd, rstd, rtol=1e-6)
-    np.testing.assert_allclose(l.y, y, rtol=0, atol=1e-30)
+    np.testing.assert_allclose(l.y, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
 @pytest.mark.parametrize("method", ["two_pass", "welford"])
