@@ -1,15 +1,33 @@
 """``python -m cnorm.bench``: cnorm against NumPy (and PyTorch when installed).
 
-Prints a header (versions, threads, OpenMP, CPU, kernel ISA), the machine's
-copy bandwidth measured in the same run, and one row per case: cnorm's
-median time, NumPy's, the speedups over NumPy and over torch, cnorm's
-effective bandwidth (bytes of inputs read plus outputs written, once) and
-that bandwidth as a percentage of the copy bandwidth.
+Prints a header (versions, threads, OpenMP, CPU, load average, kernel ISA),
+the machine's copy bandwidth measured in the same run, and one row per case:
+
+- ``cnorm ms``, ``numpy ms``: median seconds per call, in ms;
+- ``vs numpy``, ``vs torch``: the other's median over cnorm's;
+- ``spread``: (max - min) / median of cnorm's samples;
+- ``GB/s``: cnorm's effective bandwidth, bytes of inputs read plus outputs
+  written, once, over its median time;
+- ``%copy``: that bandwidth as a percentage of the copy bandwidth, or
+  ``(cache)`` when the bytes moved fit in the last-level cache, where the
+  figure is not a fraction of memory bandwidth (and can exceed 1000%);
+- flags: ``unstable (...)`` names each implementation whose spread exceeds
+  ``UNSTABLE_SPREAD``; ``busy`` says that other processes kept CPUs busy
+  (from /proc/stat) while the case ran, which can slow every sample alike (an
+  OpenMP thread that lost its core holds up the whole parallel region for a
+  scheduler tick) and so show no spread.  Either way the row is unreliable.
+
+The header warns when the machine is busy (a load average that leaves fewer
+free CPUs than the benchmark's threads); the copy bandwidth is measured again
+at the end, with a warning when the two figures disagree by more than
+``BANDWIDTH_DRIFT``.  ``--json`` records all of it, each implementation's
+samples included.
 
 Timing: each implementation is auto-scaled (enough calls per sample for a
-sample to last ``--min-time`` seconds), then samples of the implementations
-of one case are interleaved round by round, so that drift on a shared
-machine hits all of them alike.  The median of the samples is reported.
+sample to last 5, 10 or 30 ms with ``--quick``, by default, with ``--full``),
+then samples of the implementations of one case are interleaved round by
+round, so that drift on a shared machine hits all of them alike.  The median
+of the samples is reported.
 """
 
 import argparse
@@ -23,7 +41,7 @@ import numpy as np
 
 import cnorm
 from cnorm import _baselines as nb
-from cnorm._dispatch import isa
+from cnorm._dispatch import _cache_bytes, isa
 from cnorm._openmp import parallel_copy
 from cnorm.batchnorm import _batchnorm
 
@@ -41,6 +59,19 @@ BN_INFER_ONLY = [((1, 64, 56, 56), 1)]
 LN_CASES = [(4096, 768), (4096, 1024), (16384, 128), (64, 4096)]
 LN_FORWARD_ONLY = [(1, 768)]   # the whole-call cost of a tiny input
 
+# A row is unstable when (max - min) / median of an implementation's samples
+# exceeds this: a 4 ms scheduler tick lost in a 10 ms sample (the default) adds
+# 40%, while a quiet machine's interleaved samples stay within about 10%.
+UNSTABLE_SPREAD = 0.3
+# The copy bandwidths measured at the start and at the end of a run disagree
+# when the larger exceeds the smaller by more than this fraction.
+BANDWIDTH_DRIFT = 0.25
+# A row is busy when other processes (from /proc/stat) left fewer free CPUs than
+# its threads, less this: one CPU-bound process sharing the benchmark's cores
+# gets about 1/(threads + 1) of each core, 0.7 CPU on 2, while a quiet machine
+# measures under 0.1.
+BUSY_MARGIN = 0.25
+
 
 def _cpu_name():
     try:
@@ -53,12 +84,19 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+_torch_error = None  # why an installed torch failed to import, for the header
+
+
 def _torch():
+    global _torch_error
+    _torch_error = None
     if os.environ.get("CNORM_BENCH_NO_TORCH") == "1":
         return None
     try:
         import torch
-    except ImportError:
+    except ImportError as e:
+        if e.name != "torch":  # installed, but broken: say so rather than "not installed"
+            _torch_error = f"{type(e).__name__}: {e}"
         return None
     return torch
 
@@ -70,8 +108,8 @@ def _time_calls(f, loops):
     return (time.perf_counter() - t0) / loops
 
 
-def measure(funcs, min_time=0.02, rounds=7):
-    """Median seconds per call for each callable in ``funcs`` (a dict)."""
+def measure_samples(funcs, min_time=0.02, rounds=7):
+    """Seconds per call of each sample (a list of ``rounds``) for each callable in ``funcs``."""
     loops = {}
     for name, f in funcs.items():
         f()  # warm up: first-touch pages, thread pools
@@ -89,7 +127,18 @@ def measure(funcs, min_time=0.02, rounds=7):
         for name in order:
             funcs[name]()  # one untimed call: let another runtime's spinning threads settle
             samples[name].append(_time_calls(funcs[name], loops[name]))
+    return samples
+
+
+def measure(funcs, min_time=0.02, rounds=7):
+    """Median seconds per call for each callable in ``funcs`` (a dict)."""
+    samples = measure_samples(funcs, min_time, rounds)
     return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def spread(samples):
+    """(max - min) / median of a list of sample times."""
+    return float((max(samples) - min(samples)) / np.median(samples))
 
 
 def copy_bandwidth(nbytes=64 << 20, min_time=0.02, rounds=7):
@@ -192,17 +241,83 @@ def _fmt_case(op, shape, axis, dtype):
     return f"{op:<12} {np.dtype(dtype).name:<8} {layout:<20}"
 
 
-def _header(torch, threads, bandwidth):
+def _cpus_available():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _load_average():
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy(other, cpus, threads, margin=0.5):
+    """Whether other work (a load average, or CPUs used by other processes) leaves fewer free
+    CPUs than the run's threads, less margin."""
+    return other is not None and cpus - other < min(threads, cpus) - margin
+
+
+try:
+    _CLK_TCK = os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):
+    _CLK_TCK = 100
+
+
+def _cpu_snapshot():
+    """(wall s, busy CPU s of the whole machine or None, CPU s of this process)."""
+    wall, own = time.perf_counter(), time.process_time()
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy;
+        # steal too (a hypervisor running another guest on this one's CPU).
+        busy = (sum(v) - v[3] - v[4]) / _CLK_TCK
+    except (OSError, ValueError, IndexError):
+        busy = None
+    return wall, busy, own
+
+
+def _other_cpus(a, b):
+    """CPUs that processes other than this one kept busy, on average, between two snapshots."""
+    if a[1] is None or b[1] is None or b[0] <= a[0]:
+        return None
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]))
+
+
+def _bandwidth_drift(start, end):
+    """Whether two copy-bandwidth figures disagree by more than BANDWIDTH_DRIFT."""
+    return max(start, end) > (1 + BANDWIDTH_DRIFT) * min(start, end)
+
+
+def _header(torch, threads, bandwidth, load=None, cpus=None):
+    cpus = _cpus_available() if cpus is None else cpus
+    load_s = "unknown" if load is None else f"{load:.2f}"
     lines = [
         f"cnorm {cnorm.__version__} (kernels: {isa(_batchnorm)}), numpy {np.__version__}, "
-        f"torch {torch.__version__ if torch else 'not installed'}",
+        f"torch {torch.__version__ if torch else _torch_error or 'not installed'}",
         f"threads: {threads} (OpenMP {'on' if cnorm.openmp_enabled() else 'off'}), "
         f"python {platform.python_version()}",
-        f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores",
+        f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores ({cpus} available), "
+        f"load average {load_s} (1 min)",
         f"copy bandwidth (memcpy of 64 MiB on {threads} threads, read + write): "
         f"{bandwidth / 1e9:.1f} GB/s",
     ]
+    if _busy(load, cpus, threads):
+        lines.append(
+            f"WARNING: machine busy: load average {load:.2f} on {cpus} CPUs leaves fewer than "
+            f"{min(threads, cpus)} free for the benchmark's threads\n"
+            f"         (a 1-minute average: it counts an earlier run too; see the busy flags and "
+            f"the end)")
     return "\n".join(lines)
+
+
+def _fmt_spread(x):
+    return f"{'>999%':>7}" if x > 9.99 else f"{100 * x:6.0f}%"
 
 
 def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", json_path=None,
@@ -223,16 +338,19 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
     if torch is not None:
         torch.set_num_threads(threads)
     min_time, rounds = {"quick": (0.005, 3), "default": (0.01, 5), "full": (0.03, 9)}[mode]
+    load, cpus = _load_average(), _cpus_available()
     bandwidth = copy_bandwidth(min_time=min_time, rounds=rounds)
-    print(_header(torch, threads, bandwidth), file=out)
+    llc = _cache_bytes() or 32 << 20  # unknown: a common per-core L3
+    print(_header(torch, threads, bandwidth, load, cpus), file=out)
     print(file=out)
     head = (f"{'case':<42} {'cnorm ms':>9} {'numpy ms':>9} {'vs numpy':>9} {'vs torch':>9} "
-            f"{'GB/s':>6} {'%copy':>6}")
+            f"{'spread':>7} {'GB/s':>6} {'%copy':>7}")
     print(head, file=out)
     print("-" * len(head), file=out)
     rng = np.random.default_rng(0)
     results = []
     todo = cases(ops, dtypes)
+    start = _cpu_snapshot()
     for i, (op, shape, axis, dtype) in enumerate(todo):
         if progress is not None:
             print(f"[{i + 1}/{len(todo)}] {op} {shape} {dtype}", file=progress, flush=True)
@@ -240,23 +358,74 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
             funcs, nbytes = _bn_case(op, shape, axis, dtype, torch, rng)
         else:
             funcs, nbytes = _ln_case(op, shape, dtype, torch, rng)
-        t = measure(funcs, min_time, rounds)
+        before = _cpu_snapshot()
+        samples = measure_samples(funcs, min_time, rounds)
+        other = _other_cpus(before, _cpu_snapshot())
+        t = {k: float(np.median(v)) for k, v in samples.items()}
         r = dict(op=op, shape=list(shape), axis=axis, dtype=dtype, nbytes=nbytes,
                  threads=threads, **{f"{k}_s": v for k, v in t.items()})
+        for k, v in samples.items():
+            r.update({f"{k}_min_s": min(v), f"{k}_max_s": max(v), f"{k}_spread": spread(v),
+                      f"{k}_samples_s": list(v)})
+        r["unstable_impls"] = [k for k in samples if r[f"{k}_spread"] > UNSTABLE_SPREAD]
+        r["unstable"] = bool(r["unstable_impls"])
+        r["other_cpus"] = other
+        r["busy"] = _busy(other, cpus, threads, BUSY_MARGIN)
         r["speedup_numpy"] = t["numpy"] / t["cnorm"]
         r["speedup_torch"] = t["torch"] / t["cnorm"] if "torch" in t else None
         r["gbps"] = nbytes / t["cnorm"] / 1e9
         r["pct_copy"] = 100 * nbytes / t["cnorm"] / bandwidth
+        r["cache_resident"] = nbytes <= llc
         results.append(r)
         vs_torch = f"{r['speedup_torch']:8.2f}x" if r["speedup_torch"] else f"{'-':>9}"
+        pct = f"{'(cache)':>7}" if r["cache_resident"] else f"{r['pct_copy']:6.0f}%"
+        flags = [f"unstable ({', '.join(r['unstable_impls'])})"] if r["unstable"] else []
+        if r["busy"]:
+            flags.append(f"busy ({other:.1f} CPU elsewhere)")
         print(f"{_fmt_case(op, shape, axis, dtype):<42} {t['cnorm'] * 1e3:9.3f} "
               f"{t['numpy'] * 1e3:9.3f} {r['speedup_numpy']:8.1f}x {vs_torch} "
-              f"{r['gbps']:6.1f} {r['pct_copy']:5.0f}%", file=out, flush=True)
+              f"{_fmt_spread(r['cnorm_spread'])} {r['gbps']:6.1f} {pct}"
+              f"{'  ' + ', '.join(flags) if flags else ''}", file=out, flush=True)
+    other_run = _other_cpus(start, _cpu_snapshot())
+    bandwidth_end = copy_bandwidth(min_time=min_time, rounds=rounds)
+    drift = _bandwidth_drift(bandwidth, bandwidth_end)
+    busy_run = _busy(other_run, cpus, threads, BUSY_MARGIN)
+    busy = _busy(load, cpus, threads) or busy_run or drift
+    print(file=out)
+    mib = f"{llc / (1 << 20):g} MiB"
+    print(f"spread    (max - min) / median of cnorm's {rounds} samples\n"
+          f"unstable  an implementation's spread is over {100 * UNSTABLE_SPREAD:.0f}%: its median "
+          f"and the ratios are unreliable\n"
+          f"busy      other processes kept CPUs busy during the case: every sample may be slowed "
+          f"alike\n"
+          f"%copy     GB/s (inputs read + outputs written, once) over the copy bandwidth at the "
+          f"start;\n"
+          f"          (cache): the bytes moved fit in the {mib} last-level cache, so the figure "
+          f"is no\n"
+          f"          fraction of memory bandwidth (it can exceed 100%)", file=out)
+    print(f"copy bandwidth at the end: {bandwidth_end / 1e9:.1f} GB/s "
+          f"(start: {bandwidth / 1e9:.1f} GB/s)", file=out)
+    if other_run is not None:
+        print(f"other processes kept {other_run:.1f} of {cpus} CPUs busy on average during the "
+              f"cases", file=out)
+    if drift:
+        print(f"WARNING: machine busy: the copy bandwidth changed by more than "
+              f"{100 * BANDWIDTH_DRIFT:.0f}% during the run; other work competed for the "
+              f"cores or memory.", file=out)
+    if busy_run:
+        print(f"WARNING: machine busy: other processes left fewer than {min(threads, cpus)} CPUs "
+              f"free for the benchmark's threads.", file=out)
+    n_bad = sum(r["unstable"] or r["busy"] for r in results)
+    if n_bad:
+        print(f"WARNING: {n_bad} of {len(results)} cases unstable or busy: rerun them on a quiet "
+              f"machine.", file=out)
     if json_path:
         meta = dict(cnorm=cnorm.__version__, numpy=np.__version__,
                     torch=torch.__version__ if torch else None, threads=threads,
                     openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_batchnorm),
-                    copy_bandwidth=bandwidth)
+                    copy_bandwidth=bandwidth, copy_bandwidth_end=bandwidth_end,
+                    load_average=load, cpus_available=cpus, other_cpus=other_run, busy=busy,
+                    llc_bytes=llc, rounds=rounds, unstable_spread=UNSTABLE_SPREAD)
         with open(json_path, "w") as f:
             json.dump(dict(meta=meta, results=results), f, indent=1)
     if plot_path:

@@ -64,3 +64,159 @@ def test_plot_needs_matplotlib_or_writes_png(tiny, tmp_path, capsys):
     else:
         bench.main(["--quick", "--op", "ln_forward", "--dtype", "float32", "--plot", str(path)])
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Noise: spread, unstable and busy flags, the load and copy-bandwidth warnings, %copy's (cache).
+
+def _clock(other):
+    """A stand-in for bench._cpu_snapshot: other processes keep `other` CPUs busy."""
+    wall = [0.0]
+
+    def snapshot():
+        wall[0] += 1.0
+        return wall[0], wall[0] * (1 + other), wall[0]
+    return snapshot
+
+
+@pytest.fixture
+def quiet(tiny, monkeypatch):
+    """tiny, on a machine that reads as idle whatever the real one is doing."""
+    monkeypatch.setattr(bench, "_cpus_available", lambda: 1)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(bench, "_cpu_snapshot", _clock(0.0))
+
+
+def _fake_samples(monkeypatch, by_case):
+    """Replace the timing: case i's samples are by_case[i] (impl -> seconds), else steady."""
+    steady = [2.00e-4, 2.02e-4, 2.01e-4]
+    calls = []
+
+    def measure_samples(funcs, min_time, rounds):
+        given = by_case.get(len(calls), {})
+        calls.append(list(funcs))
+        return {k: list(given.get(k, steady)) for k in funcs}
+    monkeypatch.setattr(bench, "measure_samples", measure_samples)
+
+
+def _rows(out):
+    return [line for line in out.splitlines() if line.split(" ", 1)[0] in bench.OPS]
+
+
+def _run(tmp_path, *extra):
+    path = tmp_path / "out.json"
+    bench.main(["--quick", "--op", "bn_train", "--dtype", "float32", "--threads", "1",
+                "--json", str(path), *extra])
+    return json.loads(path.read_text())
+
+
+def test_spread():
+    assert bench.spread([1.0, 1.0, 2.0]) == pytest.approx(1.0)
+    assert bench.spread([3.0, 3.0, 3.0]) == 0.0
+
+
+def test_measure_samples_keeps_every_sample():
+    samples = bench.measure_samples({"a": lambda: None, "b": lambda: None}, 1e-4, 4)
+    assert set(samples) == {"a", "b"}
+    assert all(len(v) == 4 and min(v) > 0 for v in samples.values())
+    assert set(bench.measure({"a": lambda: None}, 1e-4, 3)) == {"a"}
+
+
+def test_tick_outliers_mark_the_row_unstable(quiet, monkeypatch, tmp_path, capsys):
+    # case 0: cnorm at 0.2 ms but two of three samples lost 8 ms to scheduler ticks;
+    # case 1: cnorm steady, numpy's samples spread, so the ratio is unreliable too.
+    _fake_samples(monkeypatch, {0: {"cnorm": [2e-4, 8.2e-3, 8.3e-3]},
+                                1: {"numpy": [2e-4, 2e-4, 4e-4]}})
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 2
+    assert "unstable (cnorm)" in rows[0] and "numpy" not in rows[0].split("unstable")[1]
+    assert "unstable (numpy)" in rows[1] and "cnorm" not in rows[1].split("unstable")[1]
+    r0, r1 = data["results"]
+    assert r0["unstable"] and r0["unstable_impls"] == ["cnorm"]
+    assert r0["cnorm_s"] == pytest.approx(8.2e-3) and r0["cnorm_min_s"] == pytest.approx(2e-4)
+    assert r0["cnorm_max_s"] == pytest.approx(8.3e-3)
+    assert r0["cnorm_spread"] > 0.9 and r0["cnorm_samples_s"] == [2e-4, 8.2e-3, 8.3e-3]
+    assert r1["unstable"] and r1["unstable_impls"] == ["numpy"] and r1["cnorm_spread"] < 0.05
+    assert "2 of 2 cases unstable" in out
+    assert any(line.startswith("spread ") for line in out.splitlines())   # the legend
+
+
+def test_steady_case_is_not_marked(quiet, monkeypatch, tmp_path, capsys):
+    _fake_samples(monkeypatch, {})
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    assert "unstable (" not in out and "busy (" not in out and "WARNING" not in out
+    for r in data["results"]:
+        assert not r["unstable"] and not r["busy"] and r["cnorm_spread"] < 0.05
+        assert r["other_cpus"] == pytest.approx(0.0)
+    assert data["meta"]["busy"] is False and data["meta"]["load_average"] == 0.0
+    assert data["meta"]["copy_bandwidth_end"] == 1e10
+
+
+def test_other_processes_mark_rows_busy(quiet, monkeypatch, tmp_path, capsys):
+    # Every sample slowed alike: no spread, but /proc/stat shows another process.
+    _fake_samples(monkeypatch, {})
+    monkeypatch.setattr(bench, "_cpu_snapshot", _clock(1.0))
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    assert all("busy (1.0 CPU elsewhere)" in row for row in _rows(out))
+    assert "WARNING: machine busy: other processes" in out
+    assert all(r["busy"] and r["other_cpus"] == pytest.approx(1.0) for r in data["results"])
+    assert data["meta"]["busy"] is True and data["meta"]["other_cpus"] == pytest.approx(1.0)
+
+
+def test_high_load_average_warns_in_the_header(quiet, monkeypatch, tmp_path, capsys):
+    _fake_samples(monkeypatch, {})
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (2.5, 1.0, 0.5))
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    header = out.split("\n\n", 1)[0]
+    assert "load average 2.50" in header and "WARNING: machine busy: load average" in header
+    assert data["meta"]["busy"] is True and data["meta"]["load_average"] == 2.5
+
+
+def test_copy_bandwidths_that_disagree_warn(quiet, monkeypatch, tmp_path, capsys):
+    _fake_samples(monkeypatch, {})
+    figures = iter([2e10, 1e10])
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda **kw: next(figures))
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    assert "copy bandwidth at the end: 10.0 GB/s (start: 20.0 GB/s)" in out
+    assert "WARNING: machine busy: the copy bandwidth changed" in out
+    assert data["meta"]["copy_bandwidth"] == 2e10 and data["meta"]["copy_bandwidth_end"] == 1e10
+    assert data["meta"]["busy"] is True
+
+
+def test_copy_bandwidths_that_agree_do_not_warn(quiet, monkeypatch, tmp_path, capsys):
+    _fake_samples(monkeypatch, {})
+    figures = iter([1e10, 1.1e10])
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda **kw: next(figures))
+    data = _run(tmp_path)
+    assert "WARNING" not in capsys.readouterr().out
+    assert data["meta"]["busy"] is False
+
+
+@pytest.mark.parametrize("llc", [0, 8 << 20])  # 0: unknown, taken as 32 MiB
+def test_cache_resident_case_prints_cache_not_a_percentage(quiet, monkeypatch, tmp_path, capsys,
+                                                            llc):
+    _fake_samples(monkeypatch, {})   # 0.2 ms for a few KiB: far above the copy bandwidth
+    monkeypatch.setattr(bench, "_cache_bytes", lambda: llc)
+    data = _run(tmp_path)
+    out = capsys.readouterr().out
+    for row in _rows(out):
+        assert row.endswith("(cache)") and not row.endswith("%")
+    assert "%copy" in out and "last-level cache" in out
+    for r in data["results"]:
+        assert r["cache_resident"] is True and r["pct_copy"] > 0
+    assert data["meta"]["llc_bytes"] == (llc or 32 << 20)
+
+
+def test_case_larger_than_the_cache_prints_a_percentage(quiet, monkeypatch, tmp_path, capsys):
+    _fake_samples(monkeypatch, {})
+    monkeypatch.setattr(bench, "_cache_bytes", lambda: 64)   # smaller than any case
+    data = _run(tmp_path)
+    rows = _rows(capsys.readouterr().out)
+    for row, r in zip(rows, data["results"]):
+        assert "(cache)" not in row and row.endswith(f"{r['pct_copy']:6.0f}%")
+        assert r["cache_resident"] is False
