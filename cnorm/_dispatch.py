@@ -32,9 +32,8 @@ def isa(module):
 def _cache_bytes():
     """Bytes of the largest cache one core can use, or 0 when unknown.
 
-    Linux's cache topology in sysfs first: glibc's sysconf reports the L3 of
-    the whole socket on AMD EPYC (256 MiB here), while a core sees only its own
-    complex's (32 MiB).  sysconf (cnorm._openmp.llc_bytes) is the fallback.
+    sysfs first: on AMD EPYC glibc's sysconf reports the whole socket's L3, not
+    the core complex's.  sysconf (cnorm._openmp.llc_bytes) is the fallback.
     """
     best = (0, 0)
     for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
@@ -61,18 +60,9 @@ def _stream_threshold():
     return (_cache_bytes() or 32 << 20) // 4
 
 
-# Outputs are written with streaming (non-temporal) stores when the bytes a
-# call moves exceed a quarter of the last-level cache: writing around the
-# cache saves reading each destination line first, and leaves the inputs in
-# cache.  Measured on a 32 MiB L3 with the stores made straight from the
-# registers (cnorm/_elementwise.h), torch/cnorm streamed at 8 MB against not
-# below 32 MiB, medians of 5-7 alternating processes: LN forward (4096, 768),
-# 25 MB moved, 1.34 -> 1.70; (2048, 768), 13 MB, 1.20 -> 1.50; (8192, 512),
-# 34 MB, 1.31 -> 1.66; LN backward (4096, 512), 25 MB, 1.10 -> 1.26, and
-# (2048, 1024), 1.01 -> 1.17; BN train and backward (8, 256, 28, 28), 13 and
-# 19 MB, unchanged.  Layer-norm rows of at most 1 KiB are never streamed (see
-# _layernorm_kernels.pxi).  With the earlier buffer-and-copy streaming, the
-# threshold had to be the whole LLC.
+# Stream the output when a call moves more than a quarter of the LLC: writing
+# around the cache saves reading each destination line, and keeps the inputs
+# cached.  Layer-norm rows of at most 1 KiB never stream (_layernorm_kernels.pxi).
 STREAM_BYTES = _stream_threshold()
 
 

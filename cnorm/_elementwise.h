@@ -2,11 +2,8 @@
  * per-column coefficients, with plain or streaming (non-temporal) stores.
  *
  * Why C: a streaming store must be the very instruction that writes y.  Cython
- * can only compute into a buffer and copy that with streaming stores (what
- * earlier versions did), which costs a second store and load of every element;
- * measured on the 51 MB normalisation pass of batch norm (32, 64, 56, 56), 2
- * threads, storing straight from the registers took 1.31 ms against 1.62 ms
- * through a buffer.
+ * can only compute into a buffer and copy that out with streaming stores, which
+ * costs a second store and load of every element.
  *
  * Each formula is written once, as a BODY macro over a load (LD), a store (ST)
  * and, where there is one, a ReLU (RELU); CNORM_OUTPUT_LOOP expands it for

@@ -1,13 +1,12 @@
 # Layer-normalization kernels, included by _layernorm.pyx (any x86-64) and
 # _layernorm_v3.pyx (compiled for x86-64-v3, AVX2); see cnorm/_dispatch.py.
 #
-# Layout: the Python layer presents x as a C-contiguous (R, H) matrix: one row
-# per sample, H = the number of normalised elements.  A row's statistics come
-# from the same blocked helpers as batch norm's (a row is a one-run sequence),
-# and the row is normalised right after, while it is in L1/L2.  Rows are
-# independent, so results do not depend on the number of threads; the
-# column sums of backward (dweight, dbias) go through per-block partials whose
-# blocks depend only on the shape, merged in order.
+# The Python layer presents x as a C-contiguous (R, H) matrix, one row per
+# sample.  A row's statistics come from batch norm's blocked helpers (a row is a
+# one-run sequence), and the row is normalised right after, while in L1/L2.
+# Results do not depend on the thread count: rows are independent, and
+# backward's dweight/dbias go through per-block partials whose blocks depend
+# only on the shape, merged in order.
 
 cimport numpy as cnp
 from cython cimport floating
@@ -27,10 +26,8 @@ cnp.import_array()
 cdef enum:
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
-    PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead, longer
-                                # ones their own y (measured; see forward_row); and such
-                                # short rows are never streamed (measured: (16384, 128)
-                                # forward and backward 8% slower streamed)
+    PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
+                                # (see forward_row) and are never streamed (slower)
 
 
 cdef inline bint streams_rows(Py_ssize_t H, bint stream, const floating* like) noexcept nogil:
@@ -59,14 +56,11 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     """One row; `ahead` (or NULL) is a later row to prefetch while this one is
     normalised, so that memory keeps streaming during the in-cache passes.
 
-    Without streaming stores, each line of y is fetched before it is written.
-    A row of up to PREFETCH_BYTES asks for its own y lines before its
-    statistics passes, which then hide the wait; a row of up to
-    PREFETCH_WRITE_MAX is too brief for that, so it asks for the y lines of
-    the row `ahead` instead.  A longer row prefetches nothing: the hardware
-    prefetcher keeps up within it, and a burst of prefetches for a whole long
-    row stalled the loop (measured, 2 threads, vs torch: (64, 4096) 1.10 ->
-    1.39x, (256, 2048) 0.98 -> 1.20x, (128, 8192) 1.32 -> 1.49x)."""
+    Plain stores read each line of y first, so y is prefetched for writing: a
+    row of up to PREFETCH_BYTES asks for its own lines before its statistics
+    passes, which hide the wait; one of up to PREFETCH_WRITE_MAX, too brief for
+    that, asks for the lines of the row `ahead`.  Longer rows prefetch nothing:
+    the hardware keeps up, and a burst for a whole long row stalls the loop."""
     cdef Moments mo
     cdef double rstd
     cdef Py_ssize_t t = 0, L
@@ -100,7 +94,7 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
                        Py_ssize_t H, const floating* w, const floating* b, floating* mean_out,
                        floating* rstd_out, double eps, int method, bint stream) noexcept nogil:
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
-    one fence after them when streaming (a fence per row made (16384, 128) 2x slower)."""
+    when streaming, one fence after them (a fence per row is much slower)."""
     cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
     cdef Py_ssize_t r
     for r in range(r0, r1):
@@ -136,8 +130,8 @@ cdef inline void backward_row(const floating* g, const floating* x, floating* dx
     cdef floating hi = <floating>mean
     cdef floating lo = <floating>(mean - <double>hi)
     cdef floating ra, rb, rc
-    # As in forward_row, a short row asks for dx's lines before its sums pass
-    # (measured: (64, 4096) lost 6% with it, probably as dx then evicts g and x from L1).
+    # As in forward_row, only a short row asks for dx's lines before its sums pass:
+    # longer rows were slower with it (dx likely evicting g and x from L1).
     if not stream and H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
         cnorm_prefetch_write(dx, H * sizeof(floating))
     # every sum before any dx: dx may be the very buffer of g or x
@@ -196,9 +190,8 @@ cdef int backward(const floating* g, const floating* x, floating* dx, Py_ssize_t
         for i in range(H):
             ones[i] = 1
         w = ones
-    # One loop for every thread count.  A separate serial loop (as forward has)
-    # was measured 3-4x slower on one thread of a 16-core Xeon with GCC 13, which
-    # compiled its inlined copy of backward_block worse than the parallel one.
+    # One loop for every thread count: GCC compiled a separate serial loop (as
+    # forward has) with an inlined backward_block far worse than the parallel one.
     for k in prange(nblk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream)
     for i in range(H):

@@ -87,10 +87,9 @@ cdef extern from "_lanes.h":
 
 cdef enum:
     STREAM_TILE = 1024   # separate runs shorter than this are stored plainly, not streamed
-                         # (measured: streaming (64, 512, 7, 7) float64 BN in runs of 49,
-                         # with a fence each, was 1.6x slower); also the elements per
-                         # work item of row-major BN's output passes, and the tile of
-                         # a streamed layer-norm row's prefetching
+                         # (streaming short runs, a fence each, is slower); also the
+                         # elements per work item of row-major BN's output passes,
+                         # and the tile of a streamed layer-norm row's prefetching
     LANES = 16           # independent float64 accumulators of the lane loops: four AVX2
                          # vectors (hard-wired in _lanes.h's Welford and dot2 too)
     CHUNK = 4096         # elements of one channel or row per statistics block
@@ -98,8 +97,8 @@ cdef enum:
     SUM2_COND_F32 = 10000   # largest q / M2 for which a one-pass M2 is kept, float32
     SUM2_COND_F64 = 64      # and float64 data (see one_pass_ok)
     PREFETCH_BYTES = 4096   # software prefetch distance of the row-by-row loops, at least
-                            # (measured: layer-norm forward, and batch norm's column
-                            # statistics, which stalled on loads without it)
+                            # (layer-norm forward and batch norm's column statistics
+                            # stall on loads without it)
 
 cdef inline Py_ssize_t prefetch_rows(Py_ssize_t row_elems, Py_ssize_t itemsize) noexcept nogil:
     """How many rows of row_elems items ahead to prefetch: PREFETCH_BYTES or a bit more."""
@@ -353,8 +352,7 @@ cdef inline void prefetch_run(const floating* base, Py_ssize_t i, Py_ssize_t lim
     """For runs shorter than PREFETCH_BYTES, prefetch the run at least PREFETCH_BYTES
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
-    longer runs give it time to catch up (measured: prefetching the next run of
-    12 KiB runs lost 2%)."""
+    longer runs give it time to catch up, and prefetching them was slower."""
     cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(floating))
     cdef size_t nbytes = short_row_bytes(M, sizeof(floating))
     if nbytes != 0 and n * M < limit:
