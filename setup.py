@@ -26,7 +26,7 @@ from setuptools._distutils.sysconfig import customize_compiler
 # Kernel modules are built twice where the compiler allows: for the baseline
 # of the target architecture, and as NAME_v3 for x86-64-v3 (AVX2 + FMA).
 # cnorm._dispatch imports the v3 build only on CPUs that report support.
-KERNEL_MODULES = ["_batchnorm", "_layernorm"]
+KERNEL_MODULES = ["_kernels"]
 
 DIRECTIVES = {
     "language_level": 3,

@@ -62,7 +62,7 @@ def _stream_threshold():
 
 # Stream the output when a call moves more than a quarter of the LLC: writing
 # around the cache saves reading each destination line, and keeps the inputs
-# cached.  Layer-norm rows of at most 1 KiB never stream (_layernorm_kernels.pxi).
+# cached.  Layer-norm rows of at most 1 KiB never stream (_rows.pxi).
 STREAM_BYTES = _stream_threshold()
 
 

@@ -6,7 +6,7 @@
  * costs a second store and load of every element.
  *
  * Each formula is written once, as a BODY macro over a load (LD), a store (ST)
- * and, where there is one, a ReLU (RELU); CNORM_OUTPUT_LOOP expands it for
+ * and an activation (ACT: none, ReLU or SiLU); CNORM_OUTPUT_LOOP expands it for
  * 32-byte GCC vector values (the main loop) and for scalars (the elements
  * before the first 32-byte boundary of y, and the tail).  Vector and scalar
  * expansions do the same IEEE operations in the same order, and the kernels
@@ -95,57 +95,178 @@ CNORM_VECTORS(16)
 #define cnorm_nt_f64_16 cnorm_st_f64_16
 #endif
 
-/* y[i] for i in [0, n) by BODY(i, LD, ST, RELU); T the element type, S its suffix.
+/* y[i] for i in [0, n) by BODY(i, LD, ST, ACT); T the element type, S its suffix,
+ * A the activation's name (ID, RELU or SILU: ACT is its form for the width at hand).
  * Streamed, every store of y is a streaming one where y is 16-byte aligned and
  * n fills whole 16 bytes: a 16-byte store up to the first 32-byte boundary,
  * 32-byte stores, and a 16-byte store of the rest. */
-#define CNORM_OUTPUT_LOOP(T, S, y, n, stream, BODY)                             \
+#define CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, A)                      \
     do {                                                                        \
         ptrdiff_t i_ = 0;                                                       \
         const ptrdiff_t v32_ = 32 / (ptrdiff_t)sizeof(T);                       \
         const ptrdiff_t v16_ = 16 / (ptrdiff_t)sizeof(T);                       \
         if ((stream) && (uintptr_t)(y) % sizeof(T) == 0) {                      \
             for (; i_ < (n) && ((uintptr_t)((y) + i_) & 15); i_++)              \
-                BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_RELU_S);                 \
+                BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);          \
             if (i_ + v16_ <= (n) && ((uintptr_t)((y) + i_) & 31)) {             \
-                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_RELU_##S##_16); \
+                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##S##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
-                BODY(i_, cnorm_ld_##S##_32, cnorm_nt_##S##_32, CNORM_RELU_##S##_32); \
+                BODY(i_, cnorm_ld_##S##_32, cnorm_nt_##S##_32, CNORM_##A##_##S##_32); \
             if (i_ + v16_ <= (n)) {                                             \
-                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_RELU_##S##_16); \
+                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##S##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
         } else {                                                                \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
-                BODY(i_, cnorm_ld_##S##_32, cnorm_st_##S##_32, CNORM_RELU_##S##_32); \
+                BODY(i_, cnorm_ld_##S##_32, cnorm_st_##S##_32, CNORM_##A##_##S##_32); \
         }                                                                       \
         for (; i_ < (n); i_++)                                                  \
-            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_RELU_S);                     \
+            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);              \
     } while (0)
 
 #else
 
-#define CNORM_OUTPUT_LOOP(T, S, y, n, stream, BODY)                             \
+#define CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, A)                      \
     do {                                                                        \
         ptrdiff_t i_;                                                           \
         (void)(stream);                                                         \
         for (i_ = 0; i_ < (n); i_++)                                            \
-            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_RELU_S);                     \
+            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);              \
     } while (0)
 
 #endif
 
+#define CNORM_OUTPUT_LOOP(T, S, y, n, stream, BODY) CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, ID)
+
+/* ---- activations, applied to y in the same pass -------------------------- */
+/* Scalar forms end in _S; ID is none.  ReLU: max(v, 0) with NaN kept and -0.0
+ * kept.  SiLU: v * sigmoid(v) = v / (1 + exp(-v)), with exp written out in
+ * IEEE operations (Cody-Waite reduction by ln 2, a Taylor polynomial, 2**k
+ * built from its bits in two factors so that it overflows to inf cleanly), so
+ * that the scalar and vector forms, and both builds, give the same bits.
+ * exp's argument is clamped below where exp(-v) underflows anyway (silu is
+ * then v) and above where it overflows (silu is then -0.0 for finite v).
+ * NaN stays NaN; silu(-inf) is NaN (-inf / inf), silu(inf) is inf. */
+#define CNORM_ID_f32_S(v) (v)
+#define CNORM_ID_f64_S(v) (v)
+#define CNORM_RELU_f32_S CNORM_RELU_S
+#define CNORM_RELU_f64_S CNORM_RELU_S
+
+#define CNORM_SEL_S(m, a, b) ((m) ? (a) : (b))
+/* out = silu(v), as statements over the type FT (scalar or vector) and integer
+ * types IT/UT of its width. */
+#define CNORM_SILU_STMTS(out, FT, IT, UT, v, SEL, CONST, LO, HI, LOG2E, MAGIC, LN2HI, LN2LO,   \
+                         ONE, BIAS, SHIFT, POLY)                                             \
+    do {                                                                                     \
+        FT v_ = (v);                                                                         \
+        FT a_ = -v_;                                                                         \
+        FT t_, k_, r_, p_, s1_, s2_;                                                         \
+        FT m_ = CONST(MAGIC);                                                                \
+        IT kb_, mb_, h_;                                                                     \
+        UT e1_, e2_;                                                                         \
+        a_ = SEL(a_ < LO, CONST(LO), a_);                                                    \
+        a_ = SEL(a_ > HI, CONST(HI), a_);                                                    \
+        t_ = a_ * LOG2E + MAGIC;                                                             \
+        k_ = t_ - MAGIC;                                                                     \
+        r_ = (a_ - k_ * LN2HI) - k_ * LN2LO;                                                 \
+        p_ = POLY(r_);                                                                       \
+        memcpy(&kb_, &t_, sizeof kb_);                                                       \
+        memcpy(&mb_, &m_, sizeof mb_);                                                       \
+        kb_ = kb_ - mb_;                            /* k = round(a / ln 2) */                \
+        h_ = kb_ >> 1;                                                                       \
+        e1_ = (UT)(h_ + BIAS) << SHIFT;                                                      \
+        e2_ = (UT)(kb_ - h_ + BIAS) << SHIFT;                                                \
+        memcpy(&s1_, &e1_, sizeof s1_);                                                      \
+        memcpy(&s2_, &e2_, sizeof s2_);                                                      \
+        (out) = v_ / ((p_ * s1_) * s2_ + ONE);                                               \
+    } while (0)
+/* exp(r) for |r| <= ln(2)/2: Taylor to degree 7 (float32) and 13 (float64), whose
+ * truncation errors are below half an ulp. */
+#define CNORM_EXP_POLY_F32(r) (1.0f + (r) * (1.0f + (r) * (0.5f + (r) * (1.6666667163372e-1f   \
+    + (r) * (4.1666667908430e-2f + (r) * (8.3333337679505e-3f + (r) * (1.3888889225200e-3f  \
+    + (r) * 1.9841270113830e-4f)))))))
+#define CNORM_EXP_POLY_F64(r) (1.0 + (r) * (1.0 + (r) * (0.5 + (r) * (1.0 / 6 + (r) * (1.0 / 24 \
+    + (r) * (1.0 / 120 + (r) * (1.0 / 720 + (r) * (1.0 / 5040 + (r) * (1.0 / 40320           \
+    + (r) * (1.0 / 362880 + (r) * (1.0 / 3628800 + (r) * (1.0 / 39916800                     \
+    + (r) * (1.0 / 479001600 + (r) * (1.0 / 6227020800.0))))))))))))))
+#define CNORM_CONST_S(c) (c)
+#define CNORM_SILU_EXPAND(...) CNORM_SILU_STMTS(__VA_ARGS__)   /* expands the ARGS lists */
+#define CNORM_SILU_ARGS_F32 -87.0f, 89.0f, 1.44269504088896341f, 12582912.0f, 0.693145751953125f, \
+    1.428606765330187045e-06f, 1.0f, 127, 23, CNORM_EXP_POLY_F32
+#define CNORM_SILU_ARGS_F64 -708.0, 710.0, 1.4426950408889634074, 6755399441055744.0,          \
+    6.93147180369123816490e-01, 1.90821492927058770002e-10, 1.0, 1023, 52, CNORM_EXP_POLY_F64
+static inline float cnorm_silu_f32(float v)
+{
+    float out;
+    CNORM_SILU_EXPAND(out, float, int32_t, uint32_t, v, CNORM_SEL_S, CNORM_CONST_S,
+                     CNORM_SILU_ARGS_F32);
+    return out;
+}
+static inline double cnorm_silu_f64(double v)
+{
+    double out;
+    CNORM_SILU_EXPAND(out, double, int64_t, uint64_t, v, CNORM_SEL_S, CNORM_CONST_S,
+                     CNORM_SILU_ARGS_F64);
+    return out;
+}
+#define CNORM_SILU_f32_S(v) cnorm_silu_f32(v)
+#define CNORM_SILU_f64_S(v) cnorm_silu_f64(v)
+
+#if defined(__GNUC__) && !defined(CNORM_LANES_SCALAR)
+#define CNORM_ID_V(v) (v)
+#define CNORM_ID_f32_32 CNORM_ID_V
+#define CNORM_ID_f64_32 CNORM_ID_V
+#define CNORM_ID_f32_16 CNORM_ID_V
+#define CNORM_ID_f64_16 CNORM_ID_V
+/* lane-wise m ? a : b, m a comparison's all-ones / all-zeros mask */
+#define CNORM_SEL_V(I, W, m, a, b) ((__typeof__(a))(((cnorm_v##I##_##W)(m) & (cnorm_v##I##_##W)(a)) \
+                                                   | (~(cnorm_v##I##_##W)(m) & (cnorm_v##I##_##W)(b))))
+#define CNORM_SEL_i32_32(m, a, b) CNORM_SEL_V(i32, 32, m, a, b)
+#define CNORM_SEL_i64_32(m, a, b) CNORM_SEL_V(i64, 32, m, a, b)
+#define CNORM_SEL_i32_16(m, a, b) CNORM_SEL_V(i32, 16, m, a, b)
+#define CNORM_SEL_i64_16(m, a, b) CNORM_SEL_V(i64, 16, m, a, b)
+#define CNORM_CONST_f32_32(c) ((cnorm_vf32_32){0} + (c))
+#define CNORM_CONST_f64_32(c) ((cnorm_vf64_32){0} + (c))
+#define CNORM_CONST_f32_16(c) ((cnorm_vf32_16){0} + (c))
+#define CNORM_CONST_f64_16(c) ((cnorm_vf64_16){0} + (c))
+typedef uint32_t cnorm_vu32_32 __attribute__((vector_size(32)));
+typedef uint64_t cnorm_vu64_32 __attribute__((vector_size(32)));
+typedef uint32_t cnorm_vu32_16 __attribute__((vector_size(16)));
+typedef uint64_t cnorm_vu64_16 __attribute__((vector_size(16)));
+#define CNORM_SILU_F32_V(W, v) __extension__({ cnorm_vf32_##W o_;                             \
+    CNORM_SILU_EXPAND(o_, cnorm_vf32_##W, cnorm_vi32_##W, cnorm_vu32_##W, v, CNORM_SEL_i32_##W,  \
+                     CNORM_CONST_f32_##W, CNORM_SILU_ARGS_F32); o_; })
+#define CNORM_SILU_F64_V(W, v) __extension__({ cnorm_vf64_##W o_;                             \
+    CNORM_SILU_EXPAND(o_, cnorm_vf64_##W, cnorm_vi64_##W, cnorm_vu64_##W, v, CNORM_SEL_i64_##W,  \
+                     CNORM_CONST_f64_##W, CNORM_SILU_ARGS_F64); o_; })
+#define CNORM_SILU_f32_32(v) CNORM_SILU_F32_V(32, v)
+#define CNORM_SILU_f32_16(v) CNORM_SILU_F32_V(16, v)
+#define CNORM_SILU_f64_32(v) CNORM_SILU_F64_V(32, v)
+#define CNORM_SILU_f64_16(v) CNORM_SILU_F64_V(16, v)
+#endif
+
+/* Activation codes, as the kernels pass them. */
+#define CNORM_ACT_NONE 0
+#define CNORM_ACT_RELU 1
+#define CNORM_ACT_SILU 2
+#define CNORM_LOOP_BY_ACT(T, S, y, n, stream, BODY, act)                        \
+    do {                                                                        \
+        if ((act) == CNORM_ACT_RELU)                                            \
+            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, RELU);              \
+        else if ((act) == CNORM_ACT_SILU)                                       \
+            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, SILU);              \
+        else                                                                    \
+            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, ID);                \
+    } while (0)
+
 /* ---- batch norm: y = ((x - hi) - lo) * s + b, per run (one channel) ------- */
-#define CNORM_AFFINE(i, LD, ST, RELU) ST(y + i, ((LD(x + i) - hi) - lo) * s + b)
-#define CNORM_AFFINE_RELU(i, LD, ST, RELU) ST(y + i, RELU(((LD(x + i) - hi) - lo) * s + b))
+#define CNORM_AFFINE(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * s + b))
 
 /* ---- batch norm, row-major: the same with per-column coefficients -------- */
-#define CNORM_AFFINE_COLS(i, LD, ST, RELU)                                      \
-    ST(y + i, ((LD(x + i) - LD(hi + i)) - LD(lo + i)) * LD(s + i) + LD(b + i))
-#define CNORM_AFFINE_COLS_RELU(i, LD, ST, RELU)                                 \
-    ST(y + i, RELU(((LD(x + i) - LD(hi + i)) - LD(lo + i)) * LD(s + i) + LD(b + i)))
+#define CNORM_AFFINE_COLS(i, LD, ST, ACT)                                       \
+    ST(y + i, ACT(((LD(x + i) - LD(hi + i)) - LD(lo + i)) * LD(s + i) + LD(b + i)))
 
 /* ---- batch-norm backward: dx = (g * a - (x - hi) * bc) - cc, or g * a ----- */
 #define CNORM_GRAD(i, LD, ST, RELU) ST(dx + i, (LD(g + i) * a - (LD(x + i) - hi) * bc) - cc)
@@ -155,10 +276,10 @@ CNORM_VECTORS(16)
 #define CNORM_GRAD_COLS_FIXED(i, LD, ST, RELU) ST(dx + i, LD(g + i) * LD(a + i))
 
 /* ---- layer norm: y = ((x - hi) - lo) * r [* w] [+ b] ---------------------- */
-#define CNORM_LN_WB(i, LD, ST, RELU) ST(y + i, (((LD(x + i) - hi) - lo) * r) * LD(w + i) + LD(b + i))
-#define CNORM_LN_W(i, LD, ST, RELU) ST(y + i, (((LD(x + i) - hi) - lo) * r) * LD(w + i))
-#define CNORM_LN_B(i, LD, ST, RELU) ST(y + i, ((LD(x + i) - hi) - lo) * r + LD(b + i))
-#define CNORM_LN(i, LD, ST, RELU) ST(y + i, ((LD(x + i) - hi) - lo) * r)
+#define CNORM_LN_WB(i, LD, ST, ACT) ST(y + i, ACT((((LD(x + i) - hi) - lo) * r) * LD(w + i) + LD(b + i)))
+#define CNORM_LN_W(i, LD, ST, ACT) ST(y + i, ACT((((LD(x + i) - hi) - lo) * r) * LD(w + i)))
+#define CNORM_LN_B(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * r + LD(b + i)))
+#define CNORM_LN(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * r))
 
 /* ---- layer-norm backward: dx = ((g * w) * ra - ((x - hi) - lo) * rb) - rc - */
 #define CNORM_LN_DX(i, LD, ST, RELU)                                            \
@@ -166,21 +287,15 @@ CNORM_VECTORS(16)
 
 #define CNORM_DEFINE_OUTPUTS(T, S)                                              \
 static inline void cnorm_affine_##S(const T *x, T *y, ptrdiff_t n, T hi, T lo, T s, \
-                                    T b, int relu, int stream)                  \
+                                    T b, int act, int stream)                   \
 {                                                                               \
-    if (relu)                                                                   \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_AFFINE_RELU);               \
-    else                                                                        \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_AFFINE);                    \
+    CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_AFFINE, act);                   \
 }                                                                               \
 static inline void cnorm_affine_cols_##S(const T *x, T *y, ptrdiff_t n,         \
                                          const T *hi, const T *lo, const T *s,  \
-                                         const T *b, int relu, int stream)      \
+                                         const T *b, int act, int stream)       \
 {                                                                               \
-    if (relu)                                                                   \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_AFFINE_COLS_RELU);          \
-    else                                                                        \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_AFFINE_COLS);               \
+    CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_AFFINE_COLS, act);              \
 }                                                                               \
 static inline void cnorm_grad_##S(const T *g, const T *x, T *dx, ptrdiff_t n,   \
                                   T hi, T a, T bc, T cc, int training,          \
@@ -203,16 +318,16 @@ static inline void cnorm_grad_cols_##S(const T *g, const T *x, T *dx,           
 }                                                                               \
 static inline void cnorm_ln_affine_##S(const T *x, T *y, ptrdiff_t n, T hi,     \
                                        T lo, T r, const T *w, const T *b,       \
-                                       int stream)                              \
+                                       int act, int stream)                     \
 {                                                                               \
     if (w != NULL && b != NULL)                                                 \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_LN_WB);                     \
+        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_WB, act);                \
     else if (w != NULL)                                                         \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_LN_W);                      \
+        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_W, act);                 \
     else if (b != NULL)                                                         \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_LN_B);                      \
+        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_B, act);                 \
     else                                                                        \
-        CNORM_OUTPUT_LOOP(T, S, y, n, stream, CNORM_LN);                        \
+        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN, act);                   \
 }                                                                               \
 static inline void cnorm_ln_dx_##S(const T *g, const T *x, const T *w, T *dx,   \
                                    ptrdiff_t n, T hi, T lo, T ra, T rb, T rc,   \

@@ -1,4 +1,4 @@
-# Reduction helpers shared by every cnorm kernel (batch norm and layer norm).
+# Reduction and output helpers shared by every cnorm kernel.
 #
 # All of them are `inline noexcept nogil` and written once over the fused type
 # `floating`; arithmetic is carried out in float64.
@@ -20,14 +20,14 @@ cdef extern from "_stream.h":
 
 cdef extern from "_elementwise.h":
     void cnorm_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float s,
-                          float b, int relu, int stream) noexcept nogil
+                          float b, int act, int stream) noexcept nogil
     void cnorm_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
-                          double s, double b, int relu, int stream) noexcept nogil
+                          double s, double b, int act, int stream) noexcept nogil
     void cnorm_affine_cols_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
-                               const float* lo, const float* s, const float* b, int relu,
+                               const float* lo, const float* s, const float* b, int act,
                                int stream) noexcept nogil
     void cnorm_affine_cols_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
-                               const double* lo, const double* s, const double* b, int relu,
+                               const double* lo, const double* s, const double* b, int act,
                                int stream) noexcept nogil
     void cnorm_grad_f32(const float* g, const float* x, float* dx, Py_ssize_t n, float hi,
                         float a, float bc, float cc, int training, int stream) noexcept nogil
@@ -40,9 +40,10 @@ cdef extern from "_elementwise.h":
                              const double* hi, const double* a, const double* bc,
                              const double* cc, int training, int stream) noexcept nogil
     void cnorm_ln_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float r,
-                             const float* w, const float* b, int stream) noexcept nogil
+                             const float* w, const float* b, int act, int stream) noexcept nogil
     void cnorm_ln_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
-                             double r, const double* w, const double* b, int stream) noexcept nogil
+                             double r, const double* w, const double* b, int act,
+                             int stream) noexcept nogil
     void cnorm_ln_dx_f32(const float* g, const float* x, const float* w, float* dx, Py_ssize_t n,
                          float hi, float lo, float ra, float rb, float rc, int stream) noexcept nogil
     void cnorm_ln_dx_f64(const double* g, const double* x, const double* w, double* dx,
@@ -115,6 +116,12 @@ cdef inline size_t short_row_bytes(Py_ssize_t row_elems, Py_ssize_t itemsize) no
 cdef enum Method:
     TWO_PASS = 0
     WELFORD = 1
+
+
+cdef enum Activation:     # the epilogue of an output pass (CNORM_ACT_* in _elementwise.h)
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_SILU = 2
 
 
 # ---------------------------------------------------------------------------
@@ -472,33 +479,33 @@ ctypedef struct Affine:
     double shift
 
 
-cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p, bint relu,
+cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p, int act,
                             bint stream) noexcept nogil:
     """y = ((x - hi) - lo) * scale + shift [then ReLU] over a run; streaming stores
     for runs of at least STREAM_TILE elements when stream is set."""
     cdef bint st = stream and n >= STREAM_TILE
     if floating is float:
         cnorm_affine_f32(x, y, n, <float>p.hi, <float>p.lo, <float>p.scale, <float>p.shift,
-                         relu, st)
+                         act, st)
     else:
-        cnorm_affine_f64(x, y, n, p.hi, p.lo, p.scale, p.shift, relu, st)
+        cnorm_affine_f64(x, y, n, p.hi, p.lo, p.scale, p.shift, act, st)
     if st:
         cnorm_stream_fence()
 
 
 cdef inline void affine_columns(const floating* x, floating* y, Py_ssize_t n,
-                                const floating* cols, Py_ssize_t K, bint relu,
+                                const floating* cols, Py_ssize_t K, int act,
                                 bint stream) noexcept nogil:
     """n elements of a row of a row-major matrix; cols holds hi, lo, scale and
     shift (K each) for the row's columns."""
     if floating is float:
-        cnorm_affine_cols_f32(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, relu, stream)
+        cnorm_affine_cols_f32(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, act, stream)
     else:
-        cnorm_affine_cols_f64(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, relu, stream)
+        cnorm_affine_cols_f64(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, act, stream)
 
 
 cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
-                             Py_ssize_t R, Py_ssize_t K, const floating* cols, bint relu,
+                             Py_ssize_t R, Py_ssize_t K, const floating* cols, int act,
                              bint stream) noexcept nogil:
     """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each).
     Rows shorter than PREFETCH_BYTES are prefetched that far ahead, up to row R."""
@@ -508,6 +515,6 @@ cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_s
     for r in range(r0, r1):
         if r + pd < R:
             cnorm_prefetch(x + (r + pd) * K, pbytes)
-        affine_columns(x + r * K, y + r * K, K, cols, K, relu, stream)
+        affine_columns(x + r * K, y + r * K, K, cols, K, act, stream)
     if stream:
         cnorm_stream_fence()

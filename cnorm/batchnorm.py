@@ -14,7 +14,7 @@ from cnorm._checks import (
 )
 from cnorm._dispatch import kernels, stream_stores
 
-_batchnorm = kernels("_batchnorm")
+_kernels = kernels("_kernels")
 
 # method=None is two-pass, chosen by measurement (the method comparison in the
 # README): since output runs are prefetched for writing, Welford is slower for
@@ -91,14 +91,14 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             rm, rv = running_mean, running_var
             if rm is not None:
                 rm, rv = _c_contiguous(rm), _c_contiguous(rv)
-            _batchnorm.train(xc, y, n, c, m, weight, bias, rm, rv, mean, invstd, eps, momentum,
+            _kernels.bn_train(xc, y, n, c, m, weight, bias, rm, rv, mean, invstd, eps, momentum,
                              method, relu, stream_stores(2 * x.nbytes))
             if rm is not running_mean:
                 running_mean[...] = rm
             if rv is not running_var:
                 running_var[...] = rv
         else:
-            _batchnorm.inference(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu,
+            _kernels.bn_infer(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu,
                                  stream_stores(2 * x.nbytes))
     return deliver(out, y), mean, invstd
 
@@ -192,7 +192,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
                     and ready(bias, dt, c)):
                 y = np.empty(x.shape, dt)
                 if x.size:
-                    _batchnorm.inference(x, y, n, c, m, weight, bias, running_mean, running_var,
+                    _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean, running_var,
                                          eps, False, stream_stores(2 * x.nbytes))
                 return y
     y, _, _ = _forward(x, weight, bias, running_mean, running_var, bool_value(training, "training"),
@@ -304,6 +304,6 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     dbias = np.zeros(shape, dtype=x.dtype)
     if x.size:
         dyc = _c_contiguous(dy if dy.dtype == x.dtype else dy.astype(x.dtype))
-        _batchnorm.backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,
+        _kernels.bn_backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,
                             dbias, training, stream_stores(3 * x.nbytes))
     return BatchNormGrads(deliver(out, dx), dweight, dbias)

@@ -43,7 +43,7 @@ import cnorm
 from cnorm import _baselines as nb
 from cnorm._dispatch import _cache_bytes, isa
 from cnorm._openmp import parallel_copy
-from cnorm.batchnorm import _batchnorm
+from cnorm.batchnorm import _kernels
 
 OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward")
 
@@ -298,7 +298,7 @@ def _header(torch, threads, bandwidth, load=None, cpus=None):
     cpus = _cpus_available() if cpus is None else cpus
     load_s = "unknown" if load is None else f"{load:.2f}"
     lines = [
-        f"cnorm {cnorm.__version__} (kernels: {isa(_batchnorm)}), numpy {np.__version__}, "
+        f"cnorm {cnorm.__version__} (kernels: {isa(_kernels)}), numpy {np.__version__}, "
         f"torch {torch.__version__ if torch else _torch_error or 'not installed'}",
         f"threads: {threads} (OpenMP {'on' if cnorm.openmp_enabled() else 'off'}), "
         f"python {platform.python_version()}",
@@ -422,7 +422,7 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
     if json_path:
         meta = dict(cnorm=cnorm.__version__, numpy=np.__version__,
                     torch=torch.__version__ if torch else None, threads=threads,
-                    openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_batchnorm),
+                    openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_kernels),
                     copy_bandwidth=bandwidth, copy_bandwidth_end=bandwidth_end,
                     load_average=load, cpus_available=cpus, other_cpus=other_run, busy=busy,
                     llc_bytes=llc, rounds=rounds, unstable_spread=UNSTABLE_SPREAD)

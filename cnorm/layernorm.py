@@ -1,7 +1,7 @@
 """Layer normalization: the Python API.
 
 This layer checks every argument, allocates every output and picks the
-kernel; the arithmetic lives in ``cnorm/_layernorm_kernels.pxi``.
+kernel; the arithmetic lives in ``cnorm/_rows.pxi``.
 """
 
 from collections import namedtuple
@@ -14,7 +14,7 @@ from cnorm._checks import (
 )
 from cnorm._dispatch import kernels, stream_stores
 
-_layernorm = kernels("_layernorm")
+_kernels = kernels("_kernels")
 DEFAULT_METHOD = "two_pass"     # see the docstring of layer_norm
 
 __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward",
@@ -59,8 +59,9 @@ def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
         mean = np.empty(lead, dtype=x.dtype)
         rstd = np.empty(lead, dtype=x.dtype)
     if rows:
-        _layernorm.layer_norm(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
-                              weight, bias, mean, rstd, eps, method, stream_stores(2 * x.nbytes))
+        _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
+                           1, 1, True, 0, weight, bias, mean, rstd, eps, method,
+                           stream_stores(2 * x.nbytes))
     return deliver(out, dst), mean, rstd
 
 
@@ -124,8 +125,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
             y = np.empty(x.shape, dt)
             rows = x.size // normalized_shape
             if rows:
-                _layernorm.layer_norm(x, y, rows, normalized_shape, weight, bias, None, None,
-                                      eps, DEFAULT_METHOD, stream_stores(2 * x.nbytes))
+                _kernels.norm_rows(x, y, rows, normalized_shape, 1, 1, True, 0, weight, bias, None,
+                                   None, eps, DEFAULT_METHOD, stream_stores(2 * x.nbytes))
             return y
     return _forward(x, normalized_shape, weight, bias, eps, method, out, False)[0]
 
@@ -230,6 +231,6 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     rows = x.size // h
     if rows:
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
-        _layernorm.layer_norm_backward(dyc, np.ascontiguousarray(x), dst, rows, h, mean, rstd,
-                                       weight, dweight, dbias, stream_stores(3 * x.nbytes))
+        _kernels.norm_rows_backward(dyc, np.ascontiguousarray(x), dst, rows, h, 1, 1, mean, rstd,
+                                    weight, dweight, dbias, stream_stores(3 * x.nbytes))
     return LayerNormGrads(deliver(out, dst), dweight, dbias)

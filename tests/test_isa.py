@@ -20,11 +20,11 @@ def _both(name):
 
 
 def test_dispatch_picks_v3_where_supported_and_honours_the_override(monkeypatch):
-    mod = _dispatch.kernels("_batchnorm")
-    assert mod.__name__ == ("cnorm._batchnorm_v3" if cpu_has_v3() and importlib.util.find_spec(
-        "cnorm._batchnorm_v3") else "cnorm._batchnorm")
+    mod = _dispatch.kernels("_kernels")
+    assert mod.__name__ == ("cnorm._kernels_v3" if cpu_has_v3() and importlib.util.find_spec(
+        "cnorm._kernels_v3") else "cnorm._kernels")
     monkeypatch.setenv("CNORM_ISA", "baseline")
-    assert _dispatch.kernels("_batchnorm").__name__ == "cnorm._batchnorm"
+    assert _dispatch.kernels("_kernels").__name__ == "cnorm._kernels"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -32,7 +32,7 @@ def test_dispatch_picks_v3_where_supported_and_honours_the_override(monkeypatch)
 @pytest.mark.parametrize("shape,axis", [((8, 5, 9, 11), 1), ((64, 3, 300), 1), ((40, 7, 6, 13), -1),
                                         ((33, 70), 1)])
 def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype):
-    base, v3 = _both("_batchnorm")
+    base, v3 = _both("_kernels")
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -40,7 +40,7 @@ def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype
     w, b = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     results = []
     for mod in (base, v3):
-        monkeypatch.setattr(cnorm.batchnorm, "_batchnorm", mod)
+        monkeypatch.setattr(cnorm.batchnorm, "_kernels", mod)
         rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
         f = cnorm.batch_norm_forward(x, w, b, rm, rv, axis=axis, method=method)
         g = cnorm.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis)
@@ -54,7 +54,7 @@ def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype
 @pytest.mark.parametrize("method", ["two_pass", "welford"])
 @pytest.mark.parametrize("shape", [(50, 77), (4, 6, 300), (3, 5000)])
 def test_layer_norm_builds_agree_bitwise(monkeypatch, shape, method, dtype):
-    base, v3 = _both("_layernorm")
+    base, v3 = _both("_kernels")
     rng = np.random.default_rng(2)
     x = (rng.standard_normal(shape) + 10).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -62,7 +62,7 @@ def test_layer_norm_builds_agree_bitwise(monkeypatch, shape, method, dtype):
     w, b = rng.standard_normal(h).astype(dtype), rng.standard_normal(h).astype(dtype)
     results = []
     for mod in (base, v3):
-        monkeypatch.setattr(cnorm.layernorm, "_layernorm", mod)
+        monkeypatch.setattr(cnorm.layernorm, "_kernels", mod)
         f = cnorm.layer_norm_forward(x, h, w, b, method=method)
         g = cnorm.layer_norm_backward(dy, x, f.mean, f.rstd, w)
         results.append([f.y, f.mean, f.rstd, *g, cnorm.layer_norm(x, h, w, b)])

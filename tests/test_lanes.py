@@ -6,6 +6,7 @@ small library (the fallback with CNORM_LANES_SCALAR) and called through ctypes.
 """
 
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -175,12 +176,12 @@ EW_DRIVER = r"""
 #define CAT(a, b) CAT_(a, b)
 #define WRAP(T, S)                                                                   \
 void CAT(affine_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, double hi, double lo,   \
-                                double s, double b, int relu, int stream)            \
-{ cnorm_affine_##S(x, y, n, (T)hi, (T)lo, (T)s, (T)b, relu, stream); }              \
+                                double s, double b, int act, int stream)             \
+{ cnorm_affine_##S(x, y, n, (T)hi, (T)lo, (T)s, (T)b, act, stream); }               \
 void CAT(affine_cols_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, const T *hi,       \
-                                     const T *lo, const T *s, const T *b, int relu,  \
+                                     const T *lo, const T *s, const T *b, int act,   \
                                      int stream)                                     \
-{ cnorm_affine_cols_##S(x, y, n, hi, lo, s, b, relu, stream); }                      \
+{ cnorm_affine_cols_##S(x, y, n, hi, lo, s, b, act, stream); }                       \
 void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, T *dx, ptrdiff_t n, double hi,   \
                               double a, double bc, double cc, int training,          \
                               int stream)                                            \
@@ -191,8 +192,8 @@ void CAT(grad_cols_##S##_, SUFFIX)(const T *g, const T *x, T *dx, ptrdiff_t n,  
 { cnorm_grad_cols_##S(g, x, dx, n, hi, a, bc, cc, training, stream); }               \
 void CAT(ln_affine_##S##_, SUFFIX)(const T *x, T *y, ptrdiff_t n, double hi,           \
                                    double lo, double r, const T *w, const T *b,      \
-                                   int stream)                                       \
-{ cnorm_ln_affine_##S(x, y, n, (T)hi, (T)lo, (T)r, w, b, stream); }                  \
+                                   int act, int stream)                              \
+{ cnorm_ln_affine_##S(x, y, n, (T)hi, (T)lo, (T)r, w, b, act, stream); }             \
 void CAT(ln_dx_##S##_, SUFFIX)(const T *g, const T *x, const T *w, T *dx, ptrdiff_t n, \
                                double hi, double lo, double ra, double rb, double rc, \
                                int stream)                                           \
@@ -228,6 +229,52 @@ def _ew_call(lib, name, *args):
     f.argtypes = types
     f.restype = None
     f(*[None if a is None else (_p(a) if isinstance(a, np.ndarray) else a) for a in args])
+
+
+def silu_bits(v):
+    """SiLU as _elementwise.h computes it, in NumPy's IEEE operations of v's type and in
+    the same order: v / (exp(-v) + 1), exp by Cody-Waite reduction, a Taylor
+    polynomial and 2**k from its bits in two factors."""
+    t = v.dtype.type
+    f32 = v.dtype == np.float32
+    it, ut = (np.int32, np.uint32) if f32 else (np.int64, np.uint64)
+    lo_, hi_, log2e, magic, ln2hi, ln2lo, bias, shift = (
+        (-87.0, 89.0, 1.44269504088896341, 12582912.0, 0.693145751953125,
+         1.428606765330187045e-06, 127, 23) if f32 else
+        (-708.0, 710.0, 1.4426950408889634074, 6755399441055744.0, 6.93147180369123816490e-01,
+         1.90821492927058770002e-10, 1023, 52))
+    coef = ([1.0, 1.0, 0.5, 1.6666667163372e-1, 4.1666667908430e-2, 8.3333337679505e-3,
+             1.3888889225200e-3, 1.9841270113830e-4] if f32 else
+            [1.0, 1.0, 0.5] + [1.0 / math.factorial(k) for k in range(3, 14)])
+    with np.errstate(all="ignore"):
+        a = -v
+        a = np.where(a < t(lo_), t(lo_), a)
+        a = np.where(a > t(hi_), t(hi_), a)
+        tt = a * t(log2e) + t(magic)
+        k = tt - t(magic)
+        r = (a - k * t(ln2hi)) - k * t(ln2lo)
+        p = t(coef[-1])
+        for c in coef[-2::-1]:
+            p = t(c) + r * p
+        kb = tt.view(it) - np.array(magic, v.dtype).view(it)
+        h = kb >> 1
+        s1 = ((h + bias).astype(ut) << ut(shift)).view(v.dtype)
+        s2 = ((kb - h + bias).astype(ut) << ut(shift)).view(v.dtype)
+        return v / ((p * s1) * s2 + t(1))
+
+
+def test_silu_bits_is_silu():
+    """The bit-level model of the kernels' SiLU is SiLU, to 3 ulp (of a long-double
+    reference), with NaN, inf and the far tails as documented."""
+    for dtype in (np.float32, np.float64):
+        v = np.linspace(-80, 80, 200001).astype(dtype)
+        got = silu_bits(v)
+        wide = v.astype(np.longdouble)
+        want = wide / (1 + np.exp(-wide))
+        assert (np.abs(got - want) <= 3 * np.spacing(np.abs(want.astype(dtype)))).all()
+        edge = silu_bits(np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0], dtype))
+        assert np.isnan(edge[0]) and edge[1] == np.inf and np.isnan(edge[2])
+        assert edge[3] == dtype(1e4) and edge[4] == 0 and edge[5] == 0
 
 
 def _special(rng, n, dtype):
@@ -271,10 +318,18 @@ def test_output_loops_agree_bitwise(ew_lib, dtype, tag, n, offset):
             "grad fixed": (g * T["s"], "grad", (g, x, "Y", n, hi, s, b, r, 0)),
             "grad_cols": ((g * c1 - (x - c0) * c2) - c3, "grad_cols", (g, x, "Y", n, c0, c1, c2, c3, 1)),
             "grad_cols fixed": (g * c1, "grad_cols", (g, x, "Y", n, c0, c1, c2, c3, 0)),
-            "ln w b": (ln * c0 + c1, "ln_affine", (x, "Y", n, hi, lo, s, c0, c1)),
-            "ln w": (ln * c0, "ln_affine", (x, "Y", n, hi, lo, s, c0, None)),
-            "ln b": (ln + c1, "ln_affine", (x, "Y", n, hi, lo, s, None, c1)),
-            "ln": (ln, "ln_affine", (x, "Y", n, hi, lo, s, None, None)),
+            "affine silu": (silu_bits(affine), "affine", (x, "Y", n, hi, lo, s, b, 2)),
+            "silu": (silu_bits(x * t(1) + t(0)), "affine", (x, "Y", n, 0.0, 0.0, 1.0, 0.0, 2)),
+            "affine_cols silu": (silu_bits(affine_cols), "affine_cols",
+                                 (x, "Y", n, c0, c1, c2, c3, 2)),
+            "ln w b": (ln * c0 + c1, "ln_affine", (x, "Y", n, hi, lo, s, c0, c1, 0)),
+            "ln w": (ln * c0, "ln_affine", (x, "Y", n, hi, lo, s, c0, None, 0)),
+            "ln b": (ln + c1, "ln_affine", (x, "Y", n, hi, lo, s, None, c1, 0)),
+            "ln": (ln, "ln_affine", (x, "Y", n, hi, lo, s, None, None, 0)),
+            "ln w b relu": (np.where(ln * c0 + c1 < 0, t(0), ln * c0 + c1), "ln_affine",
+                            (x, "Y", n, hi, lo, s, c0, c1, 1)),
+            "ln w silu": (silu_bits(ln * c0), "ln_affine", (x, "Y", n, hi, lo, s, c0, None, 2)),
+            "ln silu": (silu_bits(ln), "ln_affine", (x, "Y", n, hi, lo, s, None, None, 2)),
             "ln_dx": (((g * c0) * T["s"] - ((x - T["hi"]) - T["lo"]) * T["b"]) - T["r"], "ln_dx",
                       (g, x, c0, "Y", n, hi, lo, s, b, r)),
         }

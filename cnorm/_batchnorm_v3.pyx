@@ -1,3 +1,0 @@
-"""Batch-normalization kernels, compiled for x86-64-v3 (AVX2, FMA) CPUs, chosen at import by cnorm._dispatch."""
-
-include "_batchnorm_kernels.pxi"

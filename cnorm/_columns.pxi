@@ -1,0 +1,278 @@
+# Column geometry: an (R, K) C-contiguous matrix whose statistics are per
+# column over its rows (batch norm's channels-last and (N, C) layouts, and the
+# channels-last group and instance norms, one sample at a time).  Column sums
+# go over tiles of rows with vector accumulators across columns; tiles depend
+# only on the shape and merge in a fixed order, so results do not depend on
+# the thread count.  The output passes take per-column coefficients.
+
+cdef enum:
+    COL_TILE = 1024       # columns per tile
+
+
+ctypedef struct Tiling:
+    Py_ssize_t tile      # columns per tile
+    Py_ssize_t ntile
+    Py_ssize_t rows      # rows per group
+    Py_ssize_t ngroup
+
+
+cdef inline Tiling make_tiling(Py_ssize_t R, Py_ssize_t K) noexcept nogil:
+    cdef Tiling t
+    t.tile = K if K < COL_TILE else COL_TILE
+    t.ntile = (K + t.tile - 1) // t.tile
+    # at most CHUNK rows: a group is one two-pass block (see tile_moments)
+    t.rows = ROW_GROUP // t.tile if ROW_GROUP // t.tile > 1 else 1
+    t.rows = t.rows if t.rows < CHUNK else CHUNK
+    t.ngroup = (R + t.rows - 1) // t.rows
+    return t
+
+
+cdef inline void prefetch_rows4(const floating* x, Py_ssize_t K, Py_ssize_t r, Py_ssize_t r1,
+                                size_t nbytes) noexcept nogil:
+    """Prefetch the first nbytes of rows r .. r + 3 of x (row stride K) that are below r1."""
+    cdef Py_ssize_t j
+    if nbytes != 0:
+        for j in range(r, r + 4 if r + 4 < r1 else r1):
+            cnorm_prefetch(x + j * K, nbytes)
+
+
+cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t ncol, int method, double* mean, double* m2,
+                       double* scratch) noexcept nogil:
+    """Column statistics of rows [r0, r1), columns [0, ncol) of x (row stride K);
+    scratch holds 2 * ncol values.  Each column's arithmetic is its own: the
+    result for a column does not depend on ncol or on the other columns."""
+    cdef Py_ssize_t r, c
+    cdef double k, inv, d, v, sd, sq
+    cdef double* f64 = scratch
+    cdef double* bq = scratch + ncol
+    cdef const floating* row
+    cdef bint ok
+    cdef double r4[4]
+    # the hardware prefetcher alone left these loops waiting on loads of x; four
+    # rows go at a time, so the distance is rounded up to a whole number of steps
+    cdef Py_ssize_t pd = (prefetch_rows(ncol, sizeof(floating)) + 3) // 4 * 4
+    cdef size_t pbytes = ncol * sizeof(floating)
+    if method == WELFORD:
+        for c in range(ncol):
+            mean[c] = 0.0
+            m2[c] = 0.0
+        k = 0.0
+        r = r0
+        while r + 4 <= r1:
+            prefetch_rows4(x, K, r + pd, r1, pbytes)
+            for c in range(4):
+                r4[c] = 1.0 / (k + (c + 1))
+            col_welford_x4(mean, m2, x + r * K, K, r4, ncol)
+            k = k + 4.0
+            r = r + 4
+        for r in range(r, r1):
+            row = x + r * K
+            k = k + 1.0
+            inv = 1.0 / k
+            for c in range(ncol):
+                v = row[c]
+                d = v - mean[c]
+                mean[c] = mean[c] + d * inv
+                m2[c] = m2[c] + d * (v - mean[c])
+        return
+    # two-pass: as in seq_moments, the first pass sums x - (the first row) and
+    # its squares, and a column gets a second pass only if one_pass_ok refuses it
+    row = x + r0 * K
+    for c in range(ncol):
+        mean[c] = 0.0
+        bq[c] = 0.0
+        f64[c] = row[c]
+    r = r0 + 1
+    while r + 4 <= r1:
+        prefetch_rows4(x, K, r + pd, r1, pbytes)
+        col_sum2_x4(mean, bq, x + r * K, K, f64, ncol)
+        r = r + 4
+    for r in range(r, r1):
+        col_sum2(mean, bq, x + r * K, f64, ncol)
+    inv = 1.0 / (r1 - r0)
+    ok = True
+    for c in range(ncol):
+        sd = mean[c]                      # the sum of x - first
+        sq = bq[c]                        # and of its squares
+        mean[c] = f64[c] + sd * inv
+        m2[c] = sq - sd * (sd * inv)
+        if not one_pass_ok(m2[c], sq, x):
+            m2[c] = -1.0                  # an accepted M2 is >= 0
+            ok = False
+    if not ok:                            # column by column: one bad column changes no other
+        for c in range(ncol):
+            if m2[c] < 0.0:
+                v = 0.0
+                for r in range(r0, r1):
+                    d = x[r * K + c] - mean[c]
+                    v += d * d
+                m2[c] = v
+
+
+cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int method, int nt,
+                        double* mean, double* m2) noexcept nogil:
+    """Column means and M2 of a C-contiguous (R, K) matrix (count R for every column)."""
+    cdef Tiling t = make_tiling(R, K)
+    cdef Py_ssize_t it, g, j, c0, nc, r0, r1
+    cdef double* part = <double*>malloc((2 * t.ngroup * K + 2 * nt * t.tile + 1) * sizeof(double))
+    cdef double* scratch
+    if part == NULL:
+        return -1
+    scratch = part + 2 * t.ngroup * K
+    for it in prange(t.ngroup * t.ntile, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        g = it // t.ntile
+        j = it - g * t.ntile
+        c0 = j * t.tile
+        nc = t.tile if c0 + t.tile <= K else K - c0
+        r0 = g * t.rows
+        r1 = r0 + t.rows if r0 + t.rows < R else R
+        tile_moments(x + c0, K, r0, r1, nc, method, part + 2 * g * K + c0,
+                     part + (2 * g + 1) * K + c0, scratch + 2 * t.tile * omp_get_thread_num())
+    for j in range(K):
+        mean[j] = part[j]
+        m2[j] = part[K + j]
+    for g in range(1, t.ngroup):
+        r0 = g * t.rows
+        r1 = r0 + t.rows if r0 + t.rows < R else R
+        merge_columns(mean, m2, <double>r0, part + 2 * g * K, part + (2 * g + 1) * K, <double>(r1 - r0), K)
+    free(part)
+    return 0
+
+
+cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssize_t K,
+                     const double* mu, int nt, double* sum_g, double* sum_gx) noexcept nogil:
+    """Column sums of g and of g * (x - mu) for C-contiguous (R, K) matrices."""
+    cdef Tiling t = make_tiling(R, K)
+    cdef Py_ssize_t it, gi, j, c, r, c0, c1, r0, r1
+    cdef Py_ssize_t pd = (prefetch_rows(t.tile, sizeof(floating)) + 3) // 4 * 4
+    cdef size_t pbytes = short_row_bytes(t.tile, sizeof(floating))
+    cdef double* part = <double*>malloc((2 * t.ngroup * K + 1) * sizeof(double))
+    cdef double* pg
+    cdef double* pgx
+    if part == NULL:
+        return -1
+    for it in prange(t.ngroup * t.ntile, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        gi = it // t.ntile
+        j = it - gi * t.ntile
+        c0 = j * t.tile
+        c1 = c0 + t.tile if c0 + t.tile <= K else K
+        r0 = gi * t.rows
+        r1 = r0 + t.rows if r0 + t.rows < R else R
+        pg = part + 2 * gi * K
+        pgx = part + (2 * gi + 1) * K
+        for c in range(c0, c1):
+            pg[c] = 0.0
+            pgx[c] = 0.0
+        r = r0
+        while r + 4 <= r1:
+            prefetch_rows4(g + c0, K, r + pd, R, pbytes)
+            prefetch_rows4(x + c0, K, r + pd, R, pbytes)
+            col_dot2_x4(pg + c0, pgx + c0, g + r * K + c0, x + r * K + c0, K, mu + c0, c1 - c0)
+            r = r + 4
+        for r in range(r, r1):
+            for c in range(c0, c1):
+                pg[c] += g[r * K + c]
+                pgx[c] += g[r * K + c] * (x[r * K + c] - mu[c])
+    for c in range(K):
+        sum_g[c] = 0.0
+        sum_gx[c] = 0.0
+    for gi in range(t.ngroup):
+        for c in range(K):
+            sum_g[c] += part[2 * gi * K + c]
+            sum_gx[c] += part[(2 * gi + 1) * K + c]
+    free(part)
+    return 0
+
+
+cdef inline Moments channel_moments(const double* mean, const double* m2, Py_ssize_t c,
+                                    Py_ssize_t M, double n) noexcept nogil:
+    """Merge the column statistics of channel c's M columns (count n each)."""
+    cdef Moments mo = moments_zero(), col
+    cdef Py_ssize_t m
+    col.n = n
+    for m in range(M):
+        col.mean = mean[c * M + m]
+        col.m2 = m2[c * M + m]
+        moments_merge(&mo, col)
+    return mo
+
+
+cdef inline void set_columns(double v0, double v1, double v2, double v3, Py_ssize_t k0,
+                             Py_ssize_t M, Py_ssize_t K, floating* cols) noexcept nogil:
+    """One channel's four parameters into its M columns k0 .. of the four per-column
+    arrays in cols (K each): hi, lo, scale, shift forward, hi, a, bc, cc backward."""
+    cdef Py_ssize_t k
+    for k in range(k0, k0 + M):
+        cols[k] = <floating>v0
+        cols[K + k] = <floating>v1
+        cols[2 * K + k] = <floating>v2
+        cols[3 * K + k] = <floating>v3
+
+
+cdef void normalize_rows(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t K,
+                         const floating* cols, int act, bint stream, int nt) noexcept nogil:
+    """cols holds hi, lo, scale, shift: four arrays of K."""
+    cdef Py_ssize_t rb = STREAM_TILE // K if STREAM_TILE // K > 1 else 1
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t b
+    for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        rows_affine(x, y, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, R, K, cols, act,
+                    stream)
+
+
+ctypedef struct Grad:
+    # dx = (g * a - (x - hi) * bc) - cc in training; dx = g * a otherwise
+    double hi
+    double a
+    double bc
+    double cc
+
+
+cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                          Grad q, bint training, bint stream) noexcept nogil:
+    """dx over a run (see Grad); streaming stores as in run_affine."""
+    cdef bint st = stream and n >= STREAM_TILE
+    if floating is float:
+        cnorm_grad_f32(g, x, dx, n, <float>q.hi, <float>q.a, <float>q.bc, <float>q.cc, training, st)
+    else:
+        cnorm_grad_f64(g, x, dx, n, q.hi, q.a, q.bc, q.cc, training, st)
+    if st:
+        cnorm_stream_fence()
+
+
+cdef inline void grad_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
+                           Py_ssize_t r1, Py_ssize_t R, Py_ssize_t K, const floating* cols,
+                           bint training, bint stream) noexcept nogil:
+    """dx over rows [r0, r1) of (R, K) matrices; cols holds hi, a, bc and cc (K each).
+    Rows are prefetched as in rows_affine."""
+    cdef Py_ssize_t r
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
+    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
+    for r in range(r0, r1):
+        if r + pd < R:
+            cnorm_prefetch(g + (r + pd) * K, pbytes)
+            cnorm_prefetch(x + (r + pd) * K, pbytes)
+        if floating is float:
+            cnorm_grad_cols_f32(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
+                                cols + 3 * K, training, stream)
+        else:
+            cnorm_grad_cols_f64(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
+                                cols + 3 * K, training, stream)
+    if stream:
+        cnorm_stream_fence()
+
+
+
+
+cdef void grad_rows_parallel(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
+                             Py_ssize_t K, const floating* cols, bint training, bint stream,
+                             int nt) noexcept nogil:
+    """dx of (R, K) matrices from per-column coefficients (see grad_rows), in blocks of
+    about STREAM_TILE elements."""
+    cdef Py_ssize_t rb = STREAM_TILE // K if STREAM_TILE // K > 1 else 1
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t b
+    for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        grad_rows(g, x, dx, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, R, K, cols,
+                  training, stream)

@@ -1,0 +1,28 @@
+# Stubs for the compiled kernels (cnorm._kernels and its _v3 build).
+# Private: the Python API validates every argument before calling these.
+import numpy as np
+import numpy.typing as npt
+
+_F = npt.NDArray[np.floating]
+
+def bn_train(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F | None,
+             running_mean: _F | None, running_var: _F | None, mean_out: _F | None,
+             invstd_out: _F | None, eps: float, momentum: float, method: str | None, act: int,
+             stream: bool) -> None: ...
+def bn_infer(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F | None,
+             running_mean: _F, running_var: _F, eps: float, act: int, stream: bool) -> None: ...
+def bn_backward(dy: _F, x: _F, dx: _F, N: int, C: int, M: int, mean: _F, invstd: _F,
+                weight: _F | None, dweight: _F, dbias: _F, training: bool,
+                stream: bool) -> None: ...
+def norm_rows(x: _F, y: _F, R: int, H: int, Q: int, run: int, centred: bool, act: int,
+              weight: _F | None, bias: _F | None, mean_out: _F | None, rstd_out: _F | None,
+              eps: float, method: str | None, stream: bool) -> None: ...
+def norm_rows_backward(dy: _F, x: _F, dx: _F, R: int, H: int, Q: int, run: int,
+                       mean: _F | None, rstd: _F, weight: _F | None, dweight: _F,
+                       dbias: _F | None, stream: bool) -> None: ...
+def norm_groups(x: _F, y: _F, N: int, HW: int, C: int, G: int, weight: _F | None,
+                bias: _F | None, mean_out: _F | None, rstd_out: _F | None, eps: float,
+                method: str | None, act: int, stream: bool) -> None: ...
+def norm_groups_backward(dy: _F, x: _F, dx: _F, N: int, HW: int, C: int, G: int, mean: _F,
+                         rstd: _F, weight: _F | None, dweight: _F, dbias: _F,
+                         stream: bool) -> None: ...

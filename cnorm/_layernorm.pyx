@@ -1,3 +1,0 @@
-"""Layer-normalization kernels, compiled for any CPU of the target architecture."""
-
-include "_layernorm_kernels.pxi"

@@ -1,3 +1,0 @@
-"""Layer-normalization kernels, compiled for x86-64-v3 (AVX2, FMA) CPUs, chosen at import by cnorm._dispatch."""
-
-include "_layernorm_kernels.pxi"

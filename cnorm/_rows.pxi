@@ -1,0 +1,341 @@
+# Row geometry: x viewed as a C-contiguous (R, S) matrix whose statistics are
+# per row over its S values.  Layer norm and RMS norm (one row per sample),
+# group norm (one row per (sample, group): S = C/G * H*W) and instance norm
+# (one row per (sample, channel)) in the channel-first layouts are all this.
+#
+# What tells them apart is a RowMap:
+# * centred: the statistics are the mean and variance (False for RMS norm,
+#   whose one statistic is the mean of squares, and whose mean is 0);
+# * Q and run: how parameters map onto a row.  Row r uses parameter set r % Q,
+#   of S / run parameters each, and `run` consecutive values share one
+#   parameter: run 1 is one parameter per position (layer norm, RMS norm),
+#   run H*W one per channel (group norm), run S one per row (instance norm);
+# * act: the activation applied in the output pass.
+#
+# A row's statistics come from the blocked helpers of _moments.pxd, and the
+# row is normalised right after, while it is in cache.  Results do not depend
+# on the thread count: rows are independent, and backward's parameter
+# gradients go through per-block or per-row partials merged in a fixed order.
+
+cdef enum:
+    MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
+    ROWS_WORK = 65536           # elements per row block, at least
+    PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
+                                # (see forward_row) and are never streamed (slower)
+
+
+ctypedef struct RowMap:
+    Py_ssize_t Q                # parameter sets, used by rows in turn
+    Py_ssize_t run              # values per parameter
+    bint centred                # subtract the mean (False: RMS norm)
+    int act                     # Activation of the output pass
+
+
+cdef inline bint streams_rows(Py_ssize_t H, bint stream, const floating* like) noexcept nogil:
+    """Whether rows of H elements get streaming stores: as the caller asks, except
+    rows of at most PREFETCH_WRITE_MAX bytes, which never do.  `like` only selects
+    the data type."""
+    return stream and H * <Py_ssize_t>sizeof(floating) > PREFETCH_WRITE_MAX
+
+
+cdef inline double row_mean_square(const floating* x, Py_ssize_t H) noexcept nogil:
+    """mean(x**2) of a row, summed in float64 lanes in a fixed order."""
+    cdef double a[LANES]
+    cdef double q[LANES]
+    cdef Py_ssize_t j
+    for j in range(LANES):
+        a[j] = 0.0
+        q[j] = 0.0
+    run_sum2(a, q, x, H, 0.0)
+    return lanes_total(q) / H
+
+
+cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
+                            const floating* w, const floating* b, int act,
+                            bint stream) noexcept nogil:
+    """y = act(((x - hi) - lo) * rstd [* w] [+ b]), with mean = hi + lo split in x's
+    type; w and b may each be NULL.  With mean 0 (RMS norm) this is x * rstd [* w]."""
+    cdef floating hi = <floating>mean
+    cdef floating lo = <floating>(mean - <double>hi)
+    if floating is float:
+        cnorm_ln_affine_f32(x, y, n, hi, lo, <float>rstd, w, b, act, stream)
+    else:
+        cnorm_ln_affine_f64(x, y, n, hi, lo, rstd, w, b, act, stream)
+
+
+cdef inline void runs_affine(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t run,
+                             double mean, double rstd, const floating* w, const floating* b,
+                             int act, bint stream) noexcept nogil:
+    """A row of H / run runs, run k scaled by rstd * w[k] and shifted by b[k]."""
+    cdef floating hi = <floating>mean
+    cdef floating lo = <floating>(mean - <double>hi)
+    cdef Py_ssize_t k
+    cdef double s, sh
+    for k in range(H // run):
+        s = rstd * (w[k] if w != NULL else 1.0)
+        sh = b[k] if b != NULL else 0.0
+        if floating is float:
+            cnorm_affine_f32(x + k * run, y + k * run, run, hi, lo, <float>s, <float>sh, act,
+                             stream)
+        else:
+            cnorm_affine_f64(x + k * run, y + k * run, run, hi, lo, s, sh, act, stream)
+
+
+cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
+                             const floating* b, floating* mean_out, floating* rstd_out,
+                             double eps, int method, bint stream, const floating* ahead,
+                             RowMap m) noexcept nogil:
+    """One row, with w and b its parameter set (or NULL); `ahead` (or NULL) is a later
+    row to prefetch while this one is normalised, so that memory keeps streaming
+    during the in-cache passes.
+
+    Plain stores read each line of y first, so y is prefetched for writing: a
+    row of up to PREFETCH_BYTES asks for its own lines before its statistics
+    passes, which hide the wait; one of up to PREFETCH_WRITE_MAX, too brief for
+    that, asks for the lines of the row `ahead`.  Longer rows prefetch nothing:
+    the hardware keeps up, and a burst for a whole long row stalls the loop."""
+    cdef Moments mo
+    cdef double mean, rstd
+    cdef Py_ssize_t t = 0, L
+    cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(floating)
+    cdef bint short_row = nbytes <= PREFETCH_BYTES
+    if not stream and short_row and nbytes > PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(y, nbytes)
+    if m.centred:
+        mo = chunked_moments(x, H, H, H, method)
+        mean = mo.mean
+        rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
+    else:
+        mean = 0.0
+        rstd = 1.0 / sqrt(row_mean_square(x, H) + eps)
+    if mean_out != NULL:
+        mean_out[0] = <floating>mean
+    if rstd_out != NULL:
+        rstd_out[0] = <floating>rstd
+    if m.run != 1:
+        runs_affine(x, y, H, m.run, mean, rstd, w, b, m.act, stream)
+        return
+    if not stream:
+        if ahead != NULL and short_row:
+            cnorm_prefetch(ahead, nbytes)
+            if nbytes <= PREFETCH_WRITE_MAX:
+                cnorm_prefetch_write(y + (ahead - x), nbytes)
+        row_affine(x, y, H, mean, rstd, w, b, m.act, False)
+        return
+    # streaming: the row ahead is prefetched a tile at a time, spread over the
+    # row; the caller fences once after its rows
+    while t < H:
+        L = STREAM_TILE if H - t > STREAM_TILE else H - t
+        if ahead != NULL:
+            cnorm_prefetch(ahead + t, L * sizeof(floating))
+        row_affine(x + t, y + t, L, mean, rstd, w + t if w != NULL else NULL,
+                   b + t if b != NULL else NULL, m.act, True)
+        t += L
+
+
+cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
+                       Py_ssize_t H, const floating* w, const floating* b, floating* mean_out,
+                       floating* rstd_out, double eps, int method, bint stream,
+                       RowMap m) noexcept nogil:
+    """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
+    when streaming, one fence after them (a fence per row is much slower)."""
+    cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
+    cdef Py_ssize_t r, p
+    cdef Py_ssize_t P = H // m.run          # parameters per set
+    for r in range(r0, r1):
+        p = (r % m.Q) * P
+        forward_row(x + r * H, y + r * H, H, w + p if w != NULL else NULL,
+                    b + p if b != NULL else NULL,
+                    mean_out + r if mean_out != NULL else NULL,
+                    rstd_out + r if rstd_out != NULL else NULL, eps, method, stream,
+                    x + (r + d) * H if r + d < R else NULL, m)
+    if stream:
+        cnorm_stream_fence()
+
+
+cdef void rows_forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H,
+                       const floating* w, const floating* b, floating* mean_out,
+                       floating* rstd_out, double eps, int method, bint stream, RowMap m,
+                       int nt) noexcept nogil:
+    # one contiguous block of rows per thread, as a static schedule over rows gives
+    cdef Py_ssize_t rb = (R + nt - 1) // nt
+    cdef Py_ssize_t k
+    stream = streams_rows(H, stream, x)
+    if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
+        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, eps, method, stream, m)
+        return
+    for k in prange(nt, num_threads=nt, schedule='static'):
+        forward_rows(x, y, k * rb, (k + 1) * rb if (k + 1) * rb < R else R, R, H, w, b,
+                     mean_out, rstd_out, eps, method, stream, m)
+
+
+# ---------------------------------------------------------------------------
+# Backward.  With g = dy * w (w per value, by the RowMap) and, per row,
+# xhat = (x - mean) * rstd (mean 0 when not centred):
+#     dx = rstd * (g - [mean(g)] - xhat * mean(g * xhat))
+# where the mean(g) term is there only when centred.  dweight = sum(dy * xhat)
+# and dbias = sum(dy), per parameter, over the rows that use it.
+# ---------------------------------------------------------------------------
+
+cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
+                              double mean, double rstd, const floating* w, double* dw,
+                              double* db, bint centred, bint stream) noexcept nogil:
+    """dx of one row with a parameter per position, and its terms of dweight and
+    dbias (w: the weight, or ones)."""
+    cdef double sums[2]
+    cdef double sum_g, sum_gx
+    cdef floating hi = <floating>mean
+    cdef floating lo = <floating>(mean - <double>hi)
+    cdef floating ra, rb, rc
+    # As in forward_row, only a short row asks for dx's lines before its sums pass:
+    # longer rows were slower with it (dx likely evicting g and x from L1).
+    if not stream and H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(dx, H * sizeof(floating))
+    # every sum before any dx: dx may be the very buffer of g or x
+    row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
+    sum_g = sums[0]
+    sum_gx = sums[1]
+    # dx = rstd * (g*w - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
+    ra = <floating>rstd
+    rb = <floating>(rstd * rstd * rstd * sum_gx / H)
+    rc = <floating>(rstd * sum_g / H) if centred else <floating>0
+    if floating is float:
+        cnorm_ln_dx_f32(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
+    else:
+        cnorm_ln_dx_f64(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
+
+
+cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
+                                Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const floating* mean,
+                                const floating* rstd, const floating* w, double* part,
+                                bint stream) noexcept nogil:
+    """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H].
+    mean NULL: not centred."""
+    cdef Py_ssize_t i, r
+    cdef Py_ssize_t r1 = (k + 1) * rb if (k + 1) * rb < R else R
+    cdef double* dw = part + 2 * k * H
+    cdef double* db = part + (2 * k + 1) * H
+    for i in range(2 * H):
+        dw[i] = 0.0
+    for r in range(k * rb, r1):
+        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r] if mean != NULL else 0.0,
+                     rstd[r], w, dw, db, mean != NULL, stream)
+    if stream:
+        cnorm_stream_fence()
+
+
+cdef int rows_backward_positions(const floating* g, const floating* x, floating* dx,
+                                 Py_ssize_t R, Py_ssize_t H, const floating* mean,
+                                 const floating* rstd, const floating* w, floating* dweight,
+                                 floating* dbias, bint stream, int nt) noexcept nogil:
+    """Backward of rows with one parameter set of a parameter per position (Q = 1,
+    run = 1: layer norm, RMS norm).  mean NULL: not centred."""
+    # Row blocks: at least ROWS_WORK elements each, at most MAX_COLUMN_BLOCKS of them;
+    # both bounds depend on the shape alone.
+    cdef Py_ssize_t rb = (ROWS_WORK + H - 1) // H
+    cdef Py_ssize_t nblk, k, i
+    cdef double* part
+    cdef floating* ones = NULL
+    cdef double sw, sb
+    stream = streams_rows(H, stream, x)
+    if rb * MAX_COLUMN_BLOCKS < R:
+        rb = (R + MAX_COLUMN_BLOCKS - 1) // MAX_COLUMN_BLOCKS
+    nblk = (R + rb - 1) // rb
+    part = <double*>malloc((2 * nblk * H + 1) * sizeof(double))
+    if part == NULL:
+        return -1
+    if w == NULL:   # no weight: the same loops, with ones
+        ones = <floating*>malloc(H * sizeof(floating))
+        if ones == NULL:
+            free(part)
+            return -1
+        for i in range(H):
+            ones[i] = 1
+        w = ones
+    # One loop for every thread count: GCC compiled a separate serial loop (as
+    # forward has) with an inlined backward_block far worse than the parallel one.
+    for k in prange(nblk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream)
+    for i in range(H):
+        sw = 0.0
+        sb = 0.0
+        for k in range(nblk):
+            sw += part[2 * k * H + i]
+            sb += part[(2 * k + 1) * H + i]
+        dweight[i] = <floating>sw
+        if dbias != NULL:
+            dbias[i] = <floating>sb
+    free(part)
+    free(ones)
+    return 0
+
+
+cdef inline void backward_runs_row(const floating* g, const floating* x, floating* dx,
+                                   Py_ssize_t H, Py_ssize_t run, double mean, double rstd,
+                                   const floating* w, double* sums, bint stream) noexcept nogil:
+    """dx of one centred row of H / run runs, run k with weight w[k] (w NULL: ones);
+    sums[2k], sums[2k + 1] receive run k's sum(dy) and sum(dy * (x - mean))."""
+    cdef double a[LANES]
+    cdef double c[LANES]
+    cdef double A = 0.0, B = 0.0, wk, sg, sgx, bc, cc
+    cdef Py_ssize_t k, j, P = H // run
+    cdef floating hi = <floating>mean
+    # every sum before any dx: dx may be the very buffer of g or x
+    for k in range(P):
+        for j in range(LANES):
+            a[j] = 0.0
+            c[j] = 0.0
+        run_dot2(a, c, g + k * run, x + k * run, run, mean)
+        sg = lanes_total(a)
+        sgx = lanes_total(c)
+        sums[2 * k] = sg
+        sums[2 * k + 1] = sgx
+        wk = w[k] if w != NULL else 1.0
+        A += wk * sg
+        B += wk * sgx
+    # dx = (dy * rstd * w_k - (x - mean) * rstd**3 * B / H) - rstd * A / H
+    bc = rstd * rstd * rstd * B / H
+    cc = rstd * A / H
+    for k in range(P):
+        wk = w[k] if w != NULL else 1.0
+        if floating is float:
+            cnorm_grad_f32(g + k * run, x + k * run, dx + k * run, run, hi, <float>(rstd * wk),
+                           <float>bc, <float>cc, 1, stream)
+        else:
+            cnorm_grad_f64(g + k * run, x + k * run, dx + k * run, run, hi, rstd * wk, bc, cc,
+                           1, stream)
+
+
+cdef int rows_backward_runs(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
+                            Py_ssize_t H, const floating* mean, const floating* rstd,
+                            const floating* w, floating* dweight, floating* dbias, RowMap m,
+                            bint stream, int nt) noexcept nogil:
+    """Backward of centred rows with Q parameter sets of H / run parameters (group
+    norm, instance norm).  Each row's run sums are kept, then summed per parameter
+    over the rows that use it, in row order."""
+    cdef Py_ssize_t P = H // m.run
+    cdef Py_ssize_t r, p, q, k
+    cdef double sw, sb
+    cdef double* part = <double*>malloc((2 * R * P + 1) * sizeof(double))
+    if part == NULL:
+        return -1
+    stream = streams_rows(H, stream, x)
+    for r in prange(R, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        backward_runs_row(g + r * H, x + r * H, dx + r * H, H, m.run, mean[r], rstd[r],
+                          w + (r % m.Q) * P if w != NULL else NULL, part + 2 * r * P, stream)
+        if stream:
+            cnorm_stream_fence()
+    for p in range(m.Q * P):
+        q = p // P
+        k = p - q * P
+        sw = 0.0
+        sb = 0.0
+        r = q
+        while r < R:
+            sw += part[2 * (r * P + k) + 1] * rstd[r]
+            sb += part[2 * (r * P + k)]
+            r += m.Q
+        dweight[p] = <floating>sw
+        dbias[p] = <floating>sb
+    free(part)
+    return 0

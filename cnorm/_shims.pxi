@@ -1,0 +1,136 @@
+# ---------------------------------------------------------------------------
+# Python-facing shims of the row and group kernels.  The Python layer has
+# validated every argument (arrays C-contiguous, of x's dtype and the right
+# sizes) and planned the call; the shims pick the dtype, release the GIL and
+# call a kernel.
+# ---------------------------------------------------------------------------
+
+cdef inline RowMap row_map(Py_ssize_t Q, Py_ssize_t run, bint centred, int act) noexcept:
+    cdef RowMap m
+    m.Q = Q
+    m.run = run
+    m.centred = centred
+    m.act = act
+    return m
+
+
+cdef inline void _rows_dispatch(cnp.ndarray x, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
+                                void* pw, void* pb, void* pm, void* pr, double eps, int meth,
+                                bint stream, RowMap m, int nt) noexcept nogil:
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        rows_forward[float](<float*>px, <float*>py, R, H, <float*>pw, <float*>pb, <float*>pm,
+                            <float*>pr, eps, meth, stream, m, nt)
+    else:
+        rows_forward[double](<double*>px, <double*>py, R, H, <double*>pw, <double*>pb,
+                             <double*>pm, <double*>pr, eps, meth, stream, m, nt)
+
+
+def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize_t Q,
+              Py_ssize_t run, bint centred, int act, weight, bias, mean_out, rstd_out,
+              double eps, method, bint stream):
+    """Forward of the row geometry (see _rows.pxi)."""
+    cdef int meth = method_code(method)
+    cdef int nt = threads_for(R * H)
+    cdef RowMap m = row_map(Q, run, centred, act)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* pw = data(weight)
+    cdef void* pb = data(bias)
+    cdef void* pm = data(mean_out)
+    cdef void* pr = data(rstd_out)
+    if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
+        _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt)
+    else:
+        with nogil:
+            _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt)
+
+
+def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
+                       Py_ssize_t H, Py_ssize_t Q, Py_ssize_t run, mean, rstd, weight,
+                       dweight, dbias, bint stream):
+    """Backward of the row geometry; mean None means not centred (RMS norm)."""
+    cdef int nt = threads_for(R * H)
+    cdef RowMap m = row_map(Q, run, mean is not None, 0)
+    cdef bint positions = Q == 1 and run == 1
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pm = data(mean)
+    cdef void* pr = data(rstd)
+    cdef void* pw = data(weight)
+    cdef void* pdw = data(dweight)
+    cdef void* pdb = data(dbias)
+    cdef int rc
+    with nogil:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            if positions:
+                rc = rows_backward_positions[float](<float*>pg, <float*>px, <float*>pdx, R, H,
+                                                    <float*>pm, <float*>pr, <float*>pw,
+                                                    <float*>pdw, <float*>pdb, stream, nt)
+            else:
+                rc = rows_backward_runs[float](<float*>pg, <float*>px, <float*>pdx, R, H,
+                                               <float*>pm, <float*>pr, <float*>pw, <float*>pdw,
+                                               <float*>pdb, m, stream, nt)
+        else:
+            if positions:
+                rc = rows_backward_positions[double](<double*>pg, <double*>px, <double*>pdx, R,
+                                                     H, <double*>pm, <double*>pr, <double*>pw,
+                                                     <double*>pdw, <double*>pdb, stream, nt)
+            else:
+                rc = rows_backward_runs[double](<double*>pg, <double*>px, <double*>pdx, R, H,
+                                                <double*>pm, <double*>pr, <double*>pw,
+                                                <double*>pdw, <double*>pdb, m, stream, nt)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for a backward pass")
+
+
+def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C,
+                Py_ssize_t G, weight, bias, mean_out, rstd_out, double eps, method, int act,
+                bint stream):
+    """Forward of channels-last group (and instance) norm (see _groups.pxi)."""
+    cdef int meth = method_code(method)
+    cdef int nt = threads_for(N * HW * C)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* pw = data(weight)
+    cdef void* pb = data(bias)
+    cdef void* pm = data(mean_out)
+    cdef void* pr = data(rstd_out)
+    cdef int rc
+    with nogil:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            rc = groups_forward[float](<float*>px, <float*>py, N, HW, C, G, <float*>pw,
+                                       <float*>pb, <float*>pm, <float*>pr, eps, meth, act,
+                                       stream, nt)
+        else:
+            rc = groups_forward[double](<double*>px, <double*>py, N, HW, C, G, <double*>pw,
+                                        <double*>pb, <double*>pm, <double*>pr, eps, meth, act,
+                                        stream, nt)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
+
+
+def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N,
+                         Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G, mean, rstd, weight,
+                         dweight, dbias, bint stream):
+    cdef int nt = threads_for(N * HW * C)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pm = data(mean)
+    cdef void* pr = data(rstd)
+    cdef void* pw = data(weight)
+    cdef void* pdw = data(dweight)
+    cdef void* pdb = data(dbias)
+    cdef int rc
+    with nogil:
+        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+            rc = groups_backward[float](<float*>pg, <float*>px, <float*>pdx, N, HW, C, G,
+                                        <float*>pm, <float*>pr, <float*>pw, <float*>pdw,
+                                        <float*>pdb, stream, nt)
+        else:
+            rc = groups_backward[double](<double*>pg, <double*>px, <double*>pdx, N, HW, C, G,
+                                         <double*>pm, <double*>pr, <double*>pw, <double*>pdw,
+                                         <double*>pdb, stream, nt)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
