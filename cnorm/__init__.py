@@ -1,4 +1,4 @@
-"""cnorm: batch and layer normalization for NumPy, with OpenMP-parallel Cython kernels."""
+"""cnorm: batch, layer, group, instance and RMS normalization for NumPy, with OpenMP kernels."""
 
 try:
     from cnorm._openmp import get_num_threads, openmp_enabled, set_num_threads
@@ -12,10 +12,18 @@ except ModuleNotFoundError as e:     # a source checkout whose kernels were neve
 from cnorm.batchnorm import (
     BatchNormGrads, BatchNormOutput, batch_norm, batch_norm_backward, batch_norm_forward,
 )
+from cnorm.groupnorm import (
+    GroupNormGrads, GroupNormOutput, InstanceNormGrads, InstanceNormOutput, group_norm,
+    group_norm_backward, group_norm_forward, instance_norm, instance_norm_backward,
+    instance_norm_forward,
+)
 from cnorm.layernorm import (
     LayerNormGrads, LayerNormOutput, layer_norm, layer_norm_backward, layer_norm_forward,
 )
-from cnorm.layers import BatchNorm, LayerNorm, fold_batch_norm
+from cnorm.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, fold_batch_norm
+from cnorm.rmsnorm import (
+    RMSNormGrads, RMSNormOutput, rms_norm, rms_norm_backward, rms_norm_forward,
+)
 
 __version__ = "0.1.0"
 
@@ -40,8 +48,26 @@ __all__ = [
     "layer_norm_backward",
     "LayerNormOutput",
     "LayerNormGrads",
+    "group_norm",
+    "group_norm_forward",
+    "group_norm_backward",
+    "GroupNormOutput",
+    "GroupNormGrads",
+    "instance_norm",
+    "instance_norm_forward",
+    "instance_norm_backward",
+    "InstanceNormOutput",
+    "InstanceNormGrads",
+    "rms_norm",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "RMSNormOutput",
+    "RMSNormGrads",
     "BatchNorm",
     "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "RMSNorm",
     "fold_batch_norm",
     "get_num_threads",
     "set_num_threads",

@@ -62,3 +62,54 @@ def layer_norm_backward(dy, x, mean, rstd, weight):
                   - xhat * (g * xhat).sum(axis=axes, keepdims=True))
     lead = tuple(range(x.ndim - k))
     return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
+
+
+def _groups(x, num_groups, axis):
+    """x as (N, G, C/G, S) with the channels moved to axis 1 (a view or a copy)."""
+    xm = np.moveaxis(x, axis, 1)
+    n, c = xm.shape[:2]
+    return xm.reshape(n, num_groups, c // num_groups, -1), xm.shape
+
+
+def group_norm(x, num_groups, weight, bias, eps=1e-5, axis=1, silu=False):
+    v, moved = _groups(x, num_groups, axis)
+    mean = v.mean(axis=(2, 3), keepdims=True)
+    var = v.var(axis=(2, 3), keepdims=True)
+    g, cg = v.shape[1:3]
+    y = ((v - mean) / np.sqrt(var + eps) * weight.reshape(1, g, cg, 1)
+         + bias.reshape(1, g, cg, 1)).reshape(moved)
+    if silu:
+        y = y / (1 + np.exp(-y))
+    return np.moveaxis(y, 1, axis)
+
+
+def group_norm_backward(dy, x, mean, rstd, weight, axis=1):
+    g = mean.shape[1]
+    v, moved = _groups(x, g, axis)
+    gv, _ = _groups(dy, g, axis)
+    cg, s = v.shape[2:]
+    xhat = (v - mean[:, :, None, None]) * rstd[:, :, None, None]
+    gw = gv * weight.reshape(1, g, cg, 1)
+    m = cg * s
+    dx = rstd[:, :, None, None] / m * (m * gw - gw.sum(axis=(2, 3), keepdims=True)
+                                       - xhat * (gw * xhat).sum(axis=(2, 3), keepdims=True))
+    return (np.moveaxis(dx.reshape(moved), 1, axis), (gv * xhat).sum(axis=(0, 3)).reshape(-1),
+            gv.sum(axis=(0, 3)).reshape(-1))
+
+
+def instance_norm(x, eps=1e-5, axis=1):
+    return group_norm(x, x.shape[axis], np.ones(x.shape[axis], x.dtype),
+                      np.zeros(x.shape[axis], x.dtype), eps, axis)
+
+
+def rms_norm(x, weight, eps):
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * weight
+
+
+def rms_norm_backward(dy, x, rstd, weight):
+    r = rstd[..., None]
+    xhat = x * r
+    g = dy * weight
+    dx = r * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    lead = tuple(range(x.ndim - 1))
+    return dx, (dy * xhat).sum(axis=lead)

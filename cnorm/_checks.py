@@ -241,3 +241,23 @@ def bool_value(v, name):
     if v is True or v is False or isinstance(v, (bool, np.bool_)):
         return bool(v)
     raise TypeError(f"{name} must be a bool, got {_type_name(v)}")
+
+
+ACTIVATIONS = {None: 0, "relu": 1, "silu": 2}   # the kernels' activation codes
+
+
+def activation_value(activation, relu=False):
+    """The kernels' code of an output activation: None, 'relu' or 'silu'.  relu=True is
+    another spelling of activation='relu' (batch norm's older argument)."""
+    relu = relu if relu is False else bool_value(relu, "relu")
+    if activation is None:
+        return 1 if relu else 0
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None, 'relu' or 'silu', got "
+                        f"{_type_name(activation)}")
+    code = ACTIVATIONS.get(activation)
+    if code is None:
+        raise ValueError(f"activation must be None, 'relu' or 'silu', got {activation!r}")
+    if relu and code != 1:
+        raise ValueError(f"relu=True contradicts activation={activation!r}: give one of them")
+    return code

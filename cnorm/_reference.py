@@ -12,7 +12,10 @@ Batch normalization (per channel ``c``, over every other axis)::
     y        = (x - mean_c) * invstd_c * weight_c + bias_c
 
 Layer normalization (per sample, over the trailing ``k`` dimensions) uses the
-same formulas with the roles of the axes swapped.
+same formulas with the roles of the axes swapped.  Group normalization takes
+them per (sample, group of channels), instance normalization per (sample,
+channel), and RMS normalization divides by ``sqrt(mean(x ** 2) + eps)``
+without centring.  An activation (ReLU or SiLU) applies to y.
 
 The functions return float64 arrays; callers compare them with cnorm's
 results using a tolerance suited to the input dtype.
@@ -30,6 +33,13 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "exact_mean_var",
+    "activation",
+    "group_norm",
+    "group_norm_backward",
+    "instance_norm",
+    "instance_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
 ]
 
 
@@ -159,3 +169,101 @@ def exact_mean_var(values):
     mean = math.fsum(v) / v.size
     var = math.fsum((v - mean) ** 2) / v.size
     return mean, var
+
+
+def activation(y, name=None):
+    """y after the activation `name` (None, 'relu' or 'silu'), in float64."""
+    y = np.asarray(y, dtype=np.float64)
+    if name is None:
+        return y
+    if name == "relu":
+        return np.where(y < 0, 0.0, y)
+    if name == "silu":
+        with np.errstate(over="ignore"):
+            return y / (1.0 + np.exp(-y))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _groups_view(x, num_groups, axis):
+    """x in float64 as (N, G, C/G, S): channels moved to axis 1, the rest flattened."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 1)
+    n, c = x.shape[:2]
+    return x.reshape(n, num_groups, c // num_groups, -1), x.shape
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, axis=1):
+    """Group norm of x (N, C, ...) with channel axis `axis`: statistics per sample and
+    group of C / num_groups channels.  Returns ``(y, mean, rstd)``, the statistics of
+    shape (N, num_groups)."""
+    v, moved = _groups_view(x, num_groups, axis)
+    n, g, cg, _ = v.shape
+    mean = v.mean(axis=(2, 3))
+    var = ((v - mean[:, :, None, None]) ** 2).mean(axis=(2, 3))
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (v - mean[:, :, None, None]) * rstd[:, :, None, None]
+    c = g * cg
+    y = y * _per_channel(weight, c, 1.0).reshape(1, g, cg, 1)
+    y = y + _per_channel(bias, c, 0.0).reshape(1, g, cg, 1)
+    return np.moveaxis(y.reshape(moved), 1, axis), mean, rstd
+
+
+def group_norm_backward(dy, x, mean, rstd, weight=None, axis=1):
+    """Gradients of group norm.  Returns ``(dx, dweight, dbias)``."""
+    mean = np.asarray(mean, dtype=np.float64)
+    rstd = np.asarray(rstd, dtype=np.float64)
+    g = mean.shape[1]
+    v, moved = _groups_view(x, g, axis)
+    gv, _ = _groups_view(dy, g, axis)
+    n, _, cg, s = v.shape
+    xhat = (v - mean[:, :, None, None]) * rstd[:, :, None, None]
+    w = _per_channel(weight, g * cg, 1.0).reshape(1, g, cg, 1)
+    gw = gv * w
+    m = cg * s
+    dx = rstd[:, :, None, None] / m * (m * gw - gw.sum(axis=(2, 3), keepdims=True)
+                                       - xhat * (gw * xhat).sum(axis=(2, 3), keepdims=True))
+    dweight = (gv * xhat).sum(axis=(0, 3)).reshape(-1)
+    dbias = gv.sum(axis=(0, 3)).reshape(-1)
+    return np.moveaxis(dx.reshape(moved), 1, axis), dweight, dbias
+
+
+def instance_norm(x, weight=None, bias=None, eps=1e-5, axis=1):
+    """Instance norm: group norm with one channel per group.  Returns ``(y, mean, rstd)``
+    with statistics of shape (N, C)."""
+    c = np.shape(x)[axis]
+    return group_norm(x, c, weight, bias, eps, axis)
+
+
+def instance_norm_backward(dy, x, mean, rstd, weight=None, axis=1):
+    """Gradients of instance norm.  Returns ``(dx, dweight, dbias)``."""
+    return group_norm_backward(dy, x, mean, rstd, weight, axis)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """RMS norm over the trailing dimensions: ``y = x / sqrt(mean(x**2) + eps) * weight``.
+
+    eps None is the machine epsilon of x's dtype (float32's for 16-bit floats).
+    Returns ``(y, rstd)``, rstd of the leading shape."""
+    shape = (normalized_shape,) if np.ndim(normalized_shape) == 0 else tuple(normalized_shape)
+    if eps is None:
+        dt = np.asarray(x).dtype
+        eps = float(np.finfo(dt if dt.itemsize >= 4 else np.float32).eps)
+    rows, lead = _rows(x, len(shape))
+    rstd = 1.0 / np.sqrt((rows ** 2).mean(axis=1, keepdims=True) + eps)
+    y = rows * rstd
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=np.float64).reshape(-1)
+    return y.reshape(np.shape(x)), rstd.reshape(lead)
+
+
+def rms_norm_backward(dy, x, rstd, weight=None):
+    """Gradients of RMS norm.  Returns ``(dx, dweight)``."""
+    k = np.ndim(x) - np.ndim(rstd)
+    rows, _ = _rows(x, k)
+    g_rows, _ = _rows(dy, k)
+    rstd = np.asarray(rstd, dtype=np.float64).reshape(-1, 1)
+    h = rows.shape[1]
+    g = g_rows if weight is None else g_rows * np.asarray(weight, dtype=np.float64).reshape(-1)
+    xhat = rows * rstd
+    dx = rstd * (g - xhat * (g * xhat).sum(axis=1, keepdims=True) / h)
+    dweight = (g_rows * xhat).sum(axis=0).reshape(np.shape(x)[np.ndim(x) - k:])
+    return dx.reshape(np.shape(x)), dweight

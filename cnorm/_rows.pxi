@@ -83,8 +83,8 @@ cdef inline void runs_affine(const floating* x, floating* y, Py_ssize_t H, Py_ss
 
 cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
                              const floating* b, floating* mean_out, floating* rstd_out,
-                             double eps, int method, bint stream, const floating* ahead,
-                             RowMap m) noexcept nogil:
+                             floating* var_out, double eps, int method, bint stream,
+                             const floating* ahead, RowMap m) noexcept nogil:
     """One row, with w and b its parameter set (or NULL); `ahead` (or NULL) is a later
     row to prefetch while this one is normalised, so that memory keeps streaming
     during the in-cache passes.
@@ -95,7 +95,7 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     that, asks for the lines of the row `ahead`.  Longer rows prefetch nothing:
     the hardware keeps up, and a burst for a whole long row stalls the loop."""
     cdef Moments mo
-    cdef double mean, rstd
+    cdef double mean, var, rstd
     cdef Py_ssize_t t = 0, L
     cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(floating)
     cdef bint short_row = nbytes <= PREFETCH_BYTES
@@ -104,14 +104,17 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     if m.centred:
         mo = chunked_moments(x, H, H, H, method)
         mean = mo.mean
-        rstd = 1.0 / sqrt(mo.m2 / mo.n + eps)
+        var = mo.m2 / mo.n
     else:
         mean = 0.0
-        rstd = 1.0 / sqrt(row_mean_square(x, H) + eps)
+        var = row_mean_square(x, H)
+    rstd = 1.0 / sqrt(var + eps)
     if mean_out != NULL:
         mean_out[0] = <floating>mean
     if rstd_out != NULL:
         rstd_out[0] = <floating>rstd
+    if var_out != NULL:
+        var_out[0] = <floating>var
     if m.run != 1:
         runs_affine(x, y, H, m.run, mean, rstd, w, b, m.act, stream)
         return
@@ -135,8 +138,8 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
 
 cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
                        Py_ssize_t H, const floating* w, const floating* b, floating* mean_out,
-                       floating* rstd_out, double eps, int method, bint stream,
-                       RowMap m) noexcept nogil:
+                       floating* rstd_out, floating* var_out, double eps, int method,
+                       bint stream, RowMap m) noexcept nogil:
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
     when streaming, one fence after them (a fence per row is much slower)."""
     cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
@@ -147,7 +150,8 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
         forward_row(x + r * H, y + r * H, H, w + p if w != NULL else NULL,
                     b + p if b != NULL else NULL,
                     mean_out + r if mean_out != NULL else NULL,
-                    rstd_out + r if rstd_out != NULL else NULL, eps, method, stream,
+                    rstd_out + r if rstd_out != NULL else NULL,
+                    var_out + r if var_out != NULL else NULL, eps, method, stream,
                     x + (r + d) * H if r + d < R else NULL, m)
     if stream:
         cnorm_stream_fence()
@@ -155,18 +159,18 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
 
 cdef void rows_forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H,
                        const floating* w, const floating* b, floating* mean_out,
-                       floating* rstd_out, double eps, int method, bint stream, RowMap m,
-                       int nt) noexcept nogil:
+                       floating* rstd_out, floating* var_out, double eps, int method,
+                       bint stream, RowMap m, int nt) noexcept nogil:
     # one contiguous block of rows per thread, as a static schedule over rows gives
     cdef Py_ssize_t rb = (R + nt - 1) // nt
     cdef Py_ssize_t k
     stream = streams_rows(H, stream, x)
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
-        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, eps, method, stream, m)
+        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, var_out, eps, method, stream, m)
         return
     for k in prange(nt, num_threads=nt, schedule='static'):
         forward_rows(x, y, k * rb, (k + 1) * rb if (k + 1) * rb < R else R, R, H, w, b,
-                     mean_out, rstd_out, eps, method, stream, m)
+                     mean_out, rstd_out, var_out, eps, method, stream, m)
 
 
 # ---------------------------------------------------------------------------

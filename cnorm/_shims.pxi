@@ -15,19 +15,19 @@ cdef inline RowMap row_map(Py_ssize_t Q, Py_ssize_t run, bint centred, int act) 
 
 
 cdef inline void _rows_dispatch(cnp.ndarray x, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
-                                void* pw, void* pb, void* pm, void* pr, double eps, int meth,
-                                bint stream, RowMap m, int nt) noexcept nogil:
+                                void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
+                                int meth, bint stream, RowMap m, int nt) noexcept nogil:
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         rows_forward[float](<float*>px, <float*>py, R, H, <float*>pw, <float*>pb, <float*>pm,
-                            <float*>pr, eps, meth, stream, m, nt)
+                            <float*>pr, <float*>pv, eps, meth, stream, m, nt)
     else:
         rows_forward[double](<double*>px, <double*>py, R, H, <double*>pw, <double*>pb,
-                             <double*>pm, <double*>pr, eps, meth, stream, m, nt)
+                             <double*>pm, <double*>pr, <double*>pv, eps, meth, stream, m, nt)
 
 
 def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize_t Q,
               Py_ssize_t run, bint centred, int act, weight, bias, mean_out, rstd_out,
-              double eps, method, bint stream):
+              double eps, method, bint stream, var_out=None):
     """Forward of the row geometry (see _rows.pxi)."""
     cdef int meth = method_code(method)
     cdef int nt = threads_for(R * H)
@@ -38,11 +38,12 @@ def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize
     cdef void* pb = data(bias)
     cdef void* pm = data(mean_out)
     cdef void* pr = data(rstd_out)
+    cdef void* pv = data(var_out)
     if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
-        _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt)
+        _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
     else:
         with nogil:
-            _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt)
+            _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
 
 
 def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
@@ -86,7 +87,7 @@ def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t
 
 def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C,
                 Py_ssize_t G, weight, bias, mean_out, rstd_out, double eps, method, int act,
-                bint stream):
+                bint stream, var_out=None):
     """Forward of channels-last group (and instance) norm (see _groups.pxi)."""
     cdef int meth = method_code(method)
     cdef int nt = threads_for(N * HW * C)
@@ -96,16 +97,17 @@ def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ss
     cdef void* pb = data(bias)
     cdef void* pm = data(mean_out)
     cdef void* pr = data(rstd_out)
+    cdef void* pv = data(var_out)
     cdef int rc
     with nogil:
         if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
             rc = groups_forward[float](<float*>px, <float*>py, N, HW, C, G, <float*>pw,
-                                       <float*>pb, <float*>pm, <float*>pr, eps, meth, act,
-                                       stream, nt)
+                                       <float*>pb, <float*>pm, <float*>pr, <float*>pv, eps,
+                                       meth, act, stream, nt)
         else:
             rc = groups_forward[double](<double*>px, <double*>py, N, HW, C, G, <double*>pw,
-                                        <double*>pb, <double*>pm, <double*>pr, eps, meth, act,
-                                        stream, nt)
+                                        <double*>pb, <double*>pm, <double*>pr, <double*>pv,
+                                        eps, meth, act, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
 

@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, axis_value, bool_value, deliver, eps_value, float_array, inplace_array,
+    F32, F64, INF, activation_value, axis_value, bool_value, deliver, eps_value, float_array, inplace_array,
     like_array, method_value, momentum_value, output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
@@ -51,14 +51,13 @@ def _c_contiguous(a):
 
 
 def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
-             method, relu, out, want_stats):
+             method, act, out, want_stats):
     x = float_array(x, "x")
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     axis = axis_value(axis, x.ndim)
     eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
-    relu = bool_value(relu, "relu")
     n, c, m = _layout(x, axis)
     shape = (c,)
     weight = like_array(weight, "weight", x.dtype, shape)
@@ -92,20 +91,20 @@ def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps
             if rm is not None:
                 rm, rv = _c_contiguous(rm), _c_contiguous(rv)
             _kernels.bn_train(xc, y, n, c, m, weight, bias, rm, rv, mean, invstd, eps, momentum,
-                             method, relu, stream_stores(2 * x.nbytes))
+                             method, act, stream_stores(2 * x.nbytes))
             if rm is not running_mean:
                 running_mean[...] = rm
             if rv is not running_var:
                 running_var[...] = rv
         else:
-            _kernels.bn_infer(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, relu,
+            _kernels.bn_infer(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, act,
                                  stream_stores(2 * x.nbytes))
     return deliver(out, y), mean, invstd
 
 
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *,
-               training=False, momentum=0.1, eps=1e-5, axis=1, method=None, relu=False,
-               out=None):
+               training=False, momentum=0.1, eps=1e-5, axis=1, method=None, activation=None,
+               relu=False, out=None):
     """Batch normalization, in training or inference mode.
 
     ``y = (x - mean) / sqrt(var + eps) * weight + bias``, with per-channel
@@ -148,8 +147,11 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         accuracy (see the README).  'welford': each block is streamed once with
         a vectorised Welford update.  None picks the faster, by measurement:
         'two_pass'.
+    activation : {None, 'relu', 'silu'}
+        Applied to y in the same pass: ``max(y, 0)`` (NaN stays NaN) or
+        ``y * sigmoid(y)``.
     relu : bool, default False
-        Apply ``max(y, 0)`` in the same pass (NaN stays NaN).
+        Another spelling of ``activation='relu'``.
     out : ndarray, optional
         Receives y: x's shape and dtype, writeable.  May be x itself.
 
@@ -180,7 +182,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # that are already right, no out=): the same checks as _forward, at a fraction of
     # the cost, so that small calls are not dominated by Python.  Anything else, errors
     # included, goes the general way.
-    if (training is False and out is None and relu is False and method is None
+    if (training is False and out is None and relu is False and activation is None
+            and method is None
             and type(x) is np.ndarray and type(axis) is int and type(eps) is float
             and 0.0 <= eps < INF and type(momentum) is float and 0.0 <= momentum <= 1.0
             and running_mean is not None and running_var is not None):
@@ -195,8 +198,9 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
                     _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean, running_var,
                                          eps, False, stream_stores(2 * x.nbytes))
                 return y
+    act = activation_value(activation, relu)
     y, _, _ = _forward(x, weight, bias, running_mean, running_var, bool_value(training, "training"),
-                       momentum, eps, axis, method, relu, out, False)
+                       momentum, eps, axis, method, act, out, False)
     return y
 
 
@@ -205,7 +209,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     """Training-mode batch normalization that also returns what backward needs.
 
     Takes the same arguments as `batch_norm` with ``training=True`` (no
-    ``relu``).
+    activation).
 
     Returns
     -------
@@ -228,7 +232,7 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     (array([ 2., 20.]), array([1. , 0.1]))
     """
     return BatchNormOutput(*_forward(x, weight, bias, running_mean, running_var, True, momentum,
-                                     eps, axis, method, False, out, True))
+                                     eps, axis, method, 0, out, True))
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis=1, out=None):

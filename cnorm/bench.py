@@ -1,10 +1,12 @@
-"""``python -m cnorm.bench``: cnorm against NumPy (and PyTorch when installed).
+"""``python -m cnorm.bench``: cnorm against NumPy (and PyTorch and ONNX Runtime when installed).
 
 Prints a header (versions, threads, OpenMP, CPU, load average, kernel ISA),
 the machine's copy bandwidth measured in the same run, and one row per case:
 
 - ``cnorm ms``, ``numpy ms``: median seconds per call, in ms;
-- ``vs numpy``, ``vs torch``: the other's median over cnorm's;
+- ``vs numpy``, ``vs torch``, ``vs ORT``: the other's median over cnorm's (ONNX
+  Runtime: a one-node InferenceSession, as many intra-op threads, spinning off,
+  for the forward ops it has);
 - ``spread``: (max - min) / median of cnorm's samples;
 - ``GB/s``: cnorm's effective bandwidth, bytes of inputs read plus outputs
   written, once, over its median time;
@@ -41,11 +43,13 @@ import numpy as np
 
 import cnorm
 from cnorm import _baselines as nb
+from cnorm import _bench_ops as ops_new
 from cnorm._dispatch import _cache_bytes, isa
 from cnorm._openmp import parallel_copy
 from cnorm.batchnorm import _kernels
 
-OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward")
+OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward", "gn_forward",
+       "gn_backward", "gn_silu", "in_forward", "in_backward", "rms_forward", "rms_backward")
 
 # (op, shape, axis): the cases of the issue tracker's performance table.
 BN_CASES = [
@@ -149,7 +153,7 @@ def copy_bandwidth(nbytes=64 << 20, min_time=0.02, rounds=7):
     return 2 * src.nbytes / t
 
 
-def _bn_case(op, shape, axis, dtype, torch, rng):
+def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
     x = rng.standard_normal(shape).astype(dtype)
     c = shape[axis]
     w = (1 + 0.1 * rng.standard_normal(c)).astype(dtype)
@@ -188,10 +192,14 @@ def _bn_case(op, shape, axis, dtype, torch, rng):
             sm, si = torch.from_numpy(fwd.mean), torch.from_numpy(fwd.invstd)
             funcs["torch"] = lambda: torch.ops.aten.native_batch_norm_backward(
                 tdy, t["x"], t["w"], t["rm"], t["rv"], sm, si, True, 1e-5, [True, True, True])
+    if ort is not None and op == "bn_infer":
+        s = ops_new.bn_ort(ort, x, w, b, rm, rv, axis, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
     return funcs, nbytes
 
 
-def _ln_case(op, shape, dtype, torch, rng):
+def _ln_case(op, shape, dtype, torch, rng, ort=None, threads=1):
     x = rng.standard_normal(shape).astype(dtype)
     h = shape[-1]
     w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
@@ -219,6 +227,10 @@ def _ln_case(op, shape, dtype, torch, rng):
             _, tm, tr = torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
             funcs["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
                 tdy, tx, [h], tm, tr, tw, tb, [True, True, True])
+    if ort is not None and op == "ln_forward":
+        s = ops_new.ln_ort(ort, x, w, b, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
     return funcs, nbytes
 
 
@@ -229,15 +241,38 @@ def cases(ops, dtypes):
         for op in ops:
             if op.startswith("bn_"):
                 shapes = BN_CASES + (BN_INFER_ONLY if op == "bn_infer" else [])
-                out += [(op, shape, axis, dtype) for shape, axis in shapes]
+            elif op.startswith("ln_"):
+                shapes = [(s, -1) for s in LN_CASES + (LN_FORWARD_ONLY if op == "ln_forward"
+                                                       else [])]
+            elif op == "gn_silu":
+                shapes = ops_new.GN_SILU_CASES
+            elif op.startswith("gn_"):
+                shapes = ops_new.GN_CASES
+            elif op.startswith("in_"):
+                shapes = ops_new.IN_CASES
             else:
-                shapes = LN_CASES + (LN_FORWARD_ONLY if op == "ln_forward" else [])
-                out += [(op, shape, -1, dtype) for shape in shapes]
+                shapes = [(s, -1) for s in ops_new.RMS_CASES
+                          if op == "rms_forward" or s[0] > 1]
+            out += [(op, shape, axis, dtype) for shape, axis in shapes]
     return out
 
 
+def _case(op, shape, axis, dtype, torch, ort, threads, rng):
+    """The callables to time for one case, and the bytes it moves."""
+    if op.startswith("bn_"):
+        return _bn_case(op, shape, axis, dtype, torch, rng, ort, threads)
+    if op.startswith("ln_"):
+        return _ln_case(op, shape, dtype, torch, rng, ort, threads)
+    if op.startswith("gn_"):
+        return ops_new.gn_case(op, shape, axis, dtype, torch, ort, threads, rng)
+    if op.startswith("in_"):
+        return ops_new.in_case(op, shape, axis, dtype, torch, ort, threads, rng)
+    return ops_new.rms_case(op, shape, dtype, torch, ort, threads, rng)
+
+
 def _fmt_case(op, shape, axis, dtype):
-    layout = "x".join(map(str, shape)) + (f" ax{axis}" if op.startswith("bn_") and axis != 1 else "")
+    channels = op.startswith(("bn_", "gn_", "in_"))
+    layout = "x".join(map(str, shape)) + (f" ax{axis}" if channels and axis != 1 else "")
     return f"{op:<12} {np.dtype(dtype).name:<8} {layout:<20}"
 
 
@@ -294,12 +329,13 @@ def _bandwidth_drift(start, end):
     return max(start, end) > (1 + BANDWIDTH_DRIFT) * min(start, end)
 
 
-def _header(torch, threads, bandwidth, load=None, cpus=None):
+def _header(torch, threads, bandwidth, load=None, cpus=None, ort=None):
     cpus = _cpus_available() if cpus is None else cpus
     load_s = "unknown" if load is None else f"{load:.2f}"
     lines = [
         f"cnorm {cnorm.__version__} (kernels: {isa(_kernels)}), numpy {np.__version__}, "
-        f"torch {torch.__version__ if torch else _torch_error or 'not installed'}",
+        f"torch {torch.__version__ if torch else _torch_error or 'not installed'}, "
+        f"onnxruntime {ort[0].__version__ if ort else 'not installed'}",
         f"threads: {threads} (OpenMP {'on' if cnorm.openmp_enabled() else 'off'}), "
         f"python {platform.python_version()}",
         f"cpu: {_cpu_name()}, {os.cpu_count()} logical cores ({cpus} available), "
@@ -337,13 +373,15 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
+    ort = ops_new.ort_module()
     min_time, rounds = {"quick": (0.005, 3), "default": (0.01, 5), "full": (0.03, 9)}[mode]
     load, cpus = _load_average(), _cpus_available()
     bandwidth = copy_bandwidth(min_time=min_time, rounds=rounds)
     llc = _cache_bytes() or 32 << 20  # unknown: a common per-core L3
-    print(_header(torch, threads, bandwidth, load, cpus), file=out)
+    print(_header(torch, threads, bandwidth, load, cpus, ort), file=out)
     print(file=out)
     head = (f"{'case':<42} {'cnorm ms':>9} {'numpy ms':>9} {'vs numpy':>9} {'vs torch':>9} "
+            f"{'vs ORT':>8} "
             f"{'spread':>7} {'GB/s':>6} {'%copy':>7}")
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -354,10 +392,7 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
     for i, (op, shape, axis, dtype) in enumerate(todo):
         if progress is not None:
             print(f"[{i + 1}/{len(todo)}] {op} {shape} {dtype}", file=progress, flush=True)
-        if op.startswith("bn_"):
-            funcs, nbytes = _bn_case(op, shape, axis, dtype, torch, rng)
-        else:
-            funcs, nbytes = _ln_case(op, shape, dtype, torch, rng)
+        funcs, nbytes = _case(op, shape, axis, dtype, torch, ort, threads, rng)
         before = _cpu_snapshot()
         samples = measure_samples(funcs, min_time, rounds)
         other = _other_cpus(before, _cpu_snapshot())
@@ -373,17 +408,19 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
         r["busy"] = _busy(other, cpus, threads, BUSY_MARGIN)
         r["speedup_numpy"] = t["numpy"] / t["cnorm"]
         r["speedup_torch"] = t["torch"] / t["cnorm"] if "torch" in t else None
+        r["speedup_ort"] = t["ort"] / t["cnorm"] if "ort" in t else None
         r["gbps"] = nbytes / t["cnorm"] / 1e9
         r["pct_copy"] = 100 * nbytes / t["cnorm"] / bandwidth
         r["cache_resident"] = nbytes <= llc
         results.append(r)
         vs_torch = f"{r['speedup_torch']:8.2f}x" if r["speedup_torch"] else f"{'-':>9}"
+        vs_ort = f"{r['speedup_ort']:7.2f}x" if r["speedup_ort"] else f"{'-':>8}"
         pct = f"{'(cache)':>7}" if r["cache_resident"] else f"{r['pct_copy']:6.0f}%"
         flags = [f"unstable ({', '.join(r['unstable_impls'])})"] if r["unstable"] else []
         if r["busy"]:
             flags.append(f"busy ({other:.1f} CPU elsewhere)")
         print(f"{_fmt_case(op, shape, axis, dtype):<42} {t['cnorm'] * 1e3:9.3f} "
-              f"{t['numpy'] * 1e3:9.3f} {r['speedup_numpy']:8.1f}x {vs_torch} "
+              f"{t['numpy'] * 1e3:9.3f} {r['speedup_numpy']:8.1f}x {vs_torch} {vs_ort} "
               f"{_fmt_spread(r['cnorm_spread'])} {r['gbps']:6.1f} {pct}"
               f"{'  ' + ', '.join(flags) if flags else ''}", file=out, flush=True)
     other_run = _other_cpus(start, _cpu_snapshot())
@@ -421,7 +458,8 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
               f"machine.", file=out)
     if json_path:
         meta = dict(cnorm=cnorm.__version__, numpy=np.__version__,
-                    torch=torch.__version__ if torch else None, threads=threads,
+                    torch=torch.__version__ if torch else None,
+                    onnxruntime=ort[0].__version__ if ort else None, threads=threads,
                     openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_kernels),
                     copy_bandwidth=bandwidth, copy_bandwidth_end=bandwidth_end,
                     load_average=load, cpus_available=cpus, other_cpus=other_run, busy=busy,

@@ -9,8 +9,8 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, deliver, eps_value, float_array, like_array, method_value, output_buffer,
-    ready, shape_value,
+    F32, F64, INF, activation_value, deliver, eps_value, float_array, like_array, method_value,
+    output_buffer, ready, shape_value,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -44,7 +44,7 @@ def _normalized_shape(normalized_shape, x):
     return shape, h
 
 
-def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
+def _forward(x, normalized_shape, weight, bias, eps, method, act, out, want_stats):
     x = float_array(x, "x")
     shape, h = _normalized_shape(normalized_shape, x)
     weight = like_array(weight, "weight", x.dtype, shape)
@@ -60,12 +60,13 @@ def _forward(x, normalized_shape, weight, bias, eps, method, out, want_stats):
         rstd = np.empty(lead, dtype=x.dtype)
     if rows:
         _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
-                           1, 1, True, 0, weight, bias, mean, rstd, eps, method,
+                           1, 1, True, act, weight, bias, mean, rstd, eps, method,
                            stream_stores(2 * x.nbytes))
     return deliver(out, dst), mean, rstd
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None, out=None):
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None,
+               activation=None, out=None):
     """Layer normalization over the trailing dimensions.
 
     Each sample (each index into the leading ``x.ndim - len(normalized_shape)``
@@ -89,6 +90,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
         How the variance is computed (see `batch_norm`).  None is
         'two_pass', the faster of the two for rows (chosen by measurement:
         Welford's division per step costs more than two-pass's plain sums).
+    activation : {None, 'relu', 'silu'}
+        Applied to y in the same pass.
     out : ndarray, optional
         Receives y: x's shape and dtype, writeable; may be x itself.
 
@@ -101,7 +104,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     ------
     TypeError
         x not float32/float64; normalized_shape not integers; non-numeric
-        weight or bias.
+        weight or bias; activation not a string.
     ValueError
         normalized_shape not the trailing dimensions of x, or empty; weight or
         bias of the wrong shape; bad eps or method; a bad `out`.  Nothing is
@@ -116,8 +119,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     # Fast path for the common call (ndarray input, int normalized_shape, parameters that
     # are already right): the same checks as _forward, at a fraction of the cost, so that
     # small calls are not dominated by Python.  Anything else goes the general way.
-    if (out is None and method is None and type(x) is np.ndarray and type(normalized_shape) is int
-            and type(eps) is float and 0.0 <= eps < INF):
+    if (out is None and method is None and activation is None and type(x) is np.ndarray
+            and type(normalized_shape) is int and type(eps) is float and 0.0 <= eps < INF):
         dt = x.dtype
         if ((dt is F32 or dt is F64) and x.ndim and x.shape[-1] == normalized_shape
                 and normalized_shape > 0 and ready(weight, dt, normalized_shape)
@@ -128,14 +131,15 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
                 _kernels.norm_rows(x, y, rows, normalized_shape, 1, 1, True, 0, weight, bias, None,
                                    None, eps, DEFAULT_METHOD, stream_stores(2 * x.nbytes))
             return y
-    return _forward(x, normalized_shape, weight, bias, eps, method, out, False)[0]
+    return _forward(x, normalized_shape, weight, bias, eps, method, activation_value(activation),
+                    out, False)[0]
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=None,
                        out=None):
     """Layer normalization that also returns what backward needs.
 
-    Takes the same arguments as `layer_norm`.
+    Takes the same arguments as `layer_norm` (no activation).
 
     Returns
     -------
@@ -155,7 +159,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     >>> res.mean, res.rstd
     (array([2., 2.]), array([ 1., inf]))
     """
-    return LayerNormOutput(*_forward(x, normalized_shape, weight, bias, eps, method, out, True))
+    return LayerNormOutput(*_forward(x, normalized_shape, weight, bias, eps, method, 0, out, True))
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):

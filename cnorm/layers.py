@@ -1,7 +1,7 @@
 """Stateful normalization layers, and folding batch norm into a linear layer.
 
-`BatchNorm` and `LayerNorm` hold their parameters and running statistics as
-NumPy arrays, follow ``torch.nn.BatchNorm1d/2d/3d`` and ``torch.nn.LayerNorm``
+`BatchNorm`, `LayerNorm`, `GroupNorm`, `InstanceNorm` and `RMSNorm` hold their
+parameters and running statistics as NumPy arrays, follow torch's modules
 (modes, running-statistics update, ``state_dict`` key names) and call the
 functional API (`cnorm.batch_norm_forward`, `cnorm.layer_norm_forward`, ...)
 for the arithmetic.  `fold_batch_norm` merges an inference-mode batch norm
@@ -18,9 +18,15 @@ from cnorm._checks import (
     method_value, momentum_value, positive_int, real_array, shape_value,
 )
 from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
+from cnorm.groupnorm import (
+    group_norm_backward, group_norm_forward, instance_norm, instance_norm_backward,
+    instance_norm_forward,
+)
 from cnorm.layernorm import layer_norm_backward, layer_norm_forward
+from cnorm.rmsnorm import rms_norm_backward, rms_norm_forward
 
-__all__ = ["BatchNorm", "LayerNorm", "fold_batch_norm", "LoadResult"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "fold_batch_norm",
+           "LoadResult"]
 
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
@@ -606,6 +612,353 @@ class LayerNorm(_Norm):
         dx, dweight, dbias = layer_norm_backward(dy, x, mean, rstd, weight)
         self.weight_grad = dweight if weight is not None else None
         self.bias_grad = dbias if has_bias else None
+        return dx
+
+
+# -- GroupNorm, InstanceNorm, RMSNorm -----------------------------------------------------------
+
+def _saved_input(layer, dy):
+    """The last forward's saved state, and dy checked against its input."""
+    if layer._saved is None:
+        raise RuntimeError("backward needs a forward call first: there is no saved input")
+    x = layer._saved[0]
+    dy = layer._input(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
+                         f"got {dy.shape}")
+    return layer._saved, dy
+
+
+def _channel_input(layer, x, c, min_ndim):
+    """x as the layer's dtype with c channels along the layer's axis; returns (x, axis)."""
+    x = layer._input(x, "x")
+    if x.ndim < min_ndim:
+        raise ValueError(f"x must have at least {min_ndim} dimensions, got shape {x.shape}")
+    axis = axis_value(layer.axis, x.ndim)
+    if x.shape[axis] != c:
+        raise ValueError(f"x must have {c} channels along axis {layer.axis}, got shape {x.shape}")
+    return x, axis
+
+
+class GroupNorm(_Norm):
+    """Group normalization layer, like ``torch.nn.GroupNorm``.
+
+    The C channels form `num_groups` groups of consecutive channels; each
+    (sample, group) is normalised over its channels and spatial positions::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    There are no running statistics: training and inference compute the same.
+
+    Parameters
+    ----------
+    num_groups : int
+        G, a positive divisor of num_channels.
+    num_channels : int
+        C.
+    eps : float >= 0, default 1e-5
+    affine : bool, default True
+        Whether the layer has a per-channel `weight` (ones) and `bias` (zeros).
+    axis : int, default 1
+        The channel axis of x: 1, or -1 for channels last.
+    method : {None, 'two_pass', 'welford'}
+    dtype : {float32, float64}, default float32
+
+    Raises
+    ------
+    TypeError
+        num_groups or num_channels not integers; eps not a real number; affine
+        not a bool; axis not an integer; dtype not float32 or float64.
+    ValueError
+        num_groups or num_channels < 1; num_groups not dividing num_channels;
+        eps negative or not finite; a bad method.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> gn = cnorm.GroupNorm(2, 4, eps=0.0, dtype=np.float64)
+    >>> gn(np.array([[1.0, 3.0, 10.0, 30.0]]))
+    array([[-1.,  1., -1.,  1.]])
+    """
+
+    def __init__(self, num_groups, num_channels, *, eps=1e-5, affine=True, axis=1, method=None,
+                 dtype=np.float32):
+        num_groups = positive_int(num_groups, "num_groups")
+        num_channels = positive_int(num_channels, "num_channels")
+        if num_channels % num_groups:
+            raise ValueError(f"num_groups must divide num_channels {num_channels}, "
+                             f"got {num_groups}")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps_value(eps)
+        self.affine = bool_value(affine, "affine")
+        self.axis = int_value(axis, "axis")
+        self.method = method_value(method)
+        self.dtype = dtype_value(dtype)
+        self.training = True
+        self.weight = np.ones(num_channels, self.dtype) if self.affine else None
+        self.bias = np.zeros(num_channels, self.dtype) if self.affine else None
+        self.weight_grad = self.bias_grad = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
+                f"affine={self.affine}, axis={self.axis}, dtype={self.dtype.name})")
+
+    def _state_shapes(self):
+        c = (self.num_channels,)
+        return {"weight": c, "bias": c} if self.affine else {}
+
+    def forward(self, x):
+        """Normalise x; the same as ``layer(x)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, C, ...) (C along `axis`)
+
+        Returns
+        -------
+        y : ndarray
+            x's shape, the layer's dtype.
+
+        Raises
+        ------
+        TypeError
+            x does not hold real numbers.
+        ValueError
+            x has fewer than 2 dimensions or not C channels along `axis`.
+        """
+        x, axis = _channel_input(self, x, self.num_channels, 2)
+        y, mean, rstd = group_norm_forward(x, self.num_groups, self.weight, self.bias,
+                                           eps=self.eps, axis=axis, method=self.method)
+        self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(), axis)
+        return y
+
+    def backward(self, dy):
+        """Gradient of the last forward call; also sets `weight_grad` and `bias_grad`
+        (shape (C,)) when the layer is affine.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        TypeError, ValueError
+            dy not real numbers of the forward input's shape.
+        """
+        (x, mean, rstd, weight, axis), dy = _saved_input(self, dy)
+        dx, dweight, dbias = group_norm_backward(dy, x, mean, rstd, weight, axis=axis)
+        self.weight_grad = dweight if weight is not None else None
+        self.bias_grad = dbias if weight is not None else None
+        return dx
+
+
+class InstanceNorm(_Norm):
+    """Instance normalization layer, like ``torch.nn.InstanceNorm1d/2d/3d``.
+
+    One class serves every rank: x has shape (N, C, L), (N, C, H, W),
+    (N, C, D, H, W), or channels-last with ``axis=-1``; each (sample, channel)
+    is normalised over its spatial positions.  With ``track_running_stats``
+    the running statistics are updated in training and used in inference, as
+    in torch; without, both modes use the input's statistics.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float >= 0, default 1e-5
+    momentum : float in [0, 1], default 0.1
+        The weight of the new batch in the running statistics.
+    affine : bool, default False
+        Whether the layer has a per-channel `weight` and `bias` (torch's default
+        is False for instance norm).
+    track_running_stats : bool, default False
+        Keep running statistics (and, for torch's state_dict keys, a
+        ``num_batches_tracked`` that torch's instance norm leaves at 0).
+    axis : int, default 1
+    method : {None, 'two_pass', 'welford'}
+    dtype : {float32, float64}, default float32
+
+    Raises
+    ------
+    TypeError, ValueError
+        As `BatchNorm`'s constructor.
+    """
+
+    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=False,
+                 track_running_stats=False, axis=1, method=None, dtype=np.float32):
+        self.num_features = positive_int(num_features, "num_features")
+        self.eps = eps_value(eps)
+        self.momentum = momentum_value(momentum)
+        self.affine = bool_value(affine, "affine")
+        self.track_running_stats = bool_value(track_running_stats, "track_running_stats")
+        self.axis = int_value(axis, "axis")
+        self.method = method_value(method)
+        self.dtype = dtype_value(dtype)
+        self.training = True
+        c = self.num_features
+        self.weight = np.ones(c, self.dtype) if self.affine else None
+        self.bias = np.zeros(c, self.dtype) if self.affine else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(c, self.dtype)
+            self.running_var = np.ones(c, self.dtype)
+            self.num_batches_tracked = 0
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.weight_grad = self.bias_grad = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"InstanceNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+                f"axis={self.axis}, dtype={self.dtype.name})")
+
+    _state_shapes = BatchNorm._state_shapes
+
+    def forward(self, x):
+        """Normalise x in the layer's mode; the same as ``layer(x)``.
+
+        Parameters
+        ----------
+        x : array_like of shape (N, C, L, ...) (C along `axis`)
+
+        Returns
+        -------
+        y : ndarray
+            x's shape, the layer's dtype.
+
+        Raises
+        ------
+        TypeError
+            x does not hold real numbers.
+        ValueError
+            x has fewer than 3 dimensions or not C channels along `axis`; only
+            one spatial value per channel where input statistics are used.
+            Nothing (running statistics, counter) changes on error.
+        """
+        x, axis = _channel_input(self, x, self.num_features, 3)
+        input_stats = self.training or not self.track_running_stats
+        if input_stats:
+            rm, rv = ((self.running_mean, self.running_var)
+                      if self.training and self.track_running_stats else (None, None))
+            y, mean, rstd = instance_norm_forward(x, self.weight, self.bias, rm, rv,
+                                                  momentum=self.momentum, eps=self.eps,
+                                                  axis=axis, method=self.method)
+        else:
+            y = instance_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                              use_input_stats=False, eps=self.eps, axis=axis)
+            mean = rstd = None
+        self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(), axis,
+                       input_stats, None if input_stats else
+                       (np.array(self.running_mean), np.array(self.running_var)))
+        return y
+
+    def backward(self, dy):
+        """Gradient of the last forward call, in the mode it ran in (input statistics:
+        through them; running statistics: as constants).  Also sets `weight_grad` and
+        `bias_grad` (shape (C,)) when the layer is affine.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        TypeError, ValueError
+            dy not real numbers of the forward input's shape.
+        """
+        (x, mean, rstd, weight, axis, input_stats, running), dy = _saved_input(self, dy)
+        if input_stats:
+            dx, dweight, dbias = instance_norm_backward(dy, x, mean, rstd, weight, axis=axis)
+        else:
+            rm, rv = running
+            invstd = (1.0 / np.sqrt(rv.astype(np.float64) + self.eps)).astype(self.dtype)
+            dx, dweight, dbias = batch_norm_backward(dy, x, rm, invstd, weight, training=False,
+                                                     axis=axis)
+        self.weight_grad = dweight if weight is not None else None
+        self.bias_grad = dbias if weight is not None else None
+        return dx
+
+
+class RMSNorm(_Norm):
+    """RMS normalization layer, like ``torch.nn.RMSNorm``.
+
+    Each sample is scaled by the reciprocal root mean square of its values over
+    the trailing dimensions `normalized_shape`::
+
+        y = x / sqrt(mean(x**2) + eps) * weight
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+    eps : float >= 0 or None, default None
+        None is the machine epsilon of the layer's dtype, as in torch.
+    elementwise_affine : bool, default True
+        Whether the layer has a `weight` (ones) of shape normalized_shape.
+    dtype : {float32, float64}, default float32
+
+    Raises
+    ------
+    TypeError, ValueError
+        As `LayerNorm`'s constructor.
+
+    Examples
+    --------
+    >>> import numpy as np, cnorm
+    >>> cnorm.RMSNorm(2, eps=0.0, dtype=np.float64)(np.array([[3.0, 4.0]]))
+    array([[0.84852814, 1.13137085]])
+    """
+
+    def __init__(self, normalized_shape, *, eps=None, elementwise_affine=True, dtype=np.float32):
+        self.normalized_shape = _shape_value(normalized_shape)
+        self.eps = None if eps is None else eps_value(eps)
+        self.elementwise_affine = bool_value(elementwise_affine, "elementwise_affine")
+        self.dtype = dtype_value(dtype)
+        self.training = True
+        self.weight = (np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine
+                       else None)
+        self.weight_grad = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, dtype={self.dtype.name})")
+
+    def _state_shapes(self):
+        return {"weight": self.normalized_shape} if self.weight is not None else {}
+
+    def forward(self, x):
+        """Normalise x over its trailing dimensions; the same as ``layer(x)``.
+
+        Raises
+        ------
+        TypeError
+            x does not hold real numbers.
+        ValueError
+            x's trailing dimensions are not normalized_shape.
+        """
+        x = self._input(x, "x")
+        shape = self.normalized_shape
+        k = len(shape)
+        if x.ndim < k or x.shape[x.ndim - k:] != shape:
+            raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
+                             f"got shape {x.shape}")
+        weight = None if self.weight is None else self.weight.copy()
+        y, rstd = rms_norm_forward(x, shape, weight, eps=self.eps)
+        self._saved = (x, rstd, weight)
+        return y
+
+    def backward(self, dy):
+        """Gradient of the last forward call; also sets `weight_grad` when the layer has
+        a weight.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        TypeError, ValueError
+            dy not real numbers of the forward input's shape.
+        """
+        (x, rstd, weight), dy = _saved_input(self, dy)
+        dx, dweight = rms_norm_backward(dy, x, rstd, weight)
+        self.weight_grad = dweight if weight is not None else None
         return dx
 
 

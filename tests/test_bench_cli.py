@@ -14,8 +14,13 @@ def tiny(monkeypatch):
     monkeypatch.setattr(bench, "BN_INFER_ONLY", [])
     monkeypatch.setattr(bench, "LN_CASES", [(16, 32)])
     monkeypatch.setattr(bench, "LN_FORWARD_ONLY", [(1, 32)])
+    monkeypatch.setattr(bench.ops_new, "GN_CASES", [((2, 32, 3, 3), 1), ((2, 3, 3, 32), -1)])
+    monkeypatch.setattr(bench.ops_new, "GN_SILU_CASES", [((2, 32, 3, 3), 1)])
+    monkeypatch.setattr(bench.ops_new, "IN_CASES", [((2, 4, 3, 3), 1), ((2, 3, 3, 4), -1)])
+    monkeypatch.setattr(bench.ops_new, "RMS_CASES", [(16, 32), (1, 32)])
     monkeypatch.setattr(bench, "copy_bandwidth", lambda **kw: 1e10)
     monkeypatch.setenv("CNORM_BENCH_NO_TORCH", "1")
+    monkeypatch.setenv("CNORM_BENCH_NO_ORT", "1")
 
 
 def test_help(capsys):
@@ -45,8 +50,25 @@ def test_table_and_json(tiny, tmp_path, capsys):
     assert ops == set(bench.OPS)
     for r in data["results"]:
         assert r["cnorm_s"] > 0 and r["numpy_s"] > 0 and r["speedup_numpy"] > 0
-        assert r["speedup_torch"] is None and r["dtype"] == "float32"
+        assert r["speedup_torch"] is None and r["speedup_ort"] is None
+        assert r["dtype"] == "float32"
     assert data["meta"]["threads"] == 1
+
+
+def test_ort_column_for_the_forward_ops_it_has(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.delenv("CNORM_BENCH_NO_ORT")
+    path = tmp_path / "out.json"
+    bench.main(["--quick", "--dtype", "float32", "--threads", "1", "--json", str(path), "--op",
+                "ln_forward,rms_forward,gn_forward,in_forward,bn_infer,bn_train"])
+    data = json.loads(path.read_text())
+    has = {(r["op"], r["axis"]) for r in data["results"] if r["speedup_ort"]}
+    assert {("ln_forward", -1), ("rms_forward", -1), ("gn_forward", 1), ("in_forward", 1),
+            ("bn_infer", 1)} <= has
+    assert not any(op == "bn_train" or op in ("gn_forward", "in_forward") and axis == -1
+                   for op, axis in has)       # no training mode, no channels-last kernels
+    assert data["meta"]["onnxruntime"]
 
 
 def test_callable_module(tiny, capsys):

@@ -601,6 +601,146 @@ for _mode, _fn in _EPS_TAKERS:
     case(f"{_mode}-eps-huge-int", lambda e, f=_fn: f(e, eps=10 ** 400), ValueError, "eps")
 
 
+# --- group, instance and RMS norm ----------------------------------------------------------
+# x of SHAPE (4, 3, 5): C = 3 channels, so num_groups is 1 or 3.  RMS norm uses LN_SHAPE.
+
+def gn(e, x=None, g=3, **kw):
+    return lambda: cnorm.group_norm(e["x"] if x is None else x, g, e["w"], e["b"], **kw)
+
+
+def gn_forward(e, x=None, g=3, **kw):
+    return lambda: cnorm.group_norm_forward(e["x"] if x is None else x, g, e["w"], e["b"], **kw)
+
+
+def gn_backward(e, dy=None, x=None, **kw):
+    kw.setdefault("mean", e.put("gmean", np.zeros((4, 3), F32)))
+    kw.setdefault("rstd", e.put("grstd", np.ones((4, 3), F32)))
+    return lambda: cnorm.group_norm_backward(e["dy"] if dy is None else dy,
+                                             e["x"] if x is None else x, weight=e["w"], **kw)
+
+
+def inorm(e, x=None, **kw):
+    return lambda: cnorm.instance_norm(e["x"] if x is None else x, e["w"], e["b"], **kw)
+
+
+def in_backward(e, **kw):
+    kw.setdefault("mean", e.put("imean", np.zeros((4, 3), F32)))
+    kw.setdefault("rstd", e.put("irstd", np.ones((4, 3), F32)))
+    return lambda: cnorm.instance_norm_backward(e["dy"], e["x"], weight=e["w"], **kw)
+
+
+def rms(e, x=None, ns=LN_SHAPE, **kw):
+    return lambda: cnorm.rms_norm(e["x"] if x is None else x, ns, e["lw"], **kw)
+
+
+def rms_fast(e, x=None, **kw):
+    return lambda: cnorm.rms_norm(e["x"] if x is None else x, 5, **kw)
+
+
+def rms_backward(e, **kw):
+    kw.setdefault("rstd", e["lrstd"])
+    return lambda: cnorm.rms_norm_backward(e["dy"], e["x"], weight=e["lw"], **kw)
+
+
+NEW_FORWARDS = [("gn", gn), ("gn_forward", gn_forward), ("in", inorm), ("rms", rms),
+                ("rms_fast", rms_fast)]
+for _mode, _fn in NEW_FORWARDS:
+    for _d in BAD_DTYPES:
+        case(f"{_mode}-x-{_d}", lambda e, d=_d, f=_fn: f(e, x=e.put("xb", _bad_dtype_arrays(e)[d])),
+             TypeError, "x")
+    for _v, _id in [(-1e-5, "negative"), (float("nan"), "nan"), (float("inf"), "inf")]:
+        case(f"{_mode}-eps-{_id}", lambda e, v=_v, f=_fn: f(e, eps=v), ValueError, "eps")
+    for _v, _id in [("1e-5", "str"), (True, "bool"), (b"1", "bytes")]:
+        case(f"{_mode}-eps-{_id}", lambda e, v=_v, f=_fn: f(e, eps=v), TypeError, "eps")
+    case(f"{_mode}-out-shape", lambda e, f=_fn: f(e, out=e.put("o", np.zeros((4, 3, 4), F32))),
+         ValueError, "out")
+    case(f"{_mode}-out-dtype", lambda e, f=_fn: f(e, out=e.put("o", np.zeros(SHAPE, np.float64))),
+         ValueError, "out")
+    case(f"{_mode}-out-readonly", lambda e, f=_fn: f(e, out=e.readonly("o", np.zeros(SHAPE, F32))),
+         ValueError, "out")
+    case(f"{_mode}-out-overlaps-x",
+         lambda e, f=_fn: (lambda xs, os_: f(e, x=xs, out=os_))(*e.overlapping(1)),
+         ValueError, "out")
+for _mode, _fn in [("gn", gn), ("in", inorm), ("rms", rms)]:
+    case(f"{_mode}-activation-unknown", lambda e, f=_fn: f(e, activation="gelu"), ValueError,
+         "activation")
+    case(f"{_mode}-activation-int", lambda e, f=_fn: f(e, activation=1), TypeError, "activation")
+case("train-activation-unknown", lambda e: train(e, activation="tanh"), ValueError, "activation")
+case("train-activation-relu-and-silu", lambda e: train(e, activation="silu", relu=True),
+     ValueError, "activation")
+case("ln-activation-unknown", lambda e: ln(e, activation="Relu"), ValueError, "activation")
+case("ln-activation-int", lambda e: ln(e, activation=2), TypeError, "activation")
+# num_groups
+for _v, _exc, _id in [(2, ValueError, "not-dividing"), (0, ValueError, "zero"),
+                      (-3, ValueError, "negative"), (1.0, TypeError, "float"),
+                      (True, TypeError, "bool"), ("3", TypeError, "str"), (None, TypeError, "none")]:
+    case(f"gn-num_groups-{_id}", lambda e, v=_v: gn(e, g=v), _exc, "num_groups")
+    case(f"gn_forward-num_groups-{_id}", lambda e, v=_v: gn_forward(e, g=v), _exc, "num_groups")
+    case(f"GroupNorm-num_groups-{_id}", lambda e, v=_v: call(cnorm.GroupNorm, v, 3), _exc,
+         "num_groups")
+case("GroupNorm-num_channels-zero", lambda e: call(cnorm.GroupNorm, 1, 0), ValueError,
+     "num_channels")
+# shapes and axes
+case("gn-weight-shape", lambda e: call(cnorm.group_norm, e["x"], 3, e.put("w4", np.ones(4, F32))),
+     ValueError, "weight")
+case("gn-bias-shape", lambda e: call(cnorm.group_norm, e["x"], 3, None, e.put("b5", np.ones(5, F32))),
+     ValueError, "bias")
+case("gn-x-1d", lambda e: gn(e, x=e.put("x1", np.ones(3, F32))), ValueError, "x")
+case("gn-axis-0", lambda e: gn(e, axis=0), ValueError, "axis")
+case("gn-axis-3", lambda e: gn(e, axis=3), ValueError, "axis")
+case("gn-axis-float", lambda e: gn(e, axis=1.0), TypeError, "axis")
+case("gn_backward-mean-shape", lambda e: gn_backward(e, mean=e.put("m", np.zeros((4, 2), F32))),
+     ValueError, "mean")
+case("gn_backward-rstd-shape", lambda e: gn_backward(e, rstd=e.put("r", np.ones((4, 1), F32))),
+     ValueError, "rstd")
+case("gn_backward-mean-none", lambda e: gn_backward(e, mean=None), ValueError, "mean")
+case("gn_backward-dy-shape", lambda e: gn_backward(e, dy=e.put("d", np.ones((4, 3, 4), F32))),
+     ValueError, "dy")
+case("gn_backward-out-overlaps-dy",
+     lambda e: (lambda ds, os_: gn_backward(e, dy=ds, out=os_))(*e.overlapping(1)),
+     ValueError, "out")
+case("in-x-2d", lambda e: inorm(e, x=e.put("x2", np.ones((4, 3), F32))), ValueError, "x")
+case("in-one-spatial-value",
+     lambda e: inorm(e, x=e.put("x1", np.ones((4, 3, 1), F32))), ValueError, "x")
+case("in-only-running_mean", lambda e: inorm(e, running_mean=e["rm"]), ValueError,
+     "running_mean")
+case("in-only-running_var", lambda e: inorm(e, running_var=e["rv"]), ValueError, "running_var")
+case("in-no-input-stats-without-running", lambda e: inorm(e, use_input_stats=False), ValueError,
+     "use_input_stats")
+case("in-use_input_stats-int", lambda e: inorm(e, use_input_stats=1), TypeError,
+     "use_input_stats")
+case("in-running_mean-float64",
+     lambda e: inorm(e, running_mean=e.put("rm64", e["rm"].astype(np.float64)),
+                     running_var=e["rv"]), TypeError, "running_mean")
+case("in-running_var-readonly",
+     lambda e: inorm(e, running_mean=e["rm"], running_var=e.readonly("rvr", e["rv"].copy())),
+     ValueError, "running_var")
+case("in-running_var-shape",
+     lambda e: inorm(e, running_mean=e["rm"], running_var=e.put("rv4", np.ones(4, F32))),
+     ValueError, "running_var")
+for _v, _id in [(1.5, "1.5"), (-0.1, "negative")]:
+    case(f"in-momentum-{_id}", lambda e, v=_v: inorm(e, running_mean=e["rm"], running_var=e["rv"],
+                                                     momentum=v), ValueError, "momentum")
+case("in_backward-mean-shape", lambda e: in_backward(e, mean=e.put("m", np.zeros((4, 1), F32))),
+     ValueError, "mean")
+case("InstanceNorm-num_features-zero", lambda e: call(cnorm.InstanceNorm, 0), ValueError,
+     "num_features")
+case("InstanceNorm-momentum-none", lambda e: call(cnorm.InstanceNorm, 3, momentum=None), TypeError,
+     "momentum")
+case("rms-normalized_shape", lambda e: rms(e, ns=(5, 3)), ValueError, "normalized_shape")
+case("rms-normalized_shape-bool", lambda e: rms(e, ns=True), TypeError, "normalized_shape")
+case("rms-weight-shape", lambda e: call(cnorm.rms_norm, e["x"], LN_SHAPE, e.put("w5", np.ones(5, F32))),
+     ValueError, "weight")
+case("rms_backward-rstd-shape", lambda e: rms_backward(e, rstd=e.put("r3", np.ones(3, F32))),
+     ValueError, "rstd")
+case("rms_backward-rstd-none", lambda e: rms_backward(e, rstd=None), ValueError, "rstd")
+case("rms_backward-rstd-as-many-dims",
+     lambda e: rms_backward(e, rstd=e.put("r435", np.ones(SHAPE, F32))), ValueError, "rstd")
+case("RMSNorm-normalized_shape-zero", lambda e: call(cnorm.RMSNorm, 0), ValueError,
+     "normalized_shape")
+case("RMSNorm-eps-str", lambda e: call(cnorm.RMSNorm, 5, eps="1e-6"), TypeError, "eps")
+
+
 def _snapshot(env):
     return {k: copy.deepcopy(v) for k, v in env.items()}
 

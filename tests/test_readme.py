@@ -32,8 +32,9 @@ _NUMPY_TYPE = re.compile(r"<class 'numpy\.(\w+)'>")
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)", re.MULTILINE)
 
-# public names that are not documented with a signature: result types and the bench command
-_NO_ROW = {"BatchNormOutput", "BatchNormGrads", "LayerNormOutput", "LayerNormGrads", "bench"}
+# public names that are not documented with a signature: the result types (named tuples,
+# whose fields the tables give) and the bench command
+_NO_ROW = {name for name in cnorm.__all__ if name.endswith(("Output", "Grads"))} | {"bench"}
 
 
 def readme_lines():

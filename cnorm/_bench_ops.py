@@ -1,0 +1,183 @@
+"""The benchmark cases of group, instance and RMS norm, and ONNX Runtime as a peer.
+
+Each case builder returns the callables to time (cnorm, numpy, and torch and
+ort where installed and supported) and the bytes the call moves.
+"""
+
+import os
+
+import numpy as np
+
+import cnorm
+from cnorm import _baselines as nb
+
+GROUPS = 32
+GN_CASES = [((8, 256, 28, 28), 1), ((8, 28, 28, 256), -1), ((2, 320, 64, 64), 1),
+            ((2, 64, 64, 320), -1)]
+GN_SILU_CASES = [((2, 320, 64, 64), 1), ((2, 64, 64, 320), -1)]
+IN_CASES = [((8, 64, 56, 56), 1), ((8, 56, 56, 64), -1)]
+RMS_CASES = [(4096, 768), (16384, 128), (1, 4096)]
+EPS = 1e-5
+
+
+def ort_module():
+    """onnxruntime and onnx, or None when either is missing (or CNORM_BENCH_NO_ORT=1)."""
+    if os.environ.get("CNORM_BENCH_NO_ORT") == "1":
+        return None
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime, onnx
+
+
+def ort_session(ort, op, inputs, attrs, opset, dtype, threads):
+    """A one-node InferenceSession on `threads` intra-op threads, spinning off; None when
+    ORT has no kernel for it."""
+    onnxruntime, onnx = ort
+    h = onnx.helper
+    et = onnx.TensorProto.FLOAT if np.dtype(dtype) == np.float32 else onnx.TensorProto.DOUBLE
+    node = h.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
+    graph = h.make_graph([node], op, [h.make_tensor_value_info(n, et, list(a.shape))
+                                      for n, a in inputs], [h.make_tensor_value_info("y", et, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = onnxruntime.InferenceSession(model.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
+        feeds = {n: a for n, a in inputs}
+        sess.run(None, feeds)
+    except Exception:            # no kernel for this op or dtype
+        return None
+    return lambda: sess.run(None, feeds)
+
+
+def _torch_cl(torch, a, axis):
+    """a as a torch tensor in NC... order (a channels-last view when axis is -1)."""
+    t = torch.from_numpy(a)
+    if axis % a.ndim != 1:
+        t = t.permute(0, a.ndim - 1, *range(1, a.ndim - 1))
+    return t
+
+
+def gn_case(op, shape, axis, dtype, torch, ort, threads, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    w = (1 + 0.1 * rng.standard_normal(c)).astype(dtype)
+    b = (0.1 * rng.standard_normal(c)).astype(dtype)
+    funcs = {}
+    silu = op == "gn_silu"
+    if op in ("gn_forward", "gn_silu"):
+        act = "silu" if silu else None
+        funcs["cnorm"] = lambda: cnorm.group_norm(x, GROUPS, w, b, axis=axis, activation=act)
+        funcs["numpy"] = lambda: nb.group_norm(x, GROUPS, w, b, EPS, axis, silu)
+        nbytes = 2 * x.nbytes
+    else:
+        dy = rng.standard_normal(shape).astype(dtype)
+        f = cnorm.group_norm_forward(x, GROUPS, w, b, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.group_norm_backward(dy, x, f.mean, f.rstd, w, axis=axis)
+        funcs["numpy"] = lambda: nb.group_norm_backward(dy, x, f.mean, f.rstd, w, axis)
+        nbytes = 3 * x.nbytes
+    if torch is not None:
+        F = torch.nn.functional
+        tx, tw, tb = _torch_cl(torch, x, axis), torch.from_numpy(w), torch.from_numpy(b)
+        if op == "gn_forward":
+            funcs["torch"] = lambda: F.group_norm(tx, GROUPS, tw, tb, EPS)
+        elif silu:
+            funcs["torch"] = lambda: F.silu(F.group_norm(tx, GROUPS, tw, tb, EPS))
+        else:
+            n, hw = shape[0], x.size // (shape[0] * c)
+            tdy = _torch_cl(torch, dy, axis)
+            _, tm, tr = torch.ops.aten.native_group_norm(tx, tw, tb, n, c, hw, GROUPS, EPS)
+            funcs["torch"] = lambda: torch.ops.aten.native_group_norm_backward(
+                tdy, tx, tm, tr, tw, n, c, hw, GROUPS, [True, True, True])
+    if ort is not None and op == "gn_forward" and axis % x.ndim == 1:
+        s = ort_session(ort, "GroupNormalization", [("x", x), ("s", w), ("b", b)],
+                        dict(num_groups=GROUPS, epsilon=EPS), 21, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
+    return funcs, nbytes
+
+
+def in_case(op, shape, axis, dtype, torch, ort, threads, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    c = shape[axis]
+    funcs = {}
+    if op == "in_forward":
+        funcs["cnorm"] = lambda: cnorm.instance_norm(x, axis=axis)
+        funcs["numpy"] = lambda: nb.instance_norm(x, EPS, axis)
+        nbytes = 2 * x.nbytes
+    else:
+        dy = rng.standard_normal(shape).astype(dtype)
+        f = cnorm.instance_norm_forward(x, axis=axis)
+        ones = np.ones(c, dtype)
+        funcs["cnorm"] = lambda: cnorm.instance_norm_backward(dy, x, f.mean, f.rstd, axis=axis)
+        funcs["numpy"] = lambda: nb.group_norm_backward(dy, x, f.mean, f.rstd, ones, axis)
+        nbytes = 3 * x.nbytes
+    if torch is not None:
+        F = torch.nn.functional
+        tx = _torch_cl(torch, x, axis)
+        if op == "in_forward":
+            funcs["torch"] = lambda: F.instance_norm(tx, eps=EPS)
+        else:
+            txg = tx.detach().clone().requires_grad_(True)
+            ty = F.instance_norm(txg, eps=EPS)
+            tdy = _torch_cl(torch, dy, axis)
+            funcs["torch"] = lambda: torch.autograd.grad(ty, txg, tdy, retain_graph=True)
+    if ort is not None and op == "in_forward" and axis % x.ndim == 1:
+        s = ort_session(ort, "InstanceNormalization", [("x", x), ("s", np.ones(c, dtype)),
+                                                       ("b", np.zeros(c, dtype))],
+                        dict(epsilon=EPS), 17, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
+    return funcs, nbytes
+
+
+def rms_case(op, shape, dtype, torch, ort, threads, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    h = shape[-1]
+    w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
+    funcs = {}
+    if op == "rms_forward":
+        funcs["cnorm"] = lambda: cnorm.rms_norm(x, h, w, eps=EPS)
+        funcs["numpy"] = lambda: nb.rms_norm(x, w, EPS)
+        nbytes = 2 * x.nbytes
+    else:
+        dy = rng.standard_normal(shape).astype(dtype)
+        f = cnorm.rms_norm_forward(x, h, w, eps=EPS)
+        funcs["cnorm"] = lambda: cnorm.rms_norm_backward(dy, x, f.rstd, w)
+        funcs["numpy"] = lambda: nb.rms_norm_backward(dy, x, f.rstd, w)
+        nbytes = 3 * x.nbytes
+    if torch is not None:
+        F = torch.nn.functional
+        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        if op == "rms_forward":
+            funcs["torch"] = lambda: F.rms_norm(tx, (h,), tw, EPS)
+        else:
+            txg, twg = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True)
+            ty = F.rms_norm(txg, (h,), twg, EPS)
+            tdy = torch.from_numpy(dy)
+            funcs["torch"] = lambda: torch.autograd.grad(ty, (txg, twg), tdy, retain_graph=True)
+    if ort is not None and op == "rms_forward":
+        s = ort_session(ort, "RMSNormalization", [("x", x), ("s", w)],
+                        dict(epsilon=EPS, axis=-1), 23, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
+    return funcs, nbytes
+
+
+def ln_ort(ort, x, w, b, dtype, threads):
+    return ort_session(ort, "LayerNormalization", [("x", x), ("s", w), ("b", b)],
+                       dict(epsilon=EPS, axis=-1), 17, dtype, threads)
+
+
+def bn_ort(ort, x, w, b, rm, rv, axis, dtype, threads):
+    if axis % x.ndim != 1:
+        return None                                    # ONNX's batch norm is channels first
+    return ort_session(ort, "BatchNormalization", [("x", x), ("s", w), ("b", b), ("m", rm),
+                                                   ("v", rv)], dict(epsilon=EPS), 15, dtype,
+                       threads)
