@@ -102,6 +102,12 @@ compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unreachable
 NO_MEMSET = ["-fno-tree-loop-distribute-patterns"]
 if compiles("int main(void) { return 0; }", NO_MEMSET + ["-Werror"], link=False):
     compile_args += NO_MEMSET
+# One module holds every kernel: GCC's translation-unit growth limits would otherwise stop
+# inlining the per-run helpers into batch norm's loops (3-7% slower, float64).
+INLINE = ["--param", "inline-unit-growth=1000", "--param", "large-function-growth=1000",
+          "--param", "large-unit-insns=200000"]
+if compiles("int main(void) { return 0; }", INLINE + ["-Werror"], link=False):
+    compile_args += INLINE
 link_args = list(omp_link)
 if os.environ.get("CNORM_NATIVE") == "1":
     compile_args.append("-march=native")

@@ -143,10 +143,26 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
     when streaming, one fence after them (a fence per row is much slower)."""
     cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
-    cdef Py_ssize_t r, p
+    cdef Py_ssize_t r, p = 0
     cdef Py_ssize_t P = H // m.run          # parameters per set
+    cdef Py_ssize_t q = r0 % m.Q            # the parameter set of row r, kept without a division
+    cdef RowMap plain                       # layer norm's map, as constants: GCC specialises
+    plain.Q = 1                             # the inlined forward_row for it, which short
+    plain.run = 1                           # rows feel
+    plain.centred = True
+    plain.act = 0
+    if m.Q == 1 and m.run == 1 and m.centred and m.act == 0 and var_out == NULL:
+        for r in range(r0, r1):
+            forward_row(x + r * H, y + r * H, H, w, b, mean_out + r if mean_out != NULL else NULL,
+                        rstd_out + r if rstd_out != NULL else NULL, NULL, eps, method, stream,
+                        x + (r + d) * H if r + d < R else NULL, plain)
+        if stream:
+            cnorm_stream_fence()
+        return
     for r in range(r0, r1):
-        p = (r % m.Q) * P
+        if m.Q != 1:
+            p = q * P
+            q = q + 1 if q + 1 < m.Q else 0
         forward_row(x + r * H, y + r * H, H, w + p if w != NULL else NULL,
                     b + p if b != NULL else NULL,
                     mean_out + r if mean_out != NULL else NULL,
