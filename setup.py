@@ -23,9 +23,10 @@ from setuptools import Extension, setup
 from setuptools._distutils.ccompiler import new_compiler
 from setuptools._distutils.sysconfig import customize_compiler
 
-# Kernel modules are built twice where the compiler allows: for the baseline
-# of the target architecture, and as NAME_v3 for x86-64-v3 (AVX2 + FMA).
-# cnorm._dispatch imports the v3 build only on CPUs that report support.
+# Kernel modules are built three times where the compiler allows: for the
+# baseline of the target architecture, as NAME_v3 for x86-64-v3 (AVX2 + FMA)
+# and as NAME_v4 for x86-64-v4 (AVX-512).  cnorm._dispatch imports the widest
+# build the CPU reports support for.
 KERNEL_MODULES = ["_kernels"]
 
 DIRECTIVES = {
@@ -84,17 +85,18 @@ def openmp_flags():
 
 
 V3_FLAGS = ["-march=x86-64-v3", "-mtune=generic"]
+V4_FLAGS = ["-march=x86-64-v4", "-mtune=generic", "-mprefer-vector-width=512"]
 
 
-def build_v3():
+def build_isa(flags):
     if os.environ.get("CNORM_NATIVE") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    return compiles("int main(void) { return 0; }", V3_FLAGS, link=False)
+    return compiles("int main(void) { return 0; }", flags, link=False)
 
 
 omp_compile, omp_link = openmp_flags()
 # -ffp-contract=off: no fused multiply-adds behind our back, so that the
-# baseline and v3 builds give bitwise identical results.
+# baseline, v3 and v4 builds give bitwise identical results.
 compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unreachable-code"] + omp_compile
 # GCC turns loops that zero small accumulator arrays into memset, expanded as
 # `rep stosq`, whose start-up cost is large next to a short row's statistics;
@@ -132,7 +134,9 @@ def extension(name, extra=()):
 extensions = [extension("_openmp")]
 for name in KERNEL_MODULES:
     extensions.append(extension(name))
-    if build_v3():
+    if build_isa(V3_FLAGS):
         extensions.append(extension(f"{name}_v3", V3_FLAGS))
+    if build_isa(V4_FLAGS):
+        extensions.append(extension(f"{name}_v4", V4_FLAGS))
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

@@ -1,32 +1,40 @@
 """Pick the kernel build for this CPU.
 
-Each kernel module is compiled twice (see setup.py): ``NAME`` for any CPU of
-the target architecture and ``NAME_v3`` for x86-64-v3 (AVX2 + FMA).  Both
-come from the same source with ``-ffp-contract=off``, so they give bitwise
-identical results; v3 is simply faster.  Set ``CNORM_ISA=baseline`` to force
-the portable build.
+Each kernel module is compiled up to three times (see setup.py): ``NAME`` for
+any CPU of the target architecture, ``NAME_v3`` for x86-64-v3 (AVX2 + FMA)
+and ``NAME_v4`` for x86-64-v4 (AVX-512).  All come from the same source with
+``-ffp-contract=off``, so they give bitwise identical results; the wider
+builds are simply faster.  ``CNORM_ISA`` = ``baseline``, ``v3`` or ``v4``
+caps the choice (``auto``, the default, takes the widest the CPU supports).
 """
 
 import glob
 import importlib
 import os
 
-from cnorm._openmp import cpu_has_v3, llc_bytes
+from cnorm._openmp import cpu_has_v3, cpu_has_v4, llc_bytes
+
+_LEVELS = {"baseline": 0, "v3": 3, "v4": 4, "auto": 4}
 
 
 def kernels(name):
-    """Import ``cnorm.NAME_v3`` where the CPU supports it, else ``cnorm.NAME``."""
-    if os.environ.get("CNORM_ISA", "auto").lower() != "baseline" and cpu_has_v3():
-        try:
-            return importlib.import_module(f"cnorm.{name}_v3")
-        except ImportError:
-            pass
+    """Import the widest build of ``cnorm.NAME`` that this CPU runs and CNORM_ISA allows."""
+    cap = _LEVELS.get(os.environ.get("CNORM_ISA", "auto").lower(), 4)
+    for level, supported in ((4, cpu_has_v4), (3, cpu_has_v3)):
+        if cap >= level and supported():
+            try:
+                return importlib.import_module(f"cnorm.{name}_v{level}")
+            except ImportError:
+                pass
     return importlib.import_module(f"cnorm.{name}")
 
 
 def isa(module):
-    """'x86-64-v3' or 'baseline', for the given kernel module."""
-    return "x86-64-v3" if module.__name__.endswith("_v3") else "baseline"
+    """'x86-64-v4', 'x86-64-v3' or 'baseline', for the given kernel module."""
+    for level in ("v4", "v3"):
+        if module.__name__.endswith(f"_{level}"):
+            return f"x86-64-{level}"
+    return "baseline"
 
 
 def _cache_bytes():

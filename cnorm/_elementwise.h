@@ -46,6 +46,11 @@ typedef int32_t cnorm_vi32_##W __attribute__((vector_size(W)));                 
 typedef int64_t cnorm_vi64_##W __attribute__((vector_size(W)));
 CNORM_VECTORS(32)
 CNORM_VECTORS(16)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+/* x86-64-v4 builds: 64-byte vectors for the main loop of plain stores */
+#define CNORM_HAVE_V64 1
+CNORM_VECTORS(64)
+#endif
 
 /* Loads and stores as macros (a function returning a vector draws GCC's
  * -Wpsabi note in the baseline build); unaligned addresses are fine. */
@@ -59,6 +64,10 @@ CNORM_VECTORS(16)
 #define cnorm_st_f64_32(p, v) CNORM_ST(f64, 32, p, v)
 #define cnorm_st_f32_16(p, v) CNORM_ST(f32, 16, p, v)
 #define cnorm_st_f64_16(p, v) CNORM_ST(f64, 16, p, v)
+#define cnorm_ld_f32_64(p) CNORM_LD(f32, 64, p)
+#define cnorm_ld_f64_64(p) CNORM_LD(f64, 64, p)
+#define cnorm_st_f32_64(p, v) CNORM_ST(f32, 64, p, v)
+#define cnorm_st_f64_64(p, v) CNORM_ST(f64, 64, p, v)
 
 /* ReLU on vectors: clear the lanes where v < 0 (false for NaN and -0.0). */
 #define CNORM_RELU_V(S, I, W, Z, v) ((cnorm_v##S##_##W)((cnorm_v##I##_##W)(v) & ~(cnorm_v##I##_##W)((v) < Z)))
@@ -66,6 +75,8 @@ CNORM_VECTORS(16)
 #define CNORM_RELU_f64_32(v) CNORM_RELU_V(f64, i64, 32, 0.0, v)
 #define CNORM_RELU_f32_16(v) CNORM_RELU_V(f32, i32, 16, 0.0f, v)
 #define CNORM_RELU_f64_16(v) CNORM_RELU_V(f64, i64, 16, 0.0, v)
+#define CNORM_RELU_f32_64(v) CNORM_RELU_V(f32, i32, 64, 0.0f, v)
+#define CNORM_RELU_f64_64(v) CNORM_RELU_V(f64, i64, 64, 0.0, v)
 
 /* Streaming stores, to addresses aligned to their width. */
 #if defined(__SSE2__)
@@ -95,6 +106,14 @@ CNORM_VECTORS(16)
 #define cnorm_nt_f64_16 cnorm_st_f64_16
 #endif
 
+#ifdef CNORM_HAVE_V64
+#define CNORM_LOOP_64(T, S, n, BODY, A)                                         \
+    for (; i_ + 64 / (ptrdiff_t)sizeof(T) <= (n); i_ += 64 / (ptrdiff_t)sizeof(T)) \
+        BODY(i_, cnorm_ld_##S##_64, cnorm_st_##S##_64, CNORM_##A##_##S##_64)
+#else
+#define CNORM_LOOP_64(T, S, n, BODY, A) do { } while (0)
+#endif
+
 /* y[i] for i in [0, n) by BODY(i, LD, ST, ACT); T the element type, S its suffix,
  * A the activation's name (ID, RELU or SILU: ACT is its form for the width at hand).
  * Streamed, every store of y is a streaming one where y is 16-byte aligned and
@@ -119,6 +138,7 @@ CNORM_VECTORS(16)
                 i_ += v16_;                                                     \
             }                                                                   \
         } else {                                                                \
+            CNORM_LOOP_64(T, S, n, BODY, A);                                    \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
                 BODY(i_, cnorm_ld_##S##_32, cnorm_st_##S##_32, CNORM_##A##_##S##_32); \
         }                                                                       \
@@ -237,6 +257,18 @@ typedef uint64_t cnorm_vu64_16 __attribute__((vector_size(16)));
 #define CNORM_SILU_F64_V(W, v) __extension__({ cnorm_vf64_##W o_;                             \
     CNORM_SILU_EXPAND(o_, cnorm_vf64_##W, cnorm_vi64_##W, cnorm_vu64_##W, v, CNORM_SEL_i64_##W,  \
                      CNORM_CONST_f64_##W, CNORM_SILU_ARGS_F64); o_; })
+#ifdef CNORM_HAVE_V64
+#define CNORM_ID_f32_64 CNORM_ID_V
+#define CNORM_ID_f64_64 CNORM_ID_V
+#define CNORM_SEL_i32_64(m, a, b) CNORM_SEL_V(i32, 64, m, a, b)
+#define CNORM_SEL_i64_64(m, a, b) CNORM_SEL_V(i64, 64, m, a, b)
+#define CNORM_CONST_f32_64(c) ((cnorm_vf32_64){0} + (c))
+#define CNORM_CONST_f64_64(c) ((cnorm_vf64_64){0} + (c))
+typedef uint32_t cnorm_vu32_64 __attribute__((vector_size(64)));
+typedef uint64_t cnorm_vu64_64 __attribute__((vector_size(64)));
+#define CNORM_SILU_f32_64(v) CNORM_SILU_F32_V(64, v)
+#define CNORM_SILU_f64_64(v) CNORM_SILU_F64_V(64, v)
+#endif
 #define CNORM_SILU_f32_32(v) CNORM_SILU_F32_V(32, v)
 #define CNORM_SILU_f32_16(v) CNORM_SILU_F32_V(16, v)
 #define CNORM_SILU_f64_32(v) CNORM_SILU_F64_V(32, v)

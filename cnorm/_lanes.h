@@ -45,11 +45,27 @@ typedef double cnorm_v4d __attribute__((vector_size(32)));
 #define CNORM_LOAD4(p)                                                         \
     ((cnorm_v4d){(double)(p)[0], (double)(p)[1], (double)(p)[2], (double)(p)[3]})
 
+/* The lane loops' vectors: CNORM_LW float64 lanes each, 8 in the x86-64-v4 build
+ * (AVX-512) and 4 elsewhere.  Lane j always takes the same elements, so the width
+ * changes no bit. */
+#if defined(__AVX512F__)
+#define CNORM_LW 8
+typedef double cnorm_vwd __attribute__((vector_size(64)));
+#define CNORM_LOADW(p)                                                         \
+    ((cnorm_vwd){(double)(p)[0], (double)(p)[1], (double)(p)[2], (double)(p)[3],   \
+                 (double)(p)[4], (double)(p)[5], (double)(p)[6], (double)(p)[7]})
+#else
+#define CNORM_LW 4
+typedef cnorm_v4d cnorm_vwd;
+#define CNORM_LOADW CNORM_LOAD4
+#endif
+#define CNORM_NW (16 / CNORM_LW)      /* vectors of the 16 lanes */
+
 #define CNORM_DEFINE_WELFORD(NAME, T)                                          \
 static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,           \
                           double *m2)                                              \
 {                                                                                  \
-    cnorm_v4d M[4], Q[4];                                                          \
+    cnorm_vwd M[CNORM_NW], Q[CNORM_NW];                                            \
     ptrdiff_t i;                                                                   \
     int q;                                                                         \
     memcpy(M, mu, sizeof M);                                                       \
@@ -58,9 +74,9 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
         double r;                                                                  \
         k += 1.0;                                                                  \
         r = 1.0 / k;                                                               \
-        for (q = 0; q < 4; q++) {                                                  \
-            cnorm_v4d v = CNORM_LOAD4(x + i + 4 * q);                              \
-            cnorm_v4d d = v - M[q];                                                \
+        for (q = 0; q < CNORM_NW; q++) {                                           \
+            cnorm_vwd v = CNORM_LOADW(x + i + CNORM_LW * q);                       \
+            cnorm_vwd d = v - M[q];                                                \
             M[q] += d * r;                                                         \
             Q[q] += d * (v - M[q]);                                                \
         }                                                                          \
@@ -74,16 +90,16 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
 static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
                         double *a, double *c)                                      \
 {                                                                                  \
-    cnorm_v4d A[4], C[4];                                                          \
+    cnorm_vwd A[CNORM_NW], C[CNORM_NW];                                            \
     ptrdiff_t nb = n - n % 16, i;                                                  \
     int q;                                                                         \
     memcpy(A, a, sizeof A);                                                        \
     memcpy(C, c, sizeof C);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
-        for (q = 0; q < 4; q++) {                                                  \
-            cnorm_v4d gq = CNORM_LOAD4(g + i + 4 * q);                         \
+        for (q = 0; q < CNORM_NW; q++) {                                           \
+            cnorm_vwd gq = CNORM_LOADW(g + i + CNORM_LW * q);                      \
             A[q] += gq;                                                            \
-            C[q] += gq * (CNORM_LOAD4(x + i + 4 * q) - m);                     \
+            C[q] += gq * (CNORM_LOADW(x + i + CNORM_LW * q) - m);                  \
         }                                                                          \
     }                                                                              \
     memcpy(a, A, sizeof A);                                                        \
@@ -97,14 +113,14 @@ static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,          
 #define CNORM_DEFINE_SUM2(NAME, T)                                             \
 static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
 {                                                                                  \
-    cnorm_v4d A[4], Q[4];                                                          \
+    cnorm_vwd A[CNORM_NW], Q[CNORM_NW];                                            \
     ptrdiff_t nb = n - n % 16, i;                                                  \
     int q_;                                                                        \
     memcpy(A, a, sizeof A);                                                        \
     memcpy(Q, q, sizeof Q);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
-        for (q_ = 0; q_ < 4; q_++) {                                               \
-            cnorm_v4d d = CNORM_LOAD4(x + i + 4 * q_) - s;                         \
+        for (q_ = 0; q_ < CNORM_NW; q_++) {                                        \
+            cnorm_vwd d = CNORM_LOADW(x + i + CNORM_LW * q_) - s;                  \
             A[q_] += d;                                                            \
             Q[q_] += d * d;                                                        \
         }                                                                          \

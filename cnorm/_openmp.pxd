@@ -21,9 +21,20 @@ cdef extern from *:
         return 0;
     #endif
     }
+
+    static inline int cnorm_cpu_has_v4(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+        return cnorm_cpu_has_v3() && __builtin_cpu_supports("avx512f")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+            && __builtin_cpu_supports("avx512vl");
+    #else
+        return 0;
+    #endif
+    }
     """
     bint CNORM_HAVE_OPENMP
     bint cnorm_cpu_has_v3() noexcept nogil
+    bint cnorm_cpu_has_v4() noexcept nogil
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
 

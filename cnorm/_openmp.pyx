@@ -23,6 +23,11 @@ def cpu_has_v3():
     return bool(cnorm_cpu_has_v3())
 
 
+def cpu_has_v4():
+    """Whether this CPU (and OS) supports x86-64-v4: v3 and AVX-512 F, BW, DQ, VL."""
+    return bool(cnorm_cpu_has_v4())
+
+
 def llc_bytes():
     """Bytes of last-level cache as the system reports it (0 when unknown)."""
     return cnorm_llc_bytes()

@@ -75,16 +75,28 @@ def _build(tmp_path_factory, name, driver, builds):
     return ctypes.CDLL(str(so))
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
-    return _build(tmp_path_factory, "lanes", DRIVER,
-                  [("vec", ["-march=x86-64-v3"] if _is_x86() else []),
-                   ("scalar", ["-DCNORM_LANES_SCALAR"])])
-
-
 def _is_x86():
     import platform
     return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _cpu_has_v4():
+    from cnorm._openmp import cpu_has_v4
+    return cpu_has_v4()
+
+
+# the lane loops' builds: 8-lane vectors (x86-64-v4, where this CPU runs it), 4-lane
+# vectors (x86-64-v3, or the target's baseline), and plain C; "vec" is the one every
+# case also checks against the formulas
+LANE_BUILDS = ([("vec", ["-march=x86-64-v3"] if _is_x86() else [])]
+               + ([("v4", ["-march=x86-64-v4", "-mprefer-vector-width=512"])]
+                  if _is_x86() and _cpu_has_v4() else [])
+               + [("scalar", ["-DCNORM_LANES_SCALAR"])])
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    return _build(tmp_path_factory, "lanes", DRIVER, LANE_BUILDS)
 
 
 def _p(a):
@@ -107,7 +119,7 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
     x = (rng.standard_normal(n) * 1e-2 + 1e4).astype(dtype)
     w = rng.standard_normal(n).astype(dtype)
     out = {}
-    for suffix in ("vec", "scalar"):
+    for suffix in [b for b, _ in LANE_BUILDS]:
         mu, m2 = np.full(16, 1e4), np.zeros(16)
         k = _run(lib, f"welford_{tag}", suffix, x, n - n % 16, 3.0, mu, m2)
         a, c = np.arange(16.0), np.zeros(16)
@@ -117,8 +129,9 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
         sums, dw, db = np.zeros(2), np.ones(n), np.full(n, 2.0)
         _run(lib, f"grad_{tag}", suffix, g, x, w, n, 1e4, 0.5, sums, dw, db)
         out[suffix] = [np.array([k]), mu, m2, a, c, sa, sq, sums, dw, db]
-    for v, s in zip(out["vec"], out["scalar"]):
-        np.testing.assert_array_equal(v.view(np.int64), s.view(np.int64))
+    for build in out:
+        for v, s in zip(out["vec"], out[build]):
+            np.testing.assert_array_equal(v.view(np.int64), s.view(np.int64), err_msg=build)
     # and the loops did something: the Welford count moved by one per step of 16,
     # and the shifted sums are those of x - 1e4
     assert out["vec"][0][0] == 3.0 + (n - n % 16) // 16
@@ -154,7 +167,7 @@ def test_four_row_column_loops_match_their_formulas(lib, dtype, tag, n):
     e = xs - mu0
     want_a = s0 + ((gs[0] + gs[1]) + (gs[2] + gs[3]))
     want_b = q0 + ((gs[0] * e[0] + gs[1] * e[1]) + (gs[2] * e[2] + gs[3] * e[3]))
-    for suffix in ("vec", "scalar"):
+    for suffix in [b for b, _ in LANE_BUILDS]:
         s, q = s0.copy(), q0.copy()
         _run(lib, f"col_sum2_x4_{tag}", suffix, x, ld, f, s, q, n)
         mu, m2 = mu0.copy(), q0.copy()
@@ -203,9 +216,11 @@ WRAP(float, f32)
 WRAP(double, f64)
 """
 
-# every build of the loops: AVX2 (x86-64-v3), the x86-64 baseline (SSE2
-# streaming stores), and the plain-C fallback of other compilers
-EW_BUILDS = ([("v3", ["-march=x86-64-v3"]), ("sse2", [])] if _is_x86() else [("vec", [])]) + [
+# every build of the loops: AVX-512 (x86-64-v4, where this CPU runs it), AVX2
+# (x86-64-v3), the x86-64 baseline (SSE2 streaming stores), and the plain-C
+# fallback of other compilers
+EW_BUILDS = ((([("v4", ["-march=x86-64-v4"])] if _cpu_has_v4() else [])
+              + [("v3", ["-march=x86-64-v3"]), ("sse2", [])]) if _is_x86() else [("vec", [])]) + [
     ("scalar", ["-DCNORM_LANES_SCALAR"])]
 
 

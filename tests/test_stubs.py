@@ -18,7 +18,8 @@ def _built(name):
 
 def test_stubs_match_compiled_modules(tmp_path):
     pytest.importorskip("mypy", reason="mypy is in the test extras: pip install '.[test]'")
-    modules = COMPILED + [f"{m}_v3" for m in COMPILED[1:] if _built(f"{m}_v3")]
+    modules = COMPILED + [f"{m}_{v}" for m in COMPILED[1:] for v in ("v3", "v4")
+                          if _built(f"{m}_{v}")]
     allowlist = os.path.join(os.path.dirname(__file__), "stubtest_allowlist.txt")
     # Import cnorm from where this test imported it (the installed package, or a
     # checkout built in place), and run from an empty folder: python -m puts the
