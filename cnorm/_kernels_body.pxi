@@ -14,7 +14,7 @@ from cnorm._moments cimport (
     cnorm_ln_dx_f32, cnorm_ln_dx_f64, cnorm_prefetch, cnorm_prefetch_write, cnorm_stream_fence,
     col_dot2_x4, col_sum2, col_sum2_x4, col_welford_x4, lanes_total, merge_columns, moments_merge,
     moments_zero, one_pass_ok, prefetch_rows, row_grad_sums, rows_affine, run_affine, run_dot2,
-    run_sum2, seq_dot, seq_moments, short_row_bytes,
+    run_sum2, run_sumsq, seq_dot, seq_moments, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 

@@ -5,6 +5,7 @@
  *   dw[i] += g*(x - m)*r, db[i] += g                  (column partials)
  * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
+ * cnorm_sumsq_*: RMS norm's sum of squares, in the 16 lanes of cnorm_sum2_*
  * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane
  *   per position in the step, so that one division serves the 16 lanes
  * cnorm_col_*: the row-major batch-norm kernels' column statistics and sums,
@@ -134,6 +135,27 @@ static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)
     }                                                                              \
 }
 
+/* RMS norm's statistic: q[k] += x**2 in the lanes of sum2 (whose q it equals for s = 0) */
+#define CNORM_DEFINE_SUMSQ(NAME, T)                                            \
+static inline void NAME(const T *x, ptrdiff_t n, double *q)                        \
+{                                                                                  \
+    cnorm_vwd Q[CNORM_NW];                                                         \
+    ptrdiff_t nb = n - n % 16, i;                                                  \
+    int q_;                                                                        \
+    memcpy(Q, q, sizeof Q);                                                        \
+    for (i = 0; i < nb; i += 16) {                                                 \
+        for (q_ = 0; q_ < CNORM_NW; q_++) {                                        \
+            cnorm_vwd d = CNORM_LOADW(x + i + CNORM_LW * q_);                      \
+            Q[q_] += d * d;                                                        \
+        }                                                                          \
+    }                                                                              \
+    memcpy(q, Q, sizeof Q);                                                        \
+    for (i = nb; i < n; i++) {                                                     \
+        double d = (double)x[i];                                                   \
+        q[i - nb] += d * d;                                                        \
+    }                                                                              \
+}
+
 #define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
 static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
@@ -201,6 +223,16 @@ static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)
     for (i = 0; i < n; i++) {                                                      \
         double d = (double)x[i] - s;                                               \
         a[i % 16] += d;                                                            \
+        q[i % 16] += d * d;                                                        \
+    }                                                                              \
+}
+
+#define CNORM_DEFINE_SUMSQ(NAME, T)                                            \
+static inline void NAME(const T *x, ptrdiff_t n, double *q)                        \
+{                                                                                  \
+    ptrdiff_t i;                                                                   \
+    for (i = 0; i < n; i++) {                                                      \
+        double d = (double)x[i];                                                   \
         q[i % 16] += d * d;                                                        \
     }                                                                              \
 }
@@ -310,6 +342,8 @@ CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)
 CNORM_DEFINE_DOT2(cnorm_dot2_f64, double)
 CNORM_DEFINE_SUM2(cnorm_sum2_f32, float)
 CNORM_DEFINE_SUM2(cnorm_sum2_f64, double)
+CNORM_DEFINE_SUMSQ(cnorm_sumsq_f32, float)
+CNORM_DEFINE_SUMSQ(cnorm_sumsq_f64, double)
 CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float)
 CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double)
 

@@ -63,6 +63,8 @@ cdef extern from "_lanes.h":
                         double* q) noexcept nogil
     void cnorm_sum2_f64(const double* x, Py_ssize_t n, double s, double* a,
                         double* q) noexcept nogil
+    void cnorm_sumsq_f32(const float* x, Py_ssize_t n, double* q) noexcept nogil
+    void cnorm_sumsq_f64(const double* x, Py_ssize_t n, double* q) noexcept nogil
     void cnorm_col_sum2_f32(const float* x, const double* f, double* s, double* q,
                             Py_ssize_t n) noexcept nogil
     void cnorm_col_sum2_f64(const double* x, const double* f, double* s, double* q,
@@ -219,6 +221,14 @@ cdef inline void run_sum2(double* a, double* q, const floating* x, Py_ssize_t n,
         cnorm_sum2_f32(x, n, s, a, q)
     else:
         cnorm_sum2_f64(x, n, s, a, q)
+
+
+cdef inline void run_sumsq(double* q, const floating* x, Py_ssize_t n) noexcept nogil:
+    """q += x**2 over a run, lane-wise as in run_sqdev."""
+    if floating is float:
+        cnorm_sumsq_f32(x, n, q)
+    else:
+        cnorm_sumsq_f64(x, n, q)
 
 
 cdef inline void col_sum2(double* s, double* q, const floating* x, const double* f,

@@ -40,13 +40,11 @@ cdef inline bint streams_rows(Py_ssize_t H, bint stream, const floating* like) n
 
 cdef inline double row_mean_square(const floating* x, Py_ssize_t H) noexcept nogil:
     """mean(x**2) of a row, summed in float64 lanes in a fixed order."""
-    cdef double a[LANES]
     cdef double q[LANES]
     cdef Py_ssize_t j
     for j in range(LANES):
-        a[j] = 0.0
         q[j] = 0.0
-    run_sum2(a, q, x, H, 0.0)
+    run_sumsq(q, x, H)
     return lanes_total(q) / H
 
 

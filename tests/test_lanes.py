@@ -32,6 +32,8 @@ void CAT(dot2_##S##_, SUFFIX)(const T *g, const T *x, ptrdiff_t n, double m,    
 { cnorm_dot2_##S(g, x, n, m, a, c); }                                                \
 void CAT(sum2_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double s, double *a, double *q) \
 { cnorm_sum2_##S(x, n, s, a, q); }                                                    \
+void CAT(sumsq_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double *q)                    \
+{ cnorm_sumsq_##S(x, n, q); }                                                         \
 void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, const T *w, ptrdiff_t n,       \
                               double m, double r, double *sums, double *dw,          \
                               double *db)                                            \
@@ -126,9 +128,14 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
         _run(lib, f"dot2_{tag}", suffix, g, x, n, 1e4, a, c)
         sa, sq = np.arange(16.0), np.ones(16)
         _run(lib, f"sum2_{tag}", suffix, x, n, 1e4, sa, sq)
+        z, zq = np.zeros(16), np.full(16, 0.5)
+        _run(lib, f"sum2_{tag}", suffix, g, n, 0.0, z, zq)
+        rq = np.full(16, 0.5)
+        _run(lib, f"sumsq_{tag}", suffix, g, n, rq)
+        assert rq.tobytes() == zq.tobytes()     # RMS norm's sums are sum2's, unshifted
         sums, dw, db = np.zeros(2), np.ones(n), np.full(n, 2.0)
         _run(lib, f"grad_{tag}", suffix, g, x, w, n, 1e4, 0.5, sums, dw, db)
-        out[suffix] = [np.array([k]), mu, m2, a, c, sa, sq, sums, dw, db]
+        out[suffix] = [np.array([k]), mu, m2, a, c, sa, sq, sums, dw, db, rq]
     for build in out:
         for v, s in zip(out["vec"], out[build]):
             np.testing.assert_array_equal(v.view(np.int64), s.view(np.int64), err_msg=build)
