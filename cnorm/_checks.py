@@ -39,6 +39,15 @@ def float_array(x, name):
     return x
 
 
+def grad_array(dy, x, name="dy"):
+    """The gradient dy of a backward call: a float array of x's shape (its dtype is cast
+    by the caller)."""
+    dy = float_array(dy, name)
+    if dy.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {x.shape}, got {dy.shape}")
+    return dy
+
+
 def real_array(v, name):
     """np.asarray(v), which must hold real numbers (float, int, unsigned or bool)."""
     try:

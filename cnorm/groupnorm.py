@@ -11,8 +11,8 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    activation_value, axis_value, bool_value, deliver, eps_value, float_array, inplace_array,
-    like_array, method_value, momentum_value, output_buffer, positive_int,
+    activation_value, axis_value, bool_value, deliver, eps_value, float_array, grad_array,
+    inplace_array, like_array, method_value, momentum_value, output_buffer, positive_int,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm._geometry import Rows, group_geometry
@@ -181,9 +181,7 @@ def _backward(dy, x, mean, rstd, weight, axis, out, what, groups_of):
     """dx, dweight, dbias of group norm (what = 'group norm' or 'instance norm');
     groups_of(c) checks mean's second dimension against the C channels."""
     x, axis = _channels(x, axis, 2 if what == "group norm" else 3, what)
-    dy = float_array(dy, "dy")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    dy = grad_array(dy, x)
     c = x.shape[axis]
     if mean is None or rstd is None:
         raise ValueError("mean and rstd are required")

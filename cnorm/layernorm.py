@@ -9,8 +9,8 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, deliver, eps_value, float_array, like_array, method_value,
-    output_buffer, ready, shape_value,
+    F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
+    method_value, output_buffer, ready, shape_value,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -210,9 +210,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     LayerNormGrads(dx=array([[0., 0.]]), dweight=array([-1.,  0.]), dbias=array([1., 0.]))
     """
     x = float_array(x, "x")
-    dy = float_array(dy, "dy")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    dy = grad_array(dy, x)
     if mean is None or rstd is None:
         raise ValueError("mean and rstd are required")
     mean_a = np.asarray(mean)

@@ -184,6 +184,40 @@ class _Norm:
         return LoadResult(missing, unexpected)
 
 
+def _saved_input(layer, dy):
+    """The last forward's saved state, and dy checked against its input."""
+    if layer._saved is None:
+        raise RuntimeError("backward needs a forward call first: there is no saved input")
+    x = layer._saved[0]
+    dy = layer._input(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
+                         f"got {dy.shape}")
+    return layer._saved, dy
+
+
+def _channel_input(layer, x, c, min_ndim):
+    """x as the layer's dtype with c channels along the layer's axis; returns (x, axis)."""
+    x = layer._input(x, "x")
+    if x.ndim < min_ndim:
+        raise ValueError(f"x must have at least {min_ndim} dimensions, got shape {x.shape}")
+    axis = axis_value(layer.axis, x.ndim)
+    if x.shape[axis] != c:
+        raise ValueError(f"x must have {c} channels along axis {layer.axis}, got shape {x.shape}")
+    return x, axis
+
+
+def _trailing_input(layer, x):
+    """x as the layer's dtype, ending with the layer's normalized_shape; returns (x, shape)."""
+    x = layer._input(x, "x")
+    shape = layer.normalized_shape
+    k = len(shape)
+    if x.ndim < k or x.shape[x.ndim - k:] != shape:
+        raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
+                         f"got shape {x.shape}")
+    return x, shape
+
+
 # -- BatchNorm ---------------------------------------------------------------------------------
 
 class BatchNorm(_Norm):
@@ -427,13 +461,7 @@ class BatchNorm(_Norm):
         ValueError
             dy not of the forward input's shape.
         """
-        if self._saved is None:
-            raise RuntimeError("backward needs a forward call first: there is no saved input")
-        x, mean, invstd, weight, has_bias, batch_stats, axis = self._saved
-        dy = self._input(dy, "dy")
-        if dy.shape != x.shape:
-            raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
-                             f"got {dy.shape}")
+        (x, mean, invstd, weight, has_bias, batch_stats, axis), dy = _saved_input(self, dy)
         dx, dweight, dbias = batch_norm_backward(dy, x, mean, invstd, weight,
                                                  training=batch_stats, axis=axis)
         self.weight_grad = dweight if weight is not None else None
@@ -562,12 +590,7 @@ class LayerNorm(_Norm):
         ValueError
             x's trailing dimensions are not normalized_shape.
         """
-        x = self._input(x, "x")
-        shape = self.normalized_shape
-        k = len(shape)
-        if x.ndim < k or x.shape[x.ndim - k:] != shape:
-            raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
-                             f"got shape {x.shape}")
+        x, shape = _trailing_input(self, x)
         weight = None if self.weight is None else like_array(self.weight, "weight", self.dtype,
                                                              shape).copy()
         y, mean, rstd = layer_norm_forward(x, shape, weight, self.bias, eps=self.eps,
@@ -602,13 +625,7 @@ class LayerNorm(_Norm):
         ValueError
             dy not of the forward input's shape.
         """
-        if self._saved is None:
-            raise RuntimeError("backward needs a forward call first: there is no saved input")
-        x, mean, rstd, weight, has_bias = self._saved
-        dy = self._input(dy, "dy")
-        if dy.shape != x.shape:
-            raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
-                             f"got {dy.shape}")
+        (x, mean, rstd, weight, has_bias), dy = _saved_input(self, dy)
         dx, dweight, dbias = layer_norm_backward(dy, x, mean, rstd, weight)
         self.weight_grad = dweight if weight is not None else None
         self.bias_grad = dbias if has_bias else None
@@ -616,29 +633,6 @@ class LayerNorm(_Norm):
 
 
 # -- GroupNorm, InstanceNorm, RMSNorm -----------------------------------------------------------
-
-def _saved_input(layer, dy):
-    """The last forward's saved state, and dy checked against its input."""
-    if layer._saved is None:
-        raise RuntimeError("backward needs a forward call first: there is no saved input")
-    x = layer._saved[0]
-    dy = layer._input(dy, "dy")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of the last forward input {x.shape}, "
-                         f"got {dy.shape}")
-    return layer._saved, dy
-
-
-def _channel_input(layer, x, c, min_ndim):
-    """x as the layer's dtype with c channels along the layer's axis; returns (x, axis)."""
-    x = layer._input(x, "x")
-    if x.ndim < min_ndim:
-        raise ValueError(f"x must have at least {min_ndim} dimensions, got shape {x.shape}")
-    axis = axis_value(layer.axis, x.ndim)
-    if x.shape[axis] != c:
-        raise ValueError(f"x must have {c} channels along axis {layer.axis}, got shape {x.shape}")
-    return x, axis
-
 
 class GroupNorm(_Norm):
     """Group normalization layer, like ``torch.nn.GroupNorm``.
@@ -934,12 +928,7 @@ class RMSNorm(_Norm):
         ValueError
             x's trailing dimensions are not normalized_shape.
         """
-        x = self._input(x, "x")
-        shape = self.normalized_shape
-        k = len(shape)
-        if x.ndim < k or x.shape[x.ndim - k:] != shape:
-            raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
-                             f"got shape {x.shape}")
+        x, shape = _trailing_input(self, x)
         weight = None if self.weight is None else self.weight.copy()
         y, rstd = rms_norm_forward(x, shape, weight, eps=self.eps)
         self._saved = (x, rstd, weight)

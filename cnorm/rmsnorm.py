@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, deliver, eps_value, float_array, like_array,
+    F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
     output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
@@ -172,9 +172,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
         error is raised.
     """
     x = float_array(x, "x")
-    dy = float_array(dy, "dy")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    dy = grad_array(dy, x)
     if rstd is None:
         raise ValueError("rstd is required")
     rstd_a = np.asarray(rstd)
