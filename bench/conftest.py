@@ -7,9 +7,9 @@
     pytest bench/ --benchmark-only --benchmark-compare           # compare with the last saved run
     pytest bench/ --benchmark-disable                    # smoke test: each case once, untimed
 
-The cases and the NumPy/torch baselines are the ones `python -m cnorm.bench`
-uses (cnorm/bench.py and cnorm/_baselines.py).  torch is included only when it
-can be imported.
+The cases and the NumPy/torch/ONNX Runtime baselines are the ones `python -m
+cnorm.bench` uses (cnorm/bench.py, cnorm/_bench_ops.py, cnorm/_baselines.py).
+torch and ONNX Runtime are included only when they can be imported.
 """
 
 import numpy as np
