@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, axis_value, bool_value, deliver, eps_value, float_array, inplace_array,
+    F32, F64, INF, activation_value, axis_value, bool_value, deliver, grad_array, eps_value, float_array, inplace_array,
     like_array, method_value, momentum_value, output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
@@ -50,15 +50,26 @@ def _c_contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _forward(x, weight, bias, running_mean, running_var, training, momentum, eps, axis,
-             method, act, out, want_stats):
+Plan = namedtuple("Plan", ["x", "axis", "n", "c", "m"])
+Plan.__doc__ = """x checked (a float ndarray of 2 or more dimensions), its channel axis in
+[0, ndim), and the (N, C, M) view of x that the kernels take."""
+
+
+def plan(x, axis):
+    """Check x and axis once, into the Plan that `_forward` and the layers use."""
     x = float_array(x, "x")
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     axis = axis_value(axis, x.ndim)
+    return Plan(x, axis, *_layout(x, axis))
+
+
+def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps, method, act,
+             out, want_stats):
+    """Forward of a planned call (see plan); returns (y, mean, invstd)."""
+    x, axis, n, c, m = p
     eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
-    n, c, m = _layout(x, axis)
     shape = (c,)
     weight = like_array(weight, "weight", x.dtype, shape)
     bias = like_array(bias, "bias", x.dtype, shape)
@@ -199,8 +210,9 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
                                          eps, False, stream_stores(2 * x.nbytes))
                 return y
     act = activation_value(activation, relu)
-    y, _, _ = _forward(x, weight, bias, running_mean, running_var, bool_value(training, "training"),
-                       momentum, eps, axis, method, act, out, False)
+    training = bool_value(training, "training")
+    y, _, _ = _forward(plan(x, axis), weight, bias, running_mean, running_var, training, momentum,
+                       eps, method, act, out, False)
     return y
 
 
@@ -231,8 +243,8 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     >>> res.mean, res.invstd
     (array([ 2., 20.]), array([1. , 0.1]))
     """
-    return BatchNormOutput(*_forward(x, weight, bias, running_mean, running_var, True, momentum,
-                                     eps, axis, method, 0, out, True))
+    return BatchNormOutput(*_forward(plan(x, axis), weight, bias, running_mean, running_var, True,
+                                     momentum, eps, method, 0, out, True))
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis=1, out=None):
@@ -292,11 +304,9 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     dy = float_array(dy, "dy")
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    dy = grad_array(dy, x)
     training = bool_value(training, "training")
-    axis = axis_value(axis, x.ndim)
-    n, c, m = _layout(x, axis)
+    x, axis, n, c, m = plan(x, axis)
     shape = (c,)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd are required")

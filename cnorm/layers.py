@@ -17,7 +17,9 @@ from cnorm._checks import (
     _type_name, axis_value, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
     method_value, momentum_value, positive_int, real_array, shape_value,
 )
-from cnorm.batchnorm import batch_norm, batch_norm_backward, batch_norm_forward
+from cnorm.batchnorm import _forward as bn_forward
+from cnorm.batchnorm import batch_norm_backward
+from cnorm.batchnorm import plan as bn_plan
 from cnorm.groupnorm import (
     group_norm_backward, group_norm_forward, instance_norm, instance_norm_backward,
     instance_norm_forward,
@@ -393,11 +395,9 @@ class BatchNorm(_Norm):
             batch statistics are needed and there is only one value per
             channel.  Nothing (running statistics, counter) changes on error.
         """
-        x = self._input(x, "x")
-        if x.ndim < 2:
-            raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
-        axis = axis_value(self.axis, x.ndim)
-        if x.shape[axis] != self.num_features:
+        p = bn_plan(self._input(x, "x"), self.axis)     # x and axis checked once, here
+        x, axis = p.x, p.axis
+        if p.c != self.num_features:
             raise ValueError(f"x must have {self.num_features} channels along axis {self.axis}, "
                              f"got shape {x.shape}")
         dtype = self.dtype
@@ -416,11 +416,11 @@ class BatchNorm(_Norm):
         else:
             rm, rv = self.running_mean, self.running_var
         if batch_stats:
-            y, mean, invstd = batch_norm_forward(x, weight, bias, rm, rv, momentum=factor,
-                                                 eps=self.eps, axis=axis, method=self.method)
+            y, mean, invstd = bn_forward(p, weight, bias, rm, rv, True, factor, self.eps,
+                                         self.method, 0, None, True)
         else:
-            y = batch_norm(x, weight, bias, rm, rv, training=False, eps=self.eps, axis=axis,
-                           method=self.method)
+            y = bn_forward(p, weight, bias, rm, rv, False, factor, self.eps, self.method, 0, None,
+                           False)[0]
             # the statistics as they are now, for backward
             mean = np.array(rm, dtype=dtype)
             invstd = (1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + self.eps)).astype(dtype)
