@@ -1,5 +1,7 @@
 """Documented behaviour at the edges that other files do not pin down."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -78,6 +80,32 @@ def test_float32_variance_accuracy_from_offset_over_sd_1_to_3e7(ratio, method):
         _, var = exact_mean_var(rows[r])
         assert abs(float(l.rstd[r]) ** -2 / var - 1) <= 1e-6
 
+
+
+@pytest.mark.parametrize("method", ["two_pass", "welford"])
+@pytest.mark.parametrize("ratio", [1e0, 1e4, 3e7])
+def test_float32_group_and_instance_variance_accuracy_to_3e7(ratio, method):
+    # the same promise for group norm (rows and channels-last columns) and instance norm,
+    # and RMS norm's mean of squares (no cancellation, but the same float64 sums)
+    from cnorm._reference import exact_mean_var
+    rng = np.random.default_rng(int(ratio) + 7)
+    sd = 1e-2
+    x = (ratio * sd + sd * rng.standard_normal((3, 8, 24, 24))).astype(np.float32)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    for f, groups in [(cnorm.group_norm_forward(x, 2, eps=0.0, method=method), 2),
+                      (cnorm.group_norm_forward(xl, 2, eps=0.0, method=method, axis=-1), 2),
+                      (cnorm.instance_norm_forward(x, eps=0.0, method=method), 8),
+                      (cnorm.instance_norm_forward(xl, eps=0.0, method=method, axis=-1), 8)]:
+        per = 8 // groups
+        for n in range(3):
+            for g in range(groups):
+                _, var = exact_mean_var(x[n, g * per:(g + 1) * per])
+                assert abs(float(f.rstd[n, g]) ** -2 / var - 1) <= 1e-6
+    rows = x.reshape(24, 576)
+    r = cnorm.rms_norm_forward(rows, 576, eps=0.0)
+    for i in range(24):
+        ms = math.fsum(np.asarray(rows[i], np.float64) ** 2) / 576
+        assert abs(float(r.rstd[i]) ** -2 / ms - 1) <= 1e-6
 
 def test_float64_two_pass_second_pass_when_first_value_is_far_out():
     # Two-pass sums each block centred on its first value and keeps that one-pass
