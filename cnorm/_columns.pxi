@@ -97,7 +97,9 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
         sq = bq[c]                        # and of its squares
         mean[c] = f64[c] + sd * inv
         m2[c] = sq - sd * (sd * inv)
-        if not one_pass_ok(m2[c], sq, x):
+        # the first row's own term, x0 - x0, is left out of the sums: it is 0 unless x0 is
+        # inf or NaN, where the second pass gives the NaN it stands for
+        if not one_pass_ok(m2[c], sq, x) or f64[c] - f64[c] != 0.0:
             m2[c] = -1.0                  # an accepted M2 is >= 0
             ok = False
     if not ok:                            # column by column: one bad column changes no other
