@@ -64,8 +64,8 @@ def _groups_value(num_groups, c):
 
 
 def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
-    """Run the forward kernel of geometry geo; returns (y, mean, rstd[, var]) with the
-    statistics of shape (N, groups)."""
+    """Run the forward kernel of geometry geo; returns (y, mean, rstd, var) with the
+    statistics of shape (N, groups), var None unless asked for."""
     out, y = output_buffer(out, x, [("x", x)])
     if type(geo) is Rows:
         stats_shape = (x.shape[0], geo.Q)
@@ -261,7 +261,7 @@ def group_norm_backward(dy, x, mean, rstd, weight=None, *, axis=1, out=None):
 # -- instance norm ------------------------------------------------------------------------------
 
 def _instance_forward(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
-                      axis, method, activation, out, want_stats):
+                      axis, method, activation, out):
     x, axis = _channels(x, axis, 3, "instance norm")
     use_input_stats = bool_value(use_input_stats, "use_input_stats")
     c = x.shape[axis]
@@ -360,7 +360,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         error is raised.
     """
     return _instance_forward(x, weight, bias, running_mean, running_var, use_input_stats,
-                             momentum, eps, axis, method, activation, out, False)[0]
+                             momentum, eps, axis, method, activation, out)[0]
 
 
 def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
@@ -376,7 +376,7 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
         ``(y, mean, rstd)``, the statistics of shape (N, C) and x's dtype.
     """
     return InstanceNormOutput(*_instance_forward(x, weight, bias, running_mean, running_var, True,
-                                                 momentum, eps, axis, method, None, out, True))
+                                                 momentum, eps, axis, method, None, out))
 
 
 def _mean_channels(c, mean):
