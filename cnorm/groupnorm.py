@@ -43,7 +43,9 @@ InstanceNormGrads.__doc__ = """Result of `instance_norm_backward`: dx (x's shape
 per-channel gradients of weight and bias, of shape (C,)."""
 
 
-def _channels(x, axis, min_ndim, what):
+def plan(x, axis, min_ndim, what):
+    """Check x (a float array of min_ndim or more dimensions) and its channel axis (1 or the
+    last) once; returns (x, axis), which the forward functions and the layers share."""
     x = float_array(x, "x")
     if x.ndim < min_ndim:
         dims = "(N, C)" if min_ndim == 2 else "(N, C, L, ...)"
@@ -86,8 +88,9 @@ def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
     return deliver(out, y), mean, rstd, v
 
 
-def _group_forward(x, num_groups, weight, bias, eps, axis, method, activation, out):
-    x, axis = _channels(x, axis, 2, "group norm")
+def _group_forward(p, num_groups, weight, bias, eps, method, activation, out):
+    """Group norm of a planned x (see plan); returns (y, mean, rstd)."""
+    x, axis = p
     c = x.shape[axis]
     g = _groups_value(num_groups, c)
     weight = like_array(weight, "weight", x.dtype, (c,))
@@ -153,7 +156,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, metho
     >>> cnorm.group_norm(x, 2, eps=0.0)
     array([[-1.,  1., -1.,  1.]])
     """
-    return _group_forward(x, num_groups, weight, bias, eps, axis, method, activation, out)[0]
+    return _group_forward(plan(x, axis, 2, "group norm"), num_groups, weight, bias, eps, method,
+                          activation, out)[0]
 
 
 def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, method=None,
@@ -173,14 +177,14 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     TypeError, ValueError
         As `group_norm`; nothing is modified when an error is raised.
     """
-    return GroupNormOutput(*_group_forward(x, num_groups, weight, bias, eps, axis, method, None,
-                                           out))
+    return GroupNormOutput(*_group_forward(plan(x, axis, 2, "group norm"), num_groups, weight, bias,
+                                           eps, method, None, out))
 
 
 def _backward(dy, x, mean, rstd, weight, axis, out, what, groups_of):
     """dx, dweight, dbias of group norm (what = 'group norm' or 'instance norm');
     groups_of(c) checks mean's second dimension against the C channels."""
-    x, axis = _channels(x, axis, 2 if what == "group norm" else 3, what)
+    x, axis = plan(x, axis, 2 if what == "group norm" else 3, what)
     dy = grad_array(dy, x)
     c = x.shape[axis]
     if mean is None or rstd is None:
@@ -260,9 +264,11 @@ def group_norm_backward(dy, x, mean, rstd, weight=None, *, axis=1, out=None):
 
 # -- instance norm ------------------------------------------------------------------------------
 
-def _instance_forward(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
-                      axis, method, activation, out):
-    x, axis = _channels(x, axis, 3, "instance norm")
+def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+                      method, activation, out):
+    """Instance norm of a planned x (see plan); returns (y, mean, rstd), the statistics None
+    when the running ones are used."""
+    x, axis = p
     use_input_stats = bool_value(use_input_stats, "use_input_stats")
     c = x.shape[axis]
     shape = (c,)
@@ -359,8 +365,9 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         momentum, method, activation or `out`.  Nothing is modified when an
         error is raised.
     """
-    return _instance_forward(x, weight, bias, running_mean, running_var, use_input_stats,
-                             momentum, eps, axis, method, activation, out)[0]
+    return _instance_forward(plan(x, axis, 3, "instance norm"), weight, bias, running_mean,
+                             running_var, use_input_stats, momentum, eps, method, activation,
+                             out)[0]
 
 
 def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
@@ -375,8 +382,9 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     InstanceNormOutput
         ``(y, mean, rstd)``, the statistics of shape (N, C) and x's dtype.
     """
-    return InstanceNormOutput(*_instance_forward(x, weight, bias, running_mean, running_var, True,
-                                                 momentum, eps, axis, method, None, out))
+    return InstanceNormOutput(*_instance_forward(plan(x, axis, 3, "instance norm"), weight, bias,
+                                                 running_mean, running_var, True, momentum, eps,
+                                                 method, None, out))
 
 
 def _mean_channels(c, mean):

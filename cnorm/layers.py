@@ -14,16 +14,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from cnorm._checks import (
-    _type_name, axis_value, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
+    _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
     method_value, momentum_value, positive_int, real_array, shape_value,
 )
 from cnorm.batchnorm import _forward as bn_forward
 from cnorm.batchnorm import batch_norm_backward
 from cnorm.batchnorm import plan as bn_plan
-from cnorm.groupnorm import (
-    group_norm_backward, group_norm_forward, instance_norm, instance_norm_backward,
-    instance_norm_forward,
-)
+from cnorm.groupnorm import _group_forward as gn_forward
+from cnorm.groupnorm import _instance_forward as in_forward
+from cnorm.groupnorm import group_norm_backward, instance_norm_backward
+from cnorm.groupnorm import plan as gn_plan
 from cnorm.layernorm import layer_norm_backward, layer_norm_forward
 from cnorm.rmsnorm import rms_norm_backward, rms_norm_forward
 
@@ -198,15 +198,14 @@ def _saved_input(layer, dy):
     return layer._saved, dy
 
 
-def _channel_input(layer, x, c, min_ndim):
-    """x as the layer's dtype with c channels along the layer's axis; returns (x, axis)."""
-    x = layer._input(x, "x")
-    if x.ndim < min_ndim:
-        raise ValueError(f"x must have at least {min_ndim} dimensions, got shape {x.shape}")
-    axis = axis_value(layer.axis, x.ndim)
-    if x.shape[axis] != c:
-        raise ValueError(f"x must have {c} channels along axis {layer.axis}, got shape {x.shape}")
-    return x, axis
+def _channel_input(layer, x, c, min_ndim, what):
+    """x as the layer's dtype, planned by the functions' own check (groupnorm.plan), with c
+    channels along the layer's axis; returns the plan (x, axis)."""
+    p = gn_plan(layer._input(x, "x"), layer.axis, min_ndim, what)
+    if p[0].shape[p[1]] != c:
+        raise ValueError(f"x must have {c} channels along axis {layer.axis}, "
+                         f"got shape {p[0].shape}")
+    return p
 
 
 def _trailing_input(layer, x):
@@ -722,9 +721,10 @@ class GroupNorm(_Norm):
         ValueError
             x has fewer than 2 dimensions or not C channels along `axis`.
         """
-        x, axis = _channel_input(self, x, self.num_channels, 2)
-        y, mean, rstd = group_norm_forward(x, self.num_groups, self.weight, self.bias,
-                                           eps=self.eps, axis=axis, method=self.method)
+        p = _channel_input(self, x, self.num_channels, 2, "group norm")
+        x, axis = p
+        y, mean, rstd = gn_forward(p, self.num_groups, self.weight, self.bias, self.eps,
+                                   self.method, None, None)
         self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(), axis)
         return y
 
@@ -829,18 +829,14 @@ class InstanceNorm(_Norm):
             one spatial value per channel where input statistics are used.
             Nothing (running statistics, counter) changes on error.
         """
-        x, axis = _channel_input(self, x, self.num_features, 3)
+        p = _channel_input(self, x, self.num_features, 3, "instance norm")
+        x, axis = p
         input_stats = self.training or not self.track_running_stats
-        if input_stats:
-            rm, rv = ((self.running_mean, self.running_var)
-                      if self.training and self.track_running_stats else (None, None))
-            y, mean, rstd = instance_norm_forward(x, self.weight, self.bias, rm, rv,
-                                                  momentum=self.momentum, eps=self.eps,
-                                                  axis=axis, method=self.method)
-        else:
-            y = instance_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
-                              use_input_stats=False, eps=self.eps, axis=axis)
-            mean = rstd = None
+        rm, rv = ((self.running_mean, self.running_var)
+                  if self.track_running_stats and (self.training or not input_stats)
+                  else (None, None))
+        y, mean, rstd = in_forward(p, self.weight, self.bias, rm, rv, input_stats, self.momentum,
+                                   self.eps, self.method, None, None)
         self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(), axis,
                        input_stats, None if input_stats else
                        (np.array(self.running_mean), np.array(self.running_var)))
