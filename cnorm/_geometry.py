@@ -25,6 +25,11 @@ def prod(dims):
     return n
 
 
+def channel_geometry(shape, axis):
+    """(N, C, M) of batch norm's view: the sizes before, at and after the channel axis."""
+    return prod(shape[:axis]), shape[axis], prod(shape[axis + 1:])
+
+
 def group_geometry(shape, axis, groups):
     """Rows or Groups for statistics per (sample, group of channels) of x of `shape`
     (axis 0 the samples, `axis` the channels, already in [0, ndim)); groups divides

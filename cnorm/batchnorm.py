@@ -13,6 +13,7 @@ from cnorm._checks import (
     like_array, method_value, momentum_value, output_buffer, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
+from cnorm._geometry import channel_geometry
 
 _kernels = kernels("_kernels")
 
@@ -34,18 +35,6 @@ BatchNormGrads.__doc__ = """Result of `batch_norm_backward`: dx (x's shape) and 
 gradients of weight and bias, each of shape (C,)."""
 
 
-def _layout(x, axis):
-    """(N, C, M) sizes of x seen with its channel axis in the middle."""
-    shape = x.shape
-    n = 1
-    for s in shape[:axis]:
-        n *= s
-    m = 1
-    for s in shape[axis + 1:]:
-        m *= s
-    return n, shape[axis], m
-
-
 def _c_contiguous(a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -61,7 +50,7 @@ def plan(x, axis):
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (N, C, ...), got shape {x.shape}")
     axis = axis_value(axis, x.ndim)
-    return Plan(x, axis, *_layout(x, axis))
+    return Plan(x, axis, *channel_geometry(x.shape, axis))
 
 
 def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps, method, act,
@@ -201,7 +190,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         dt = x.dtype
         nd = x.ndim
         if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
-            n, c, m = _layout(x, axis % nd)
+            n, c, m = channel_geometry(x.shape, axis % nd)
             if (ready(running_mean, dt, c) and ready(running_var, dt, c) and ready(weight, dt, c)
                     and ready(bias, dt, c)):
                 y = np.empty(x.shape, dt)

@@ -15,8 +15,7 @@ from cnorm._checks import (
     inplace_array, like_array, method_value, momentum_value, output_buffer, positive_int,
 )
 from cnorm._dispatch import kernels, stream_stores
-from cnorm._geometry import Rows, group_geometry
-from cnorm.batchnorm import _layout
+from cnorm._geometry import Rows, channel_geometry, group_geometry
 
 _kernels = kernels("_kernels")
 DEFAULT_METHOD = "two_pass"
@@ -289,7 +288,7 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
         running_var = like_array(running_var, "running_var", x.dtype, shape)
         out, y = output_buffer(out, x, [("x", x)])
         if x.size:
-            n, c_, m = _layout(x, axis)
+            n, c_, m = channel_geometry(x.shape, axis)
             _kernels.bn_infer(np.ascontiguousarray(x), y, n, c_, m, weight, bias, running_mean,
                               running_var, eps, act, stream_stores(2 * x.nbytes))
         return deliver(out, y), None, None
