@@ -127,7 +127,7 @@ def extension(name, extra=()):
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=compile_args + list(extra),
         extra_link_args=link_args,
-        depends=["cnorm/_moments.pxd", "cnorm/_openmp.pxd", "cnorm/_stream.h", "cnorm/_lanes.h", "cnorm/_elementwise.h"] + glob.glob("cnorm/*.pxi"),
+        depends=["cnorm/_moments.pxd", "cnorm/_openmp.pxd", "cnorm/_stream.h", "cnorm/_lanes.h", "cnorm/_elementwise.h", "cnorm/_dtypes.h"] + glob.glob("cnorm/*.pxi"),
     )
 
 

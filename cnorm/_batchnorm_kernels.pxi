@@ -18,30 +18,31 @@ cdef enum:
 # Per-channel finishing steps
 # ---------------------------------------------------------------------------
 
-cdef inline Affine make_affine(double mean, double scale, double shift, floating tag) noexcept nogil:
-    """Split mean into hi + lo of the data type (lo == 0 for float64)."""
+cdef inline Affine make_affine(double mean, double scale, double shift,
+                               const real* like) noexcept nogil:
+    """Split mean into hi + lo of the arithmetic type (lo == 0 for float64)."""
     cdef Affine p
-    p.hi = <double><floating>mean
-    p.lo = mean - p.hi
-    p.scale = scale
-    p.shift = shift
+    p.hi = pround(mean, like)
+    p.lo = pround(mean - p.hi, like)
+    p.scale = pround(scale, like)
+    p.shift = pround(shift, like)
     return p
 
 
-cdef inline Affine finish_channel(Moments mo, Py_ssize_t c, const floating* w, const floating* b,
-                                  floating* rmean, floating* rvar, floating* mean_out,
-                                  floating* invstd_out, double eps, double momentum) noexcept nogil:
+cdef inline Affine finish_channel(Moments mo, Py_ssize_t c, const void* w, const void* b,
+                                  void* rmean, void* rvar, void* mean_out, void* invstd_out,
+                                  double eps, double momentum, const real* like) noexcept nogil:
     """Batch statistics -> outputs, running-statistics update, normalisation parameters."""
     cdef double var = mo.m2 / mo.n
     cdef double invstd = 1.0 / sqrt(var + eps)
     if mean_out != NULL:
-        mean_out[c] = <floating>mo.mean
-        invstd_out[c] = <floating>invstd
+        pset(mean_out, c, mo.mean, like)
+        pset(invstd_out, c, invstd, like)
     if rmean != NULL:
-        rmean[c] = <floating>((1.0 - momentum) * rmean[c] + momentum * mo.mean)
-        rvar[c] = <floating>((1.0 - momentum) * rvar[c] + momentum * (var * (mo.n / (mo.n - 1.0))))
-    return make_affine(mo.mean, invstd * (w[c] if w != NULL else 1.0),
-                       b[c] if b != NULL else 0.0, <floating>0)
+        pset(rmean, c, (1.0 - momentum) * pget(rmean, c, 0.0, like) + momentum * mo.mean, like)
+        pset(rvar, c, (1.0 - momentum) * pget(rvar, c, 0.0, like)
+             + momentum * (var * (mo.n / (mo.n - 1.0))), like)
+    return make_affine(mo.mean, invstd * pget(w, c, 1.0, like), pget(b, c, 0.0, like), like)
 
 
 cdef inline bint whole_channels(Py_ssize_t C, int nt) noexcept nogil:
@@ -49,7 +50,7 @@ cdef inline bint whole_channels(Py_ssize_t C, int nt) noexcept nogil:
     return nt == 1 or C >= 4 * nt or C % nt == 0
 
 
-cdef inline void prefetch_write_runs(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t S,
+cdef inline void prefetch_write_runs(real* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t S,
                                      size_t nbytes) noexcept nogil:
     """Prefetch, for writing, the first nbytes of runs n1 - 1 down to max(n0, 0) of y
     (stride S); none when n1 <= 0.  The whole-channel loops write a channel's runs
@@ -65,7 +66,7 @@ cdef inline void prefetch_write_runs(floating* y, Py_ssize_t n0, Py_ssize_t n1, 
 # Elementwise passes
 # ---------------------------------------------------------------------------
 
-cdef void normalize_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+cdef void normalize_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                            const Affine* aff, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t k
     for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
@@ -80,9 +81,9 @@ cdef void normalize_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssiz
 # Training forward
 # ---------------------------------------------------------------------------
 
-cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-                      const floating* w, const floating* b, floating* rmean, floating* rvar,
-                      floating* mean_out, floating* invstd_out, double eps, double momentum,
+cdef int train_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                      const void* w, const void* b, void* rmean, void* rvar,
+                      void* mean_out, void* invstd_out, double eps, double momentum,
                       int method, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
@@ -91,12 +92,12 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
     cdef Affine p
     cdef Moments* part
     cdef Affine* aff
-    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(floating))
-    cdef size_t ybytes = short_row_bytes(M, sizeof(floating))
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
     if whole_channels(C, nt):
         for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             mo = chunked_moments(x + c * M, M, S, count, method)
-            p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
+            p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum, x)
             # backwards: the runs read last by the statistics are the likeliest still in cache
             prefetch_write_runs(y + c * M, N - pd, N, S, ybytes)
             for n in range(N - 1, -1, -1):
@@ -116,24 +117,24 @@ cdef int train_planar(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C
         mo = moments_zero()
         for k in range(nchunk):
             moments_merge(&mo, part[c * nchunk + k])
-        aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum)
+        aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum, x)
     normalize_planar(x, y, N, C, M, aff, act, stream, nt)
     free(part)
     return 0
 
 
 cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
-                                    floating* cols) noexcept nogil:
-    set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols)
+                                    void* cols, const real* like) noexcept nogil:
+    set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols, like)
 
 
-cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-                    const floating* w, const floating* b, floating* rmean, floating* rvar,
-                    floating* mean_out, floating* invstd_out, double eps, double momentum,
+cdef int train_rows(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                    const void* w, const void* b, void* rmean, void* rvar,
+                    void* mean_out, void* invstd_out, double eps, double momentum,
                     int method, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t K = C * M, c
     cdef double* stats = <double*>malloc((2 * K + 1) * sizeof(double))
-    cdef floating* cols = <floating*>malloc((4 * K + 1) * sizeof(floating))
+    cdef void* cols = malloc((4 * K + 1) * psize(x))
     cdef int rc = -1
     if stats != NULL and cols != NULL:
         rc = column_moments(x, N, K, method, nt, stats, stats + K)
@@ -141,8 +142,8 @@ cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, 
         for c in range(C):
             set_affine_columns(finish_channel(channel_moments(stats, stats + K, c, M, <double>N), c,
                                               w, b, rmean, rvar, mean_out, invstd_out, eps,
-                                              momentum),
-                               c * M, M, K, cols)
+                                              momentum, x),
+                               c * M, M, K, cols, x)
         normalize_rows(x, y, N, K, cols, act, stream, nt)
     free(stats)
     free(cols)
@@ -153,26 +154,27 @@ cdef int train_rows(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, 
 # Inference forward
 # ---------------------------------------------------------------------------
 
-cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-               const floating* w, const floating* b, const floating* rmean, const floating* rvar,
+cdef int infer(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+               const void* w, const void* b, const void* rmean, const void* rvar,
                double eps, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t c
     cdef Affine* aff = <Affine*>malloc((C + 1) * sizeof(Affine))
-    cdef floating* cols = NULL
+    cdef void* cols = NULL
     if aff == NULL:
         return -1
     for c in range(C):
-        aff[c] = make_affine(rmean[c], (w[c] if w != NULL else 1.0) / sqrt(<double>rvar[c] + eps),
-                             b[c] if b != NULL else 0.0, <floating>0)
+        aff[c] = make_affine(pget(rmean, c, 0.0, x),
+                             pget(w, c, 1.0, x) / sqrt(pget(rvar, c, 0.0, x) + eps),
+                             pget(b, c, 0.0, x), x)
     if M >= PLANAR_MIN_RUN:
         normalize_planar(x, y, N, C, M, aff, act, stream, nt)
     else:
-        cols = <floating*>malloc((4 * C * M + 1) * sizeof(floating))
+        cols = malloc((4 * C * M + 1) * psize(x))
         if cols == NULL:
             free(aff)
             return -1
         for c in range(C):
-            set_affine_columns(aff[c], c * M, M, C * M, cols)
+            set_affine_columns(aff[c], c * M, M, C * M, cols, x)
         normalize_rows(x, y, N, C * M, cols, act, stream, nt)
         free(cols)
     free(aff)
@@ -184,24 +186,27 @@ cdef int infer(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C, Py_ss
 # ---------------------------------------------------------------------------
 
 cdef inline Grad finish_grad(double sum_g, double sum_gx, Py_ssize_t c, double count,
-                             const floating* mean, const floating* invstd, const floating* w,
-                             floating* dweight, floating* dbias, bint training) noexcept nogil:
+                             const void* mean, const void* invstd, const void* w,
+                             void* dweight, void* dbias, bint training,
+                             const real* like) noexcept nogil:
+    """The coefficients of dx (each a value of the arithmetic type), and the
+    channel's dweight and dbias."""
     cdef Grad q
-    cdef double s = invstd[c]
-    cdef double ws = s * (w[c] if w != NULL else 1.0)
+    cdef double s = pget(invstd, c, 0.0, like)
+    cdef double ws = s * pget(w, c, 1.0, like)
     cdef double dw = sum_gx * s
-    dweight[c] = <floating>dw
-    dbias[c] = <floating>sum_g
-    q.hi = mean[c]
-    q.a = ws
-    q.bc = ws * s * dw / count if training else 0.0
-    q.cc = ws * sum_g / count if training else 0.0
+    pset(dweight, c, dw, like)
+    pset(dbias, c, sum_g, like)
+    q.hi = pget(mean, c, 0.0, like)
+    q.a = pround(ws, like)
+    q.bc = pround(ws * s * dw / count if training else 0.0, like)
+    q.cc = pround(ws * sum_g / count if training else 0.0, like)
     return q
 
 
-cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
-                         Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
-                         const floating* w, floating* dweight, floating* dbias, bint training,
+cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N,
+                         Py_ssize_t C, Py_ssize_t M, const void* mean, const void* invstd,
+                         const void* w, void* dweight, void* dbias, bint training,
                          bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
@@ -210,14 +215,15 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
     cdef Grad q
     cdef double* part
     cdef Grad* qs
-    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(floating))
-    cdef size_t ybytes = short_row_bytes(M, sizeof(floating))
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
     if whole_channels(C, nt):
         for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
             sg = 0.0
             sgx = 0.0
-            chunked_dot(g + c * M, x + c * M, M, S, count, mean[c], &sg, &sgx)
-            q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training)
+            chunked_dot(g + c * M, x + c * M, M, S, count, pget(mean, c, 0.0, x), &sg, &sgx)
+            q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training,
+                            x)
             prefetch_write_runs(dx + c * M, N - pd, N, S, ybytes)
             for n in range(N - 1, -1, -1):    # backwards, as in train_planar
                 prefetch_write_runs(dx + c * M, n - pd, n - pd + 1, S, ybytes)
@@ -234,34 +240,35 @@ cdef int backward_planar(const floating* g, const floating* x, floating* dx, Py_
         part[2 * k] = 0.0
         part[2 * k + 1] = 0.0
         seq_dot(g + c * M, x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count,
-                count, mean[c], &part[2 * k], &part[2 * k + 1])
+                count, pget(mean, c, 0.0, x), &part[2 * k], &part[2 * k + 1])
     for c in range(C):
         sg = 0.0
         sgx = 0.0
         for k in range(c * nchunk, (c + 1) * nchunk):
             sg += part[2 * k]
             sgx += part[2 * k + 1]
-        qs[c] = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training)
+        qs[c] = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training,
+                            x)
     for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         run_grad(g + k * M, x + k * M, dx + k * M, M, qs[k % C], training, stream)
     free(part)
     return 0
 
 
-cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t N,
-                       Py_ssize_t C, Py_ssize_t M, const floating* mean, const floating* invstd,
-                       const floating* w, floating* dweight, floating* dbias, bint training,
+cdef int backward_rows(const real* g, const real* x, real* dx, Py_ssize_t N,
+                       Py_ssize_t C, Py_ssize_t M, const void* mean, const void* invstd,
+                       const void* w, void* dweight, void* dbias, bint training,
                        bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t K = C * M, c, m
     cdef double sg, sgx
     cdef Grad q
     cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))
-    cdef floating* cols = <floating*>malloc((4 * K + 1) * sizeof(floating))
+    cdef void* cols = malloc((4 * K + 1) * psize(x))
     cdef int rc = -1
     if buf != NULL and cols != NULL:
         for c in range(C):
             for m in range(M):
-                buf[2 * K + c * M + m] = mean[c]
+                buf[2 * K + c * M + m] = pget(mean, c, 0.0, x)
         rc = column_dots(g, x, N, K, buf + 2 * K, nt, buf, buf + K)
     if rc == 0:
         for c in range(C):
@@ -270,8 +277,9 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
             for m in range(M):
                 sg += buf[c * M + m]
                 sgx += buf[K + c * M + m]
-            q = finish_grad(sg, sgx, c, <double>(N * M), mean, invstd, w, dweight, dbias, training)
-            set_columns(q.hi, q.a, q.bc, q.cc, c * M, M, K, cols)
+            q = finish_grad(sg, sgx, c, <double>(N * M), mean, invstd, w, dweight, dbias, training,
+                            x)
+            set_columns(q.hi, q.a, q.bc, q.cc, c * M, M, K, cols, x)
         grad_rows_parallel(g, x, dx, N, K, cols, training, stream, nt)
     free(buf)
     free(cols)
@@ -280,8 +288,9 @@ cdef int backward_rows(const floating* g, const floating* x, floating* dx, Py_ss
 
 # ---------------------------------------------------------------------------
 # Python-facing shims.  The Python layer (cnorm/batchnorm.py) has validated
-# every argument: arrays are C-contiguous, of x's dtype, and of the right
-# sizes.  The shims only pick the dtype, release the GIL and call a kernel.
+# every argument: arrays are C-contiguous, of the right dtypes (see
+# _moments.pxd's `real`) and sizes.  The shims only pick the dtype, release
+# the GIL and call a kernel.
 # ---------------------------------------------------------------------------
 
 def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
@@ -299,15 +308,24 @@ def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     cdef void* pmean = data(mean_out)
     cdef void* pinv = data(invstd_out)
     cdef int rc
+    cdef int t = dtype_code(x)
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        if t == F32:
             rc = (train_planar[float] if planar else train_rows[float])(
-                <float*>px, <float*>py, N, C, M, <float*>pw, <float*>pb, <float*>prm, <float*>prv,
-                <float*>pmean, <float*>pinv, eps, momentum, meth, act, stream, nt)
-        else:
+                <float*>px, <float*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
+                meth, act, stream, nt)
+        elif t == F64:
             rc = (train_planar[double] if planar else train_rows[double])(
-                <double*>px, <double*>py, N, C, M, <double*>pw, <double*>pb, <double*>prm,
-                <double*>prv, <double*>pmean, <double*>pinv, eps, momentum, meth, act, stream, nt)
+                <double*>px, <double*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
+                meth, act, stream, nt)
+        elif t == F16:
+            rc = (train_planar[cnorm_f16] if planar else train_rows[cnorm_f16])(
+                <cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+                momentum, meth, act, stream, nt)
+        else:
+            rc = (train_planar[cnorm_bf16] if planar else train_rows[cnorm_bf16])(
+                <cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+                momentum, meth, act, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
@@ -322,13 +340,18 @@ def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     cdef void* prm = data(running_mean)
     cdef void* prv = data(running_var)
     cdef int rc
+    cdef int t = dtype_code(x)
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-            rc = infer[float](<float*>px, <float*>py, N, C, M, <float*>pw, <float*>pb,
-                              <float*>prm, <float*>prv, eps, act, stream, nt)
+        if t == F32:
+            rc = infer(<float*>px, <float*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
+        elif t == F64:
+            rc = infer(<double*>px, <double*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
+        elif t == F16:
+            rc = infer(<cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, eps, act, stream,
+                       nt)
         else:
-            rc = infer[double](<double*>px, <double*>py, N, C, M, <double*>pw, <double*>pb,
-                               <double*>prm, <double*>prv, eps, act, stream, nt)
+            rc = infer(<cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, eps, act,
+                       stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
@@ -346,14 +369,23 @@ def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
     cdef void* pdw = data(dweight)
     cdef void* pdb = data(dbias)
     cdef int rc
+    cdef int t = dtype_code(x)
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        if t == F32:
             rc = (backward_planar[float] if planar else backward_rows[float])(
-                <float*>pg, <float*>px, <float*>pdx, N, C, M, <float*>pmean, <float*>pinv,
-                <float*>pw, <float*>pdw, <float*>pdb, training, stream, nt)
-        else:
+                <float*>pg, <float*>px, <float*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb, training,
+                stream, nt)
+        elif t == F64:
             rc = (backward_planar[double] if planar else backward_rows[double])(
-                <double*>pg, <double*>px, <double*>pdx, N, C, M, <double*>pmean, <double*>pinv,
-                <double*>pw, <double*>pdw, <double*>pdb, training, stream, nt)
+                <double*>pg, <double*>px, <double*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
+                training, stream, nt)
+        elif t == F16:
+            rc = (backward_planar[cnorm_f16] if planar else backward_rows[cnorm_f16])(
+                <cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, C, M, pmean, pinv, pw, pdw,
+                pdb, training, stream, nt)
+        else:
+            rc = (backward_planar[cnorm_bf16] if planar else backward_rows[cnorm_bf16])(
+                <cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, C, M, pmean, pinv, pw,
+                pdw, pdb, training, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm_backward")

@@ -27,7 +27,7 @@ cdef inline Tiling make_tiling(Py_ssize_t R, Py_ssize_t K) noexcept nogil:
     return t
 
 
-cdef inline void prefetch_rows4(const floating* x, Py_ssize_t K, Py_ssize_t r, Py_ssize_t r1,
+cdef inline void prefetch_rows4(const real* x, Py_ssize_t K, Py_ssize_t r, Py_ssize_t r1,
                                 size_t nbytes) noexcept nogil:
     """Prefetch the first nbytes of rows r .. r + 3 of x (row stride K) that are below r1."""
     cdef Py_ssize_t j
@@ -36,7 +36,7 @@ cdef inline void prefetch_rows4(const floating* x, Py_ssize_t K, Py_ssize_t r, P
             cnorm_prefetch(x + j * K, nbytes)
 
 
-cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_t r1,
+cdef void tile_moments(const real* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_t r1,
                        Py_ssize_t ncol, int method, double* mean, double* m2,
                        double* scratch) noexcept nogil:
     """Column statistics of rows [r0, r1), columns [0, ncol) of x (row stride K);
@@ -46,13 +46,13 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
     cdef double k, inv, d, v, sd, sq
     cdef double* f64 = scratch
     cdef double* bq = scratch + ncol
-    cdef const floating* row
+    cdef const real* row
     cdef bint ok
     cdef double r4[4]
     # the hardware prefetcher alone left these loops waiting on loads of x; four
     # rows go at a time, so the distance is rounded up to a whole number of steps
-    cdef Py_ssize_t pd = (prefetch_rows(ncol, sizeof(floating)) + 3) // 4 * 4
-    cdef size_t pbytes = ncol * sizeof(floating)
+    cdef Py_ssize_t pd = (prefetch_rows(ncol, sizeof(real)) + 3) // 4 * 4
+    cdef size_t pbytes = ncol * sizeof(real)
     if method == WELFORD:
         for c in range(ncol):
             mean[c] = 0.0
@@ -63,7 +63,7 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
             prefetch_rows4(x, K, r + pd, r1, pbytes)
             for c in range(4):
                 r4[c] = 1.0 / (k + (c + 1))
-            col_welford_x4(mean, m2, x + r * K, K, r4, ncol)
+            cnorm_col_welford_x4(x + r * K, K, r4, mean, m2, ncol)
             k = k + 4.0
             r = r + 4
         for r in range(r, r1):
@@ -71,7 +71,7 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
             k = k + 1.0
             inv = 1.0 / k
             for c in range(ncol):
-                v = row[c]
+                v = ld(row, c)
                 d = v - mean[c]
                 mean[c] = mean[c] + d * inv
                 m2[c] = m2[c] + d * (v - mean[c])
@@ -82,14 +82,14 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
     for c in range(ncol):
         mean[c] = 0.0
         bq[c] = 0.0
-        f64[c] = row[c]
+        f64[c] = ld(row, c)
     r = r0 + 1
     while r + 4 <= r1:
         prefetch_rows4(x, K, r + pd, r1, pbytes)
-        col_sum2_x4(mean, bq, x + r * K, K, f64, ncol)
+        cnorm_col_sum2_x4(x + r * K, K, f64, mean, bq, ncol)
         r = r + 4
     for r in range(r, r1):
-        col_sum2(mean, bq, x + r * K, f64, ncol)
+        cnorm_col_sum2(x + r * K, f64, mean, bq, ncol)
     inv = 1.0 / (r1 - r0)
     ok = True
     for c in range(ncol):
@@ -107,12 +107,12 @@ cdef void tile_moments(const floating* x, Py_ssize_t K, Py_ssize_t r0, Py_ssize_
             if m2[c] < 0.0:
                 v = 0.0
                 for r in range(r0, r1):
-                    d = x[r * K + c] - mean[c]
+                    d = ld(x, r * K + c) - mean[c]
                     v += d * d
                 m2[c] = v
 
 
-cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int method, int nt,
+cdef int column_moments(const real* x, Py_ssize_t R, Py_ssize_t K, int method, int nt,
                         double* mean, double* m2) noexcept nogil:
     """Column means and M2 of a C-contiguous (R, K) matrix (count R for every column)."""
     cdef Tiling t = make_tiling(R, K)
@@ -142,13 +142,13 @@ cdef int column_moments(const floating* x, Py_ssize_t R, Py_ssize_t K, int metho
     return 0
 
 
-cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssize_t K,
+cdef int column_dots(const real* g, const real* x, Py_ssize_t R, Py_ssize_t K,
                      const double* mu, int nt, double* sum_g, double* sum_gx) noexcept nogil:
     """Column sums of g and of g * (x - mu) for C-contiguous (R, K) matrices."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, gi, j, c, r, c0, c1, r0, r1
-    cdef Py_ssize_t pd = (prefetch_rows(t.tile, sizeof(floating)) + 3) // 4 * 4
-    cdef size_t pbytes = short_row_bytes(t.tile, sizeof(floating))
+    cdef Py_ssize_t pd = (prefetch_rows(t.tile, sizeof(real)) + 3) // 4 * 4
+    cdef size_t pbytes = short_row_bytes(t.tile, sizeof(real))
     cdef double* part = <double*>malloc((2 * t.ngroup * K + 1) * sizeof(double))
     cdef double* pg
     cdef double* pgx
@@ -170,12 +170,13 @@ cdef int column_dots(const floating* g, const floating* x, Py_ssize_t R, Py_ssiz
         while r + 4 <= r1:
             prefetch_rows4(g + c0, K, r + pd, R, pbytes)
             prefetch_rows4(x + c0, K, r + pd, R, pbytes)
-            col_dot2_x4(pg + c0, pgx + c0, g + r * K + c0, x + r * K + c0, K, mu + c0, c1 - c0)
+            cnorm_col_dot2_x4(g + r * K + c0, x + r * K + c0, K, mu + c0, pg + c0, pgx + c0,
+                              c1 - c0)
             r = r + 4
         for r in range(r, r1):
             for c in range(c0, c1):
-                pg[c] += g[r * K + c]
-                pgx[c] += g[r * K + c] * (x[r * K + c] - mu[c])
+                pg[c] += ld(g, r * K + c)
+                pgx[c] += ld(g, r * K + c) * (ld(x, r * K + c) - mu[c])
     for c in range(K):
         sum_g[c] = 0.0
         sum_gx[c] = 0.0
@@ -201,19 +202,20 @@ cdef inline Moments channel_moments(const double* mean, const double* m2, Py_ssi
 
 
 cdef inline void set_columns(double v0, double v1, double v2, double v3, Py_ssize_t k0,
-                             Py_ssize_t M, Py_ssize_t K, floating* cols) noexcept nogil:
+                             Py_ssize_t M, Py_ssize_t K, void* cols, const real* like) noexcept nogil:
     """One channel's four parameters into its M columns k0 .. of the four per-column
-    arrays in cols (K each): hi, lo, scale, shift forward, hi, a, bc, cc backward."""
+    arrays in cols (K each, of the arithmetic type): hi, lo, scale, shift forward,
+    hi, a, bc, cc backward."""
     cdef Py_ssize_t k
     for k in range(k0, k0 + M):
-        cols[k] = <floating>v0
-        cols[K + k] = <floating>v1
-        cols[2 * K + k] = <floating>v2
-        cols[3 * K + k] = <floating>v3
+        pset(cols, k, v0, like)
+        pset(cols, K + k, v1, like)
+        pset(cols, 2 * K + k, v2, like)
+        pset(cols, 3 * K + k, v3, like)
 
 
-cdef void normalize_rows(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t K,
-                         const floating* cols, int act, bint stream, int nt) noexcept nogil:
+cdef void normalize_rows(const real* x, real* y, Py_ssize_t R, Py_ssize_t K,
+                         const void* cols, int act, bint stream, int nt) noexcept nogil:
     """cols holds hi, lo, scale, shift: four arrays of K."""
     cdef Py_ssize_t rb = STREAM_TILE // K if STREAM_TILE // K > 1 else 1
     cdef Py_ssize_t nb = (R + rb - 1) // rb
@@ -231,44 +233,37 @@ ctypedef struct Grad:
     double cc
 
 
-cdef inline void run_grad(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+cdef inline void run_grad(const real* g, const real* x, real* dx, Py_ssize_t n,
                           Grad q, bint training, bint stream) noexcept nogil:
     """dx over a run (see Grad); streaming stores as in run_affine."""
     cdef bint st = stream and n >= STREAM_TILE
-    if floating is float:
-        cnorm_grad_f32(g, x, dx, n, <float>q.hi, <float>q.a, <float>q.bc, <float>q.cc, training, st)
-    else:
-        cnorm_grad_f64(g, x, dx, n, q.hi, q.a, q.bc, q.cc, training, st)
+    cnorm_grad(g, x, dx, n, q.hi, q.a, q.bc, q.cc, training, st)
     if st:
         cnorm_stream_fence()
 
 
-cdef inline void grad_rows(const floating* g, const floating* x, floating* dx, Py_ssize_t r0,
-                           Py_ssize_t r1, Py_ssize_t R, Py_ssize_t K, const floating* cols,
+cdef inline void grad_rows(const real* g, const real* x, real* dx, Py_ssize_t r0,
+                           Py_ssize_t r1, Py_ssize_t R, Py_ssize_t K, const void* cols,
                            bint training, bint stream) noexcept nogil:
     """dx over rows [r0, r1) of (R, K) matrices; cols holds hi, a, bc and cc (K each).
     Rows are prefetched as in rows_affine."""
     cdef Py_ssize_t r
-    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
-    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(real))
+    cdef size_t pbytes = short_row_bytes(K, sizeof(real))
     for r in range(r0, r1):
         if r + pd < R:
             cnorm_prefetch(g + (r + pd) * K, pbytes)
             cnorm_prefetch(x + (r + pd) * K, pbytes)
-        if floating is float:
-            cnorm_grad_cols_f32(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
-                                cols + 3 * K, training, stream)
-        else:
-            cnorm_grad_cols_f64(g + r * K, x + r * K, dx + r * K, K, cols, cols + K, cols + 2 * K,
-                                cols + 3 * K, training, stream)
+        cnorm_grad_cols(g + r * K, x + r * K, dx + r * K, K, cols, pat(cols, K, x),
+                        pat(cols, 2 * K, x), pat(cols, 3 * K, x), training, stream)
     if stream:
         cnorm_stream_fence()
 
 
 
 
-cdef void grad_rows_parallel(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
-                             Py_ssize_t K, const floating* cols, bint training, bint stream,
+cdef void grad_rows_parallel(const real* g, const real* x, real* dx, Py_ssize_t R,
+                             Py_ssize_t K, const void* cols, bint training, bint stream,
                              int nt) noexcept nogil:
     """dx of (R, K) matrices from per-column coefficients (see grad_rows), in blocks of
     about STREAM_TILE elements."""

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_dtypes.h"
 #include "_stream.h"
 
 #define CNORM_LD_S(p) (*(p))
@@ -69,6 +70,40 @@ CNORM_VECTORS(64)
 #define cnorm_st_f32_64(p, v) CNORM_ST(f32, 64, p, v)
 #define cnorm_st_f64_64(p, v) CNORM_ST(f64, 64, p, v)
 
+/* Data loads and stores of storage type S, W bytes of arithmetic lanes at a
+ * time: the arithmetic type's own for float32 and float64, conversions (see
+ * _dtypes.h) for the half types, whose W bytes of float lanes hold W / 4 values. */
+#define cnorm_ldx_f32_16 cnorm_ld_f32_16
+#define cnorm_ldx_f32_32 cnorm_ld_f32_32
+#define cnorm_ldx_f32_64 cnorm_ld_f32_64
+#define cnorm_ldx_f64_16 cnorm_ld_f64_16
+#define cnorm_ldx_f64_32 cnorm_ld_f64_32
+#define cnorm_ldx_f64_64 cnorm_ld_f64_64
+#define cnorm_stx_f32_16 cnorm_st_f32_16
+#define cnorm_stx_f32_32 cnorm_st_f32_32
+#define cnorm_stx_f32_64 cnorm_st_f32_64
+#define cnorm_stx_f64_16 cnorm_st_f64_16
+#define cnorm_stx_f64_32 cnorm_st_f64_32
+#define cnorm_stx_f64_64 cnorm_st_f64_64
+#define cnorm_ldx_f16_16 cnorm_ldh_f16_4
+#define cnorm_ldx_f16_32 cnorm_ldh_f16_8
+#define cnorm_ldx_f16_64 cnorm_ldh_f16_16
+#define cnorm_stx_f16_16 cnorm_sth_f16_4
+#define cnorm_stx_f16_32 cnorm_sth_f16_8
+#define cnorm_stx_f16_64 cnorm_sth_f16_16
+#define cnorm_ldx_bf16_16 cnorm_ldh_bf16_4
+#define cnorm_ldx_bf16_32 cnorm_ldh_bf16_8
+#define cnorm_ldx_bf16_64 cnorm_ldh_bf16_16
+#define cnorm_stx_bf16_16 cnorm_sth_bf16_4
+#define cnorm_stx_bf16_32 cnorm_sth_bf16_8
+#define cnorm_stx_bf16_64 cnorm_sth_bf16_16
+/* the half types are never streamed (CNORM_STREAMS_*): their "streaming"
+ * stores, which no loop reaches, are plain ones */
+#define cnorm_nt_f16_16 cnorm_sth_f16_4
+#define cnorm_nt_f16_32 cnorm_sth_f16_8
+#define cnorm_nt_bf16_16 cnorm_sth_bf16_4
+#define cnorm_nt_bf16_32 cnorm_sth_bf16_8
+
 /* ReLU on vectors: clear the lanes where v < 0 (false for NaN and -0.0). */
 #define CNORM_RELU_V(S, I, W, Z, v) ((cnorm_v##S##_##W)((cnorm_v##I##_##W)(v) & ~(cnorm_v##I##_##W)((v) < Z)))
 #define CNORM_RELU_f32_32(v) CNORM_RELU_V(f32, i32, 32, 0.0f, v)
@@ -107,58 +142,68 @@ CNORM_VECTORS(64)
 #endif
 
 #ifdef CNORM_HAVE_V64
-#define CNORM_LOOP_64(T, S, n, BODY, A)                                         \
-    for (; i_ + 64 / (ptrdiff_t)sizeof(T) <= (n); i_ += 64 / (ptrdiff_t)sizeof(T)) \
-        BODY(i_, cnorm_ld_##S##_64, cnorm_st_##S##_64, CNORM_##A##_##S##_64)
+#define CNORM_LOOP_64(S, C, n, BODY, A)                                         \
+    for (; i_ + 64 / CNORM_SIZE_##C <= (n); i_ += 64 / CNORM_SIZE_##C)          \
+        BODY(i_, cnorm_ld_##C##_64, cnorm_ldx_##S##_64, cnorm_stx_##S##_64, CNORM_##A##_##C##_64)
 #else
-#define CNORM_LOOP_64(T, S, n, BODY, A) do { } while (0)
+#define CNORM_LOOP_64(S, C, n, BODY, A) do { } while (0)
 #endif
 
-/* y[i] for i in [0, n) by BODY(i, LD, ST, ACT); T the element type, S its suffix,
- * A the activation's name (ID, RELU or SILU: ACT is its form for the width at hand).
- * Streamed, every store of y is a streaming one where y is 16-byte aligned and
- * n fills whole 16 bytes: a 16-byte store up to the first 32-byte boundary,
- * 32-byte stores, and a 16-byte store of the rest. */
-#define CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, A)                      \
+/* y[i] for i in [0, n) by BODY(i, LD, LDX, ST, ACT): LD loads parameters (of the
+ * arithmetic type, suffix C), LDX loads data and ST stores it (storage suffix
+ * S); A is the activation's name (ID, RELU or SILU: ACT is its form for the
+ * width at hand).  Streamed (float32 and float64 only), every store of y is a
+ * streaming one where y is 16-byte aligned and n fills whole 16 bytes: a
+ * 16-byte store up to the first 32-byte boundary, 32-byte stores, and a
+ * 16-byte store of the rest. */
+#define CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, A)                      \
     do {                                                                        \
         ptrdiff_t i_ = 0;                                                       \
-        const ptrdiff_t v32_ = 32 / (ptrdiff_t)sizeof(T);                       \
-        const ptrdiff_t v16_ = 16 / (ptrdiff_t)sizeof(T);                       \
-        if ((stream) && (uintptr_t)(y) % sizeof(T) == 0) {                      \
+        const ptrdiff_t v32_ = 32 / CNORM_SIZE_##C;                             \
+        const ptrdiff_t v16_ = 16 / CNORM_SIZE_##C;                             \
+        if (CNORM_STREAMS_##S && (stream) && (uintptr_t)(y) % sizeof(*(y)) == 0) { \
             for (; i_ < (n) && ((uintptr_t)((y) + i_) & 15); i_++)              \
-                BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);          \
+                BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
             if (i_ + v16_ <= (n) && ((uintptr_t)((y) + i_) & 31)) {             \
-                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##S##_16); \
+                BODY(i_, cnorm_ld_##C##_16, cnorm_ldx_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##C##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
-                BODY(i_, cnorm_ld_##S##_32, cnorm_nt_##S##_32, CNORM_##A##_##S##_32); \
+                BODY(i_, cnorm_ld_##C##_32, cnorm_ldx_##S##_32, cnorm_nt_##S##_32, CNORM_##A##_##C##_32); \
             if (i_ + v16_ <= (n)) {                                             \
-                BODY(i_, cnorm_ld_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##S##_16); \
+                BODY(i_, cnorm_ld_##C##_16, cnorm_ldx_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##C##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
         } else {                                                                \
-            CNORM_LOOP_64(T, S, n, BODY, A);                                    \
+            CNORM_LOOP_64(S, C, n, BODY, A);                                    \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
-                BODY(i_, cnorm_ld_##S##_32, cnorm_st_##S##_32, CNORM_##A##_##S##_32); \
+                BODY(i_, cnorm_ld_##C##_32, cnorm_ldx_##S##_32, cnorm_stx_##S##_32, CNORM_##A##_##C##_32); \
         }                                                                       \
         for (; i_ < (n); i_++)                                                  \
-            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);              \
+            BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
     } while (0)
 
 #else
 
-#define CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, A)                      \
+#define CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, A)                      \
     do {                                                                        \
         ptrdiff_t i_;                                                           \
         (void)(stream);                                                         \
         for (i_ = 0; i_ < (n); i_++)                                            \
-            BODY(i_, CNORM_LD_S, CNORM_ST_S, CNORM_##A##_##S##_S);              \
+            BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
     } while (0)
 
 #endif
 
-#define CNORM_OUTPUT_LOOP(T, S, y, n, stream, BODY) CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, ID)
+#define CNORM_OUTPUT_LOOP(S, C, y, n, stream, BODY) CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, ID)
+
+/* The arithmetic type's size, and which storage types may be streamed. */
+#define CNORM_SIZE_f32 4
+#define CNORM_SIZE_f64 8
+#define CNORM_STREAMS_f32 1
+#define CNORM_STREAMS_f64 1
+#define CNORM_STREAMS_f16 0
+#define CNORM_STREAMS_bf16 0
 
 /* ---- activations, applied to y in the same pass -------------------------- */
 /* Scalar forms end in _S; ID is none.  ReLU: max(v, 0) with NaN kept and -0.0
@@ -279,92 +324,103 @@ typedef uint64_t cnorm_vu64_64 __attribute__((vector_size(64)));
 #define CNORM_ACT_NONE 0
 #define CNORM_ACT_RELU 1
 #define CNORM_ACT_SILU 2
-#define CNORM_LOOP_BY_ACT(T, S, y, n, stream, BODY, act)                        \
+#define CNORM_LOOP_BY_ACT(S, C, y, n, stream, BODY, act)                        \
     do {                                                                        \
         if ((act) == CNORM_ACT_RELU)                                            \
-            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, RELU);              \
+            CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, RELU);              \
         else if ((act) == CNORM_ACT_SILU)                                       \
-            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, SILU);              \
+            CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, SILU);              \
         else                                                                    \
-            CNORM_OUTPUT_LOOP_ACT(T, S, y, n, stream, BODY, ID);                \
+            CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, ID);                \
     } while (0)
 
 /* ---- batch norm: y = ((x - hi) - lo) * s + b, per run (one channel) ------- */
-#define CNORM_AFFINE(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * s + b))
+#define CNORM_AFFINE(i, LD, LDX, ST, ACT) ST(y + i, ACT(((LDX(x + i) - hi) - lo) * s + b))
 
 /* ---- batch norm, row-major: the same with per-column coefficients -------- */
-#define CNORM_AFFINE_COLS(i, LD, ST, ACT)                                       \
-    ST(y + i, ACT(((LD(x + i) - LD(hi + i)) - LD(lo + i)) * LD(s + i) + LD(b + i)))
+#define CNORM_AFFINE_COLS(i, LD, LDX, ST, ACT)                                  \
+    ST(y + i, ACT(((LDX(x + i) - LD(hi + i)) - LD(lo + i)) * LD(s + i) + LD(b + i)))
 
 /* ---- batch-norm backward: dx = (g * a - (x - hi) * bc) - cc, or g * a ----- */
-#define CNORM_GRAD(i, LD, ST, RELU) ST(dx + i, (LD(g + i) * a - (LD(x + i) - hi) * bc) - cc)
-#define CNORM_GRAD_FIXED(i, LD, ST, RELU) ST(dx + i, LD(g + i) * a)
-#define CNORM_GRAD_COLS(i, LD, ST, RELU)                                        \
-    ST(dx + i, (LD(g + i) * LD(a + i) - (LD(x + i) - LD(hi + i)) * LD(bc + i)) - LD(cc + i))
-#define CNORM_GRAD_COLS_FIXED(i, LD, ST, RELU) ST(dx + i, LD(g + i) * LD(a + i))
+#define CNORM_GRAD(i, LD, LDX, ST, ACT) ST(dx + i, (LDX(g + i) * a - (LDX(x + i) - hi) * bc) - cc)
+#define CNORM_GRAD_FIXED(i, LD, LDX, ST, ACT) ST(dx + i, LDX(g + i) * a)
+#define CNORM_GRAD_COLS(i, LD, LDX, ST, ACT)                                    \
+    ST(dx + i, (LDX(g + i) * LD(a + i) - (LDX(x + i) - LD(hi + i)) * LD(bc + i)) - LD(cc + i))
+#define CNORM_GRAD_COLS_FIXED(i, LD, LDX, ST, ACT) ST(dx + i, LDX(g + i) * LD(a + i))
 
 /* ---- layer norm: y = ((x - hi) - lo) * r [* w] [+ b] ---------------------- */
-#define CNORM_LN_WB(i, LD, ST, ACT) ST(y + i, ACT((((LD(x + i) - hi) - lo) * r) * LD(w + i) + LD(b + i)))
-#define CNORM_LN_W(i, LD, ST, ACT) ST(y + i, ACT((((LD(x + i) - hi) - lo) * r) * LD(w + i)))
-#define CNORM_LN_B(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * r + LD(b + i)))
-#define CNORM_LN(i, LD, ST, ACT) ST(y + i, ACT(((LD(x + i) - hi) - lo) * r))
+#define CNORM_LN_WB(i, LD, LDX, ST, ACT) ST(y + i, ACT((((LDX(x + i) - hi) - lo) * r) * LD(w + i) + LD(b + i)))
+#define CNORM_LN_W(i, LD, LDX, ST, ACT) ST(y + i, ACT((((LDX(x + i) - hi) - lo) * r) * LD(w + i)))
+#define CNORM_LN_B(i, LD, LDX, ST, ACT) ST(y + i, ACT(((LDX(x + i) - hi) - lo) * r + LD(b + i)))
+#define CNORM_LN(i, LD, LDX, ST, ACT) ST(y + i, ACT(((LDX(x + i) - hi) - lo) * r))
 
 /* ---- layer-norm backward: dx = ((g * w) * ra - ((x - hi) - lo) * rb) - rc - */
-#define CNORM_LN_DX(i, LD, ST, RELU)                                            \
-    ST(dx + i, ((LD(g + i) * LD(w + i)) * ra - ((LD(x + i) - hi) - lo) * rb) - rc)
+#define CNORM_LN_DX(i, LD, LDX, ST, ACT)                                        \
+    ST(dx + i, ((LDX(g + i) * LD(w + i)) * ra - ((LDX(x + i) - hi) - lo) * rb) - rc)
 
-#define CNORM_DEFINE_OUTPUTS(T, S)                                              \
-static inline void cnorm_affine_##S(const T *x, T *y, ptrdiff_t n, T hi, T lo, T s, \
-                                    T b, int act, int stream)                   \
+#define CNORM_DEFINE_OUTPUTS(S, T, PT, C)                                              \
+static inline void cnorm_affine_##S(const T *x, T *y, ptrdiff_t n, PT hi, PT lo, PT s, \
+                                    PT b, int act, int stream)                   \
 {                                                                               \
-    CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_AFFINE, act);                   \
+    CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_AFFINE, act);                   \
 }                                                                               \
 static inline void cnorm_affine_cols_##S(const T *x, T *y, ptrdiff_t n,         \
-                                         const T *hi, const T *lo, const T *s,  \
-                                         const T *b, int act, int stream)       \
+                                         const PT *hi, const PT *lo, const PT *s,  \
+                                         const PT *b, int act, int stream)       \
 {                                                                               \
-    CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_AFFINE_COLS, act);              \
+    CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_AFFINE_COLS, act);              \
 }                                                                               \
 static inline void cnorm_grad_##S(const T *g, const T *x, T *dx, ptrdiff_t n,   \
-                                  T hi, T a, T bc, T cc, int training,          \
+                                  PT hi, PT a, PT bc, PT cc, int training,          \
                                   int stream)                                   \
 {                                                                               \
     if (training)                                                               \
-        CNORM_OUTPUT_LOOP(T, S, dx, n, stream, CNORM_GRAD);                     \
+        CNORM_OUTPUT_LOOP(S, C, dx, n, stream, CNORM_GRAD);                     \
     else                                                                        \
-        CNORM_OUTPUT_LOOP(T, S, dx, n, stream, CNORM_GRAD_FIXED);               \
+        CNORM_OUTPUT_LOOP(S, C, dx, n, stream, CNORM_GRAD_FIXED);               \
 }                                                                               \
 static inline void cnorm_grad_cols_##S(const T *g, const T *x, T *dx,           \
-                                       ptrdiff_t n, const T *hi, const T *a,    \
-                                       const T *bc, const T *cc, int training,  \
+                                       ptrdiff_t n, const PT *hi, const PT *a,    \
+                                       const PT *bc, const PT *cc, int training,  \
                                        int stream)                              \
 {                                                                               \
     if (training)                                                               \
-        CNORM_OUTPUT_LOOP(T, S, dx, n, stream, CNORM_GRAD_COLS);                \
+        CNORM_OUTPUT_LOOP(S, C, dx, n, stream, CNORM_GRAD_COLS);                \
     else                                                                        \
-        CNORM_OUTPUT_LOOP(T, S, dx, n, stream, CNORM_GRAD_COLS_FIXED);          \
+        CNORM_OUTPUT_LOOP(S, C, dx, n, stream, CNORM_GRAD_COLS_FIXED);          \
 }                                                                               \
-static inline void cnorm_ln_affine_##S(const T *x, T *y, ptrdiff_t n, T hi,     \
-                                       T lo, T r, const T *w, const T *b,       \
+static inline void cnorm_ln_affine_##S(const T *x, T *y, ptrdiff_t n, PT hi,     \
+                                       PT lo, PT r, const PT *w, const PT *b,       \
                                        int act, int stream)                     \
 {                                                                               \
     if (w != NULL && b != NULL)                                                 \
-        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_WB, act);                \
+        CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_LN_WB, act);                \
     else if (w != NULL)                                                         \
-        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_W, act);                 \
+        CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_LN_W, act);                 \
     else if (b != NULL)                                                         \
-        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN_B, act);                 \
+        CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_LN_B, act);                 \
     else                                                                        \
-        CNORM_LOOP_BY_ACT(T, S, y, n, stream, CNORM_LN, act);                   \
+        CNORM_LOOP_BY_ACT(S, C, y, n, stream, CNORM_LN, act);                   \
 }                                                                               \
-static inline void cnorm_ln_dx_##S(const T *g, const T *x, const T *w, T *dx,   \
-                                   ptrdiff_t n, T hi, T lo, T ra, T rb, T rc,   \
+static inline void cnorm_ln_dx_##S(const T *g, const T *x, const PT *w, T *dx,   \
+                                   ptrdiff_t n, PT hi, PT lo, PT ra, PT rb, PT rc,   \
                                    int stream)                                  \
 {                                                                               \
-    CNORM_OUTPUT_LOOP(T, S, dx, n, stream, CNORM_LN_DX);                        \
+    CNORM_OUTPUT_LOOP(S, C, dx, n, stream, CNORM_LN_DX);                        \
 }
 
-CNORM_DEFINE_OUTPUTS(float, f32)
-CNORM_DEFINE_OUTPUTS(double, f64)
+CNORM_DEFINE_OUTPUTS(f32, float, float, f32)
+CNORM_DEFINE_OUTPUTS(f64, double, double, f64)
+CNORM_DEFINE_OUTPUTS(f16, cnorm_f16, float, f32)
+CNORM_DEFINE_OUTPUTS(bf16, cnorm_bf16, float, f32)
+
+/* The loops by the type of their first data pointer (see _dtypes.h). */
+#define cnorm_affine(x, ...) CNORM_BY_TYPE(cnorm_affine, x)(x, __VA_ARGS__)
+#define cnorm_affine_cols(x, ...) CNORM_BY_TYPE(cnorm_affine_cols, x)(x, __VA_ARGS__)
+#define cnorm_grad(g, ...) CNORM_BY_TYPE(cnorm_grad, g)(g, __VA_ARGS__)
+#define cnorm_grad_cols(g, ...) CNORM_BY_TYPE(cnorm_grad_cols, g)(g, __VA_ARGS__)
+#define cnorm_ln_affine(x, ...) CNORM_BY_TYPE(cnorm_ln_affine, x)(x, __VA_ARGS__)
+#define cnorm_ln_dx(g, ...) CNORM_BY_TYPE(cnorm_ln_dx, g)(g, __VA_ARGS__)
+
 
 #endif

@@ -2,19 +2,18 @@
 # shared imports, then one file per geometry, then the shims.
 
 cimport numpy as cnp
-from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
     CHUNK, LANES, PREFETCH_BYTES, ROW_GROUP, STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments,
-    chunked_dot, chunked_moments, cnorm_affine_f32, cnorm_affine_f64, cnorm_grad_cols_f32,
-    cnorm_grad_cols_f64, cnorm_grad_f32, cnorm_grad_f64, cnorm_ln_affine_f32, cnorm_ln_affine_f64,
-    cnorm_ln_dx_f32, cnorm_ln_dx_f64, cnorm_prefetch, cnorm_prefetch_write, cnorm_stream_fence,
-    col_dot2_x4, col_sum2, col_sum2_x4, col_welford_x4, lanes_total, merge_columns, moments_merge,
-    moments_zero, one_pass_ok, prefetch_rows, row_grad_sums, rows_affine, run_affine, run_dot2,
-    run_sum2, run_sumsq, seq_dot, seq_moments, short_row_bytes,
+    chunked_dot, chunked_moments, cnorm_affine, cnorm_bf16, cnorm_col_dot2_x4, cnorm_col_sum2,
+    cnorm_col_sum2_x4, cnorm_col_welford_x4, cnorm_dot2, cnorm_f16, cnorm_grad, cnorm_grad_cols,
+    cnorm_ln_affine, cnorm_ln_dx, cnorm_prefetch, cnorm_prefetch_write, cnorm_row_grad_sums,
+    cnorm_stream_fence, cnorm_sumsq, lanes_total, ld, merge_columns, moments_merge, moments_zero,
+    one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, rows_affine, run_affine,
+    seq_dot, seq_moments, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for
 
@@ -23,6 +22,26 @@ cnp.import_array()
 
 cdef inline void* data(object a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef enum DType:     # the storage types, as the shims dispatch on them
+    F32 = 0
+    F64 = 1
+    F16 = 2
+    BF16 = 3
+
+
+cdef inline int dtype_code(cnp.ndarray x) noexcept:
+    """x's storage type; the Python layer admits only these four (bfloat16 is
+    ml_dtypes' user-defined type, the one 2-byte type that is not float16)."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t == cnp.NPY_FLOAT32:
+        return F32
+    if t == cnp.NPY_FLOAT64:
+        return F64
+    if t == cnp.NPY_FLOAT16:
+        return F16
+    return BF16
 
 
 cdef inline int method_code(object method) except -1:

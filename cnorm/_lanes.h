@@ -25,9 +25,12 @@
 #include <stddef.h>
 #include <string.h>
 
-#define CNORM_ROW_GRAD_SCALAR(i, lane)                                             \
+#include "_dtypes.h"
+
+#define CNORM_ROW_GRAD_SCALAR(S, i, lane)                                          \
     do {                                                                           \
-        double gv_ = g[i], xc_ = (double)x[i] - m, gw_ = gv_ * (double)w[i];       \
+        double gv_ = CNORM_LD1_##S(g + i), xc_ = CNORM_LD1_##S(x + i) - m;         \
+        double gw_ = gv_ * (double)w[i];                                           \
         a[lane] += gw_;                                                            \
         c[lane] += gw_ * xc_;                                                      \
         dw[i] += gv_ * (xc_ * r);                                                  \
@@ -62,8 +65,24 @@ typedef cnorm_v4d cnorm_vwd;
 #endif
 #define CNORM_NW (16 / CNORM_LW)      /* vectors of the 16 lanes */
 
-#define CNORM_DEFINE_WELFORD(NAME, T)                                          \
-static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,           \
+/* Loads of 4 and of CNORM_LW values of each storage type as float64 lanes. */
+#define CNORM_LOAD4_CAST CNORM_LOAD4
+#define CNORM_LOAD4_f32 CNORM_LOAD4
+#define CNORM_LOAD4_f64 CNORM_LOAD4
+#define CNORM_LOAD4_f16(p) __builtin_convertvector(cnorm_ldh_f16_4(p), cnorm_v4d)
+#define CNORM_LOAD4_bf16(p) __builtin_convertvector(cnorm_ldh_bf16_4(p), cnorm_v4d)
+#define CNORM_LOADW_f32 CNORM_LOADW
+#define CNORM_LOADW_f64 CNORM_LOADW
+#if CNORM_LW == 8
+#define CNORM_LOADW_f16(p) __builtin_convertvector(cnorm_ldh_f16_8(p), cnorm_vwd)
+#define CNORM_LOADW_bf16(p) __builtin_convertvector(cnorm_ldh_bf16_8(p), cnorm_vwd)
+#else
+#define CNORM_LOADW_f16 CNORM_LOAD4_f16
+#define CNORM_LOADW_bf16 CNORM_LOAD4_bf16
+#endif
+
+#define CNORM_DEFINE_WELFORD(S, T, PT)                                          \
+static inline double cnorm_welford_##S(const T *x, ptrdiff_t n, double k, double *mu,           \
                           double *m2)                                              \
 {                                                                                  \
     cnorm_vwd M[CNORM_NW], Q[CNORM_NW];                                            \
@@ -76,7 +95,7 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
         k += 1.0;                                                                  \
         r = 1.0 / k;                                                               \
         for (q = 0; q < CNORM_NW; q++) {                                           \
-            cnorm_vwd v = CNORM_LOADW(x + i + CNORM_LW * q);                       \
+            cnorm_vwd v = CNORM_LOADW_##S(x + i + CNORM_LW * q);                       \
             cnorm_vwd d = v - M[q];                                                \
             M[q] += d * r;                                                         \
             Q[q] += d * (v - M[q]);                                                \
@@ -87,8 +106,8 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
     return k;                                                                      \
 }
 
-#define CNORM_DEFINE_DOT2(NAME, T)                                             \
-static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
+#define CNORM_DEFINE_DOT2(S, T, PT)                                             \
+static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,             \
                         double *a, double *c)                                      \
 {                                                                                  \
     cnorm_vwd A[CNORM_NW], C[CNORM_NW];                                            \
@@ -98,21 +117,21 @@ static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,          
     memcpy(C, c, sizeof C);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
         for (q = 0; q < CNORM_NW; q++) {                                           \
-            cnorm_vwd gq = CNORM_LOADW(g + i + CNORM_LW * q);                      \
+            cnorm_vwd gq = CNORM_LOADW_##S(g + i + CNORM_LW * q);                      \
             A[q] += gq;                                                            \
-            C[q] += gq * (CNORM_LOADW(x + i + CNORM_LW * q) - m);                  \
+            C[q] += gq * (CNORM_LOADW_##S(x + i + CNORM_LW * q) - m);                  \
         }                                                                          \
     }                                                                              \
     memcpy(a, A, sizeof A);                                                        \
     memcpy(c, C, sizeof C);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        a[i - nb] += (double)g[i];                                                 \
-        c[i - nb] += (double)g[i] * ((double)x[i] - m);                            \
+        a[i - nb] += CNORM_LD1_##S(g + i);                                                 \
+        c[i - nb] += CNORM_LD1_##S(g + i) * (CNORM_LD1_##S(x + i) - m);                            \
     }                                                                              \
 }
 
-#define CNORM_DEFINE_SUM2(NAME, T)                                             \
-static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+#define CNORM_DEFINE_SUM2(S, T, PT)                                             \
+static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
 {                                                                                  \
     cnorm_vwd A[CNORM_NW], Q[CNORM_NW];                                            \
     ptrdiff_t nb = n - n % 16, i;                                                  \
@@ -121,7 +140,7 @@ static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)
     memcpy(Q, q, sizeof Q);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
         for (q_ = 0; q_ < CNORM_NW; q_++) {                                        \
-            cnorm_vwd d = CNORM_LOADW(x + i + CNORM_LW * q_) - s;                  \
+            cnorm_vwd d = CNORM_LOADW_##S(x + i + CNORM_LW * q_) - s;                  \
             A[q_] += d;                                                            \
             Q[q_] += d * d;                                                        \
         }                                                                          \
@@ -129,15 +148,15 @@ static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)
     memcpy(a, A, sizeof A);                                                        \
     memcpy(q, Q, sizeof Q);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        double d = (double)x[i] - s;                                               \
+        double d = CNORM_LD1_##S(x + i) - s;                                               \
         a[i - nb] += d;                                                            \
         q[i - nb] += d * d;                                                        \
     }                                                                              \
 }
 
 /* RMS norm's statistic: q[k] += x**2 in the lanes of sum2 (whose q it equals for s = 0) */
-#define CNORM_DEFINE_SUMSQ(NAME, T)                                            \
-static inline void NAME(const T *x, ptrdiff_t n, double *q)                        \
+#define CNORM_DEFINE_SUMSQ(S, T, PT)                                            \
+static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)                        \
 {                                                                                  \
     cnorm_vwd Q[CNORM_NW];                                                         \
     ptrdiff_t nb = n - n % 16, i;                                                  \
@@ -145,28 +164,28 @@ static inline void NAME(const T *x, ptrdiff_t n, double *q)                     
     memcpy(Q, q, sizeof Q);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
         for (q_ = 0; q_ < CNORM_NW; q_++) {                                        \
-            cnorm_vwd d = CNORM_LOADW(x + i + CNORM_LW * q_);                      \
+            cnorm_vwd d = CNORM_LOADW_##S(x + i + CNORM_LW * q_);                      \
             Q[q_] += d * d;                                                        \
         }                                                                          \
     }                                                                              \
     memcpy(q, Q, sizeof Q);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        double d = (double)x[i];                                                   \
+        double d = CNORM_LD1_##S(x + i);                                                   \
         q[i - nb] += d * d;                                                        \
     }                                                                              \
 }
 
-#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
-static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
+#define CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)                                    \
+static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
     cnorm_v4d a0 = {0}, a1 = {0}, c0 = {0}, c1 = {0};                              \
     double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     for (i = 0; i < nb; i += 8) {                                                  \
-        cnorm_v4d g0 = CNORM_LOAD4(g + i), g1 = CNORM_LOAD4(g + i + 4);    \
-        cnorm_v4d x0 = CNORM_LOAD4(x + i) - m, x1 = CNORM_LOAD4(x + i + 4) - m; \
-        cnorm_v4d w0 = g0 * CNORM_LOAD4(w + i), w1 = g1 * CNORM_LOAD4(w + i + 4); \
+        cnorm_v4d g0 = CNORM_LOAD4_##S(g + i), g1 = CNORM_LOAD4_##S(g + i + 4);    \
+        cnorm_v4d x0 = CNORM_LOAD4_##S(x + i) - m, x1 = CNORM_LOAD4_##S(x + i + 4) - m; \
+        cnorm_v4d w0 = g0 * CNORM_LOAD4_CAST(w + i), w1 = g1 * CNORM_LOAD4_CAST(w + i + 4); \
         cnorm_v4d d0, d1, b0, b1;                                                  \
         a0 += w0; a1 += w1;                                                        \
         c0 += w0 * x0; c1 += w1 * x1;                                              \
@@ -180,14 +199,14 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
     memcpy(a, &a0, 32); memcpy(a + 4, &a1, 32);                                    \
     memcpy(c, &c0, 32); memcpy(c + 4, &c1, 32);                                    \
     for (i = nb; i < n; i++)                                                       \
-        CNORM_ROW_GRAD_SCALAR(i, i - nb);                                          \
+        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                          \
     CNORM_ROW_GRAD_FINISH                                                          \
 }
 
 #else
 
-#define CNORM_DEFINE_WELFORD(NAME, T)                                          \
-static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,           \
+#define CNORM_DEFINE_WELFORD(S, T, PT)                                          \
+static inline double cnorm_welford_##S(const T *x, ptrdiff_t n, double k, double *mu,           \
                           double *m2)                                              \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
@@ -197,7 +216,7 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
         k += 1.0;                                                                  \
         r = 1.0 / k;                                                               \
         for (j = 0; j < 16; j++) {                                                 \
-            double v = x[i + j], d = v - mu[j];                                    \
+            double v = CNORM_LD1_##S(x + i + j), d = v - mu[j];                                    \
             mu[j] += d * r;                                                        \
             m2[j] += d * (v - mu[j]);                                              \
         }                                                                          \
@@ -205,40 +224,40 @@ static inline double NAME(const T *x, ptrdiff_t n, double k, double *mu,        
     return k;                                                                      \
 }
 
-#define CNORM_DEFINE_DOT2(NAME, T)                                             \
-static inline void NAME(const T *g, const T *x, ptrdiff_t n, double m,             \
+#define CNORM_DEFINE_DOT2(S, T, PT)                                             \
+static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,             \
                         double *a, double *c)                                      \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
     for (i = 0; i < n; i++) {                                                      \
-        a[i % 16] += (double)g[i];                                                 \
-        c[i % 16] += (double)g[i] * ((double)x[i] - m);                            \
+        a[i % 16] += CNORM_LD1_##S(g + i);                                                 \
+        c[i % 16] += CNORM_LD1_##S(g + i) * (CNORM_LD1_##S(x + i) - m);                            \
     }                                                                              \
 }
 
-#define CNORM_DEFINE_SUM2(NAME, T)                                             \
-static inline void NAME(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+#define CNORM_DEFINE_SUM2(S, T, PT)                                             \
+static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
     for (i = 0; i < n; i++) {                                                      \
-        double d = (double)x[i] - s;                                               \
+        double d = CNORM_LD1_##S(x + i) - s;                                               \
         a[i % 16] += d;                                                            \
         q[i % 16] += d * d;                                                        \
     }                                                                              \
 }
 
-#define CNORM_DEFINE_SUMSQ(NAME, T)                                            \
-static inline void NAME(const T *x, ptrdiff_t n, double *q)                        \
+#define CNORM_DEFINE_SUMSQ(S, T, PT)                                            \
+static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)                        \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
     for (i = 0; i < n; i++) {                                                      \
-        double d = (double)x[i];                                                   \
+        double d = CNORM_LD1_##S(x + i);                                                   \
         q[i % 16] += d * d;                                                        \
     }                                                                              \
 }
 
-#define CNORM_DEFINE_ROW_GRAD_SUMS(NAME, T)                                    \
-static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,           \
+#define CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)                                    \
+static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
     double a[8] = {0.0}, c[8] = {0.0};                                             \
@@ -246,9 +265,9 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
     int j;                                                                         \
     for (i = 0; i < nb; i += 8)                                                    \
         for (j = 0; j < 8; j++)                                                    \
-            CNORM_ROW_GRAD_SCALAR(i + j, j);                                       \
+            CNORM_ROW_GRAD_SCALAR(S, i + j, j);                                       \
     for (i = nb; i < n; i++)                                                       \
-        CNORM_ROW_GRAD_SCALAR(i, i - nb);                                          \
+        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                          \
     CNORM_ROW_GRAD_FINISH                                                          \
 }
 
@@ -257,13 +276,13 @@ static inline void NAME(const T *g, const T *x, const T *w, ptrdiff_t n,        
 /* One row of a block of column sums: s[c] += x[c] - f[c], q[c] += (x[c] - f[c])**2.
  * Elementwise, so every build gives the same bits; `restrict` spares GCC the
  * run-time aliasing checks it would otherwise repeat for every row. */
-#define CNORM_DEFINE_COL_SUM2(NAME, T)                                         \
-static inline void NAME(const T *restrict x, const double *restrict f,             \
+#define CNORM_DEFINE_COL_SUM2(S, T, PT)                                         \
+static inline void cnorm_col_sum2_##S(const T *restrict x, const double *restrict f,             \
                         double *restrict s, double *restrict q, ptrdiff_t n)       \
 {                                                                                  \
     ptrdiff_t c;                                                                   \
     for (c = 0; c < n; c++) {                                                      \
-        double d = (double)x[c] - f[c];                                            \
+        double d = CNORM_LD1_##S(x + c) - f[c];                                            \
         s[c] += d;                                                                 \
         q[c] += d * d;                                                             \
     }                                                                              \
@@ -273,8 +292,8 @@ static inline void NAME(const T *restrict x, const double *restrict f,          
  * s[c] += (d0 + d1) + (d2 + d3) and likewise for the squares, so that each
  * column's running sums are loaded and stored once per four rows, not once
  * per row (the stores were what bound the one-row loop). */
-#define CNORM_DEFINE_COL_SUM2_X4(NAME, T)                                      \
-static inline void NAME(const T *restrict x, ptrdiff_t ld,                         \
+#define CNORM_DEFINE_COL_SUM2_X4(S, T, PT)                                      \
+static inline void cnorm_col_sum2_x4_##S(const T *restrict x, ptrdiff_t ld,                         \
                         const double *restrict f, double *restrict s,              \
                         double *restrict q, ptrdiff_t n)                           \
 {                                                                                  \
@@ -282,8 +301,8 @@ static inline void NAME(const T *restrict x, ptrdiff_t ld,                      
             *restrict x3 = x + 3 * ld;                                             \
     ptrdiff_t c;                                                                   \
     for (c = 0; c < n; c++) {                                                      \
-        double d0 = (double)x[c] - f[c], d1 = (double)x1[c] - f[c];                \
-        double d2 = (double)x2[c] - f[c], d3 = (double)x3[c] - f[c];               \
+        double d0 = CNORM_LD1_##S(x + c) - f[c], d1 = CNORM_LD1_##S(x1 + c) - f[c];                \
+        double d2 = CNORM_LD1_##S(x2 + c) - f[c], d3 = CNORM_LD1_##S(x3 + c) - f[c];               \
         s[c] += (d0 + d1) + (d2 + d3);                                             \
         q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                         \
     }                                                                              \
@@ -292,8 +311,8 @@ static inline void NAME(const T *restrict x, ptrdiff_t ld,                      
 /* Welford's update of column statistics by four rows in turn (row stride ld),
  * with r[j] = 1/(count after row j): the same operations, in the same order,
  * as four one-row updates, with each column's mean and M2 kept in registers. */
-#define CNORM_DEFINE_COL_WELFORD_X4(NAME, T)                                   \
-static inline void NAME(const T *restrict x, ptrdiff_t ld, const double *r,        \
+#define CNORM_DEFINE_COL_WELFORD_X4(S, T, PT)                                   \
+static inline void cnorm_col_welford_x4_##S(const T *restrict x, ptrdiff_t ld, const double *r,        \
                         double *restrict mu, double *restrict m2, ptrdiff_t n)     \
 {                                                                                  \
     const T *restrict x1 = x + ld, *restrict x2 = x + 2 * ld,                      \
@@ -302,10 +321,10 @@ static inline void NAME(const T *restrict x, ptrdiff_t ld, const double *r,     
     ptrdiff_t c;                                                                   \
     for (c = 0; c < n; c++) {                                                      \
         double m = mu[c], a = m2[c], v, d;                                         \
-        v = x[c];  d = v - m; m = m + d * r0; a = a + d * (v - m);                 \
-        v = x1[c]; d = v - m; m = m + d * r1; a = a + d * (v - m);                 \
-        v = x2[c]; d = v - m; m = m + d * r2; a = a + d * (v - m);                 \
-        v = x3[c]; d = v - m; m = m + d * r3; a = a + d * (v - m);                 \
+        v = CNORM_LD1_##S(x + c);  d = v - m; m = m + d * r0; a = a + d * (v - m);                 \
+        v = CNORM_LD1_##S(x1 + c); d = v - m; m = m + d * r1; a = a + d * (v - m);                 \
+        v = CNORM_LD1_##S(x2 + c); d = v - m; m = m + d * r2; a = a + d * (v - m);                 \
+        v = CNORM_LD1_##S(x3 + c); d = v - m; m = m + d * r3; a = a + d * (v - m);                 \
         mu[c] = m;                                                                 \
         m2[c] = a;                                                                 \
     }                                                                              \
@@ -313,38 +332,47 @@ static inline void NAME(const T *restrict x, ptrdiff_t ld, const double *r,     
 
 /* Four rows of batch-norm backward's column sums: a[c] += g, b[c] += g*(x - mu[c]),
  * each added in a fixed tree as in the column sums above. */
-#define CNORM_DEFINE_COL_DOT2_X4(NAME, T)                                      \
-static inline void NAME(const T *restrict g, const T *restrict x, ptrdiff_t ld,    \
+#define CNORM_DEFINE_COL_DOT2_X4(S, T, PT)                                      \
+static inline void cnorm_col_dot2_x4_##S(const T *restrict g, const T *restrict x, ptrdiff_t ld,    \
                         const double *restrict mu, double *restrict a,             \
                         double *restrict b, ptrdiff_t n)                           \
 {                                                                                  \
     ptrdiff_t c;                                                                   \
     for (c = 0; c < n; c++) {                                                      \
-        double g0 = g[c], g1 = g[c + ld], g2 = g[c + 2 * ld], g3 = g[c + 3 * ld];  \
+        double g0 = CNORM_LD1_##S(g + c), g1 = CNORM_LD1_##S(g + c + ld);      \
+        double g2 = CNORM_LD1_##S(g + c + 2 * ld), g3 = CNORM_LD1_##S(g + c + 3 * ld);  \
         double m = mu[c];                                                          \
         a[c] += (g0 + g1) + (g2 + g3);                                             \
-        b[c] += (g0 * ((double)x[c] - m) + g1 * ((double)x[c + ld] - m))           \
-              + (g2 * ((double)x[c + 2 * ld] - m) + g3 * ((double)x[c + 3 * ld] - m)); \
+        b[c] += (g0 * (CNORM_LD1_##S(x + c) - m) + g1 * (CNORM_LD1_##S(x + c + ld) - m))           \
+              + (g2 * (CNORM_LD1_##S(x + c + 2 * ld) - m) + g3 * (CNORM_LD1_##S(x + c + 3 * ld) - m)); \
     }                                                                              \
 }
 
-CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f32, float)
-CNORM_DEFINE_COL_SUM2(cnorm_col_sum2_f64, double)
-CNORM_DEFINE_COL_SUM2_X4(cnorm_col_sum2_x4_f32, float)
-CNORM_DEFINE_COL_SUM2_X4(cnorm_col_sum2_x4_f64, double)
-CNORM_DEFINE_COL_WELFORD_X4(cnorm_col_welford_x4_f32, float)
-CNORM_DEFINE_COL_WELFORD_X4(cnorm_col_welford_x4_f64, double)
-CNORM_DEFINE_COL_DOT2_X4(cnorm_col_dot2_x4_f32, float)
-CNORM_DEFINE_COL_DOT2_X4(cnorm_col_dot2_x4_f64, double)
-CNORM_DEFINE_WELFORD(cnorm_welford_f32, float)
-CNORM_DEFINE_WELFORD(cnorm_welford_f64, double)
-CNORM_DEFINE_DOT2(cnorm_dot2_f32, float)
-CNORM_DEFINE_DOT2(cnorm_dot2_f64, double)
-CNORM_DEFINE_SUM2(cnorm_sum2_f32, float)
-CNORM_DEFINE_SUM2(cnorm_sum2_f64, double)
-CNORM_DEFINE_SUMSQ(cnorm_sumsq_f32, float)
-CNORM_DEFINE_SUMSQ(cnorm_sumsq_f64, double)
-CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f32, float)
-CNORM_DEFINE_ROW_GRAD_SUMS(cnorm_row_grad_sums_f64, double)
+/* Every helper for every storage type: (suffix, storage, parameter type). */
+#define CNORM_DEFINE_LANES(S, T, PT)                                           \
+    CNORM_DEFINE_COL_SUM2(S, T, PT)                                            \
+    CNORM_DEFINE_COL_SUM2_X4(S, T, PT)                                         \
+    CNORM_DEFINE_COL_WELFORD_X4(S, T, PT)                                      \
+    CNORM_DEFINE_COL_DOT2_X4(S, T, PT)                                         \
+    CNORM_DEFINE_WELFORD(S, T, PT)                                             \
+    CNORM_DEFINE_DOT2(S, T, PT)                                                \
+    CNORM_DEFINE_SUM2(S, T, PT)                                                \
+    CNORM_DEFINE_SUMSQ(S, T, PT)                                               \
+    CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)
+CNORM_DEFINE_LANES(f32, float, float)
+CNORM_DEFINE_LANES(f64, double, double)
+CNORM_DEFINE_LANES(f16, cnorm_f16, float)
+CNORM_DEFINE_LANES(bf16, cnorm_bf16, float)
+
+/* The helpers by the type of their first data pointer (see _dtypes.h). */
+#define cnorm_col_sum2(x, ...) CNORM_BY_TYPE(cnorm_col_sum2, x)(x, __VA_ARGS__)
+#define cnorm_col_sum2_x4(x, ...) CNORM_BY_TYPE(cnorm_col_sum2_x4, x)(x, __VA_ARGS__)
+#define cnorm_col_welford_x4(x, ...) CNORM_BY_TYPE(cnorm_col_welford_x4, x)(x, __VA_ARGS__)
+#define cnorm_col_dot2_x4(g, ...) CNORM_BY_TYPE(cnorm_col_dot2_x4, g)(g, __VA_ARGS__)
+#define cnorm_welford(x, ...) CNORM_BY_TYPE(cnorm_welford, x)(x, __VA_ARGS__)
+#define cnorm_dot2(g, ...) CNORM_BY_TYPE(cnorm_dot2, g)(g, __VA_ARGS__)
+#define cnorm_sum2(x, ...) CNORM_BY_TYPE(cnorm_sum2, x)(x, __VA_ARGS__)
+#define cnorm_sumsq(x, ...) CNORM_BY_TYPE(cnorm_sumsq, x)(x, __VA_ARGS__)
+#define cnorm_row_grad_sums(g, ...) CNORM_BY_TYPE(cnorm_row_grad_sums, g)(g, __VA_ARGS__)
 
 #endif

@@ -1,7 +1,8 @@
 # Reduction and output helpers shared by every cnorm kernel.
 #
 # All of them are `inline noexcept nogil` and written once over the fused type
-# `floating`; arithmetic is carried out in float64.
+# `real` (the storage types of _dtypes.h); statistics are carried out in
+# float64.
 #
 # Determinism: every reduction is split into blocks whose boundaries depend
 # only on the array's shape (CHUNK elements of a channel or row, ROW_GROUP
@@ -10,7 +11,6 @@
 # blocks are merged in index order.  Which thread computes a block never
 # changes a bit of the result.
 
-from cython cimport floating
 from libc.math cimport sqrt
 
 cdef extern from "_stream.h":
@@ -18,75 +18,136 @@ cdef extern from "_stream.h":
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
     void cnorm_prefetch_write(void* p, size_t n) noexcept nogil
 
+cdef extern from "_dtypes.h":
+    ctypedef struct cnorm_f16:
+        unsigned short bits
+    ctypedef struct cnorm_bf16:
+        unsigned short bits
+    double CNORM_LD1_f16(const cnorm_f16* p) noexcept nogil
+    double CNORM_LD1_bf16(const cnorm_bf16* p) noexcept nogil
+
+
+# The storage types of x, y, dy and dx.  Parameters (weight, bias, running
+# statistics), returned statistics and coefficient scratch are of the
+# arithmetic type instead: float64 for float64 data, float32 for the rest.
+# They travel as void pointers, read and written with pget, pset and pat
+# below, whose `like` argument (a data pointer) selects the type.
+ctypedef fused real:
+    float
+    double
+    cnorm_f16
+    cnorm_bf16
+
+
+# The C loops, one declaration for every storage type: _dtypes.h's
+# CNORM_BY_TYPE picks the variant by the type of the first data pointer, and
+# C converts the double scalars and void pointers to the variant's parameter
+# type (float32 for all but float64 data).
 cdef extern from "_elementwise.h":
-    void cnorm_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float s,
-                          float b, int act, int stream) noexcept nogil
-    void cnorm_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
-                          double s, double b, int act, int stream) noexcept nogil
-    void cnorm_affine_cols_f32(const float* x, float* y, Py_ssize_t n, const float* hi,
-                               const float* lo, const float* s, const float* b, int act,
-                               int stream) noexcept nogil
-    void cnorm_affine_cols_f64(const double* x, double* y, Py_ssize_t n, const double* hi,
-                               const double* lo, const double* s, const double* b, int act,
-                               int stream) noexcept nogil
-    void cnorm_grad_f32(const float* g, const float* x, float* dx, Py_ssize_t n, float hi,
-                        float a, float bc, float cc, int training, int stream) noexcept nogil
-    void cnorm_grad_f64(const double* g, const double* x, double* dx, Py_ssize_t n, double hi,
-                        double a, double bc, double cc, int training, int stream) noexcept nogil
-    void cnorm_grad_cols_f32(const float* g, const float* x, float* dx, Py_ssize_t n,
-                             const float* hi, const float* a, const float* bc, const float* cc,
-                             int training, int stream) noexcept nogil
-    void cnorm_grad_cols_f64(const double* g, const double* x, double* dx, Py_ssize_t n,
-                             const double* hi, const double* a, const double* bc,
-                             const double* cc, int training, int stream) noexcept nogil
-    void cnorm_ln_affine_f32(const float* x, float* y, Py_ssize_t n, float hi, float lo, float r,
-                             const float* w, const float* b, int act, int stream) noexcept nogil
-    void cnorm_ln_affine_f64(const double* x, double* y, Py_ssize_t n, double hi, double lo,
-                             double r, const double* w, const double* b, int act,
-                             int stream) noexcept nogil
-    void cnorm_ln_dx_f32(const float* g, const float* x, const float* w, float* dx, Py_ssize_t n,
-                         float hi, float lo, float ra, float rb, float rc, int stream) noexcept nogil
-    void cnorm_ln_dx_f64(const double* g, const double* x, const double* w, double* dx,
-                         Py_ssize_t n, double hi, double lo, double ra, double rb, double rc,
+    # y = act(((x - hi) - lo) * s + b)
+    void cnorm_affine(const void* x, void* y, Py_ssize_t n, double hi, double lo, double s,
+                      double b, int act, int stream) noexcept nogil
+    # the same with per-element hi, lo, s and b
+    void cnorm_affine_cols(const void* x, void* y, Py_ssize_t n, const void* hi, const void* lo,
+                           const void* s, const void* b, int act, int stream) noexcept nogil
+    # dx = (g * a - (x - hi) * bc) - cc, or g * a when not training
+    void cnorm_grad(const void* g, const void* x, void* dx, Py_ssize_t n, double hi, double a,
+                    double bc, double cc, int training, int stream) noexcept nogil
+    void cnorm_grad_cols(const void* g, const void* x, void* dx, Py_ssize_t n, const void* hi,
+                         const void* a, const void* bc, const void* cc, int training,
                          int stream) noexcept nogil
+    # y = act(((x - hi) - lo) * r [* w] [+ b]), w and b per element or NULL
+    void cnorm_ln_affine(const void* x, void* y, Py_ssize_t n, double hi, double lo, double r,
+                         const void* w, const void* b, int act, int stream) noexcept nogil
+    # dx = ((g * w) * ra - ((x - hi) - lo) * rb) - rc
+    void cnorm_ln_dx(const void* g, const void* x, const void* w, void* dx, Py_ssize_t n,
+                     double hi, double lo, double ra, double rb, double rc,
+                     int stream) noexcept nogil
 
 cdef extern from "_lanes.h":
-    double cnorm_welford_f32(const float* x, Py_ssize_t n, double k, double* mu,
-                             double* m2) noexcept nogil
-    double cnorm_welford_f64(const double* x, Py_ssize_t n, double k, double* mu,
-                             double* m2) noexcept nogil
-    void cnorm_dot2_f32(const float* g, const float* x, Py_ssize_t n, double m,
-                        double* a, double* c) noexcept nogil
-    void cnorm_dot2_f64(const double* g, const double* x, Py_ssize_t n, double m,
-                        double* a, double* c) noexcept nogil
-    void cnorm_sum2_f32(const float* x, Py_ssize_t n, double s, double* a,
-                        double* q) noexcept nogil
-    void cnorm_sum2_f64(const double* x, Py_ssize_t n, double s, double* a,
-                        double* q) noexcept nogil
-    void cnorm_sumsq_f32(const float* x, Py_ssize_t n, double* q) noexcept nogil
-    void cnorm_sumsq_f64(const double* x, Py_ssize_t n, double* q) noexcept nogil
-    void cnorm_col_sum2_f32(const float* x, const double* f, double* s, double* q,
-                            Py_ssize_t n) noexcept nogil
-    void cnorm_col_sum2_f64(const double* x, const double* f, double* s, double* q,
-                            Py_ssize_t n) noexcept nogil
-    void cnorm_col_sum2_x4_f32(const float* x, Py_ssize_t ld, const double* f, double* s,
-                               double* q, Py_ssize_t n) noexcept nogil
-    void cnorm_col_sum2_x4_f64(const double* x, Py_ssize_t ld, const double* f, double* s,
-                               double* q, Py_ssize_t n) noexcept nogil
-    void cnorm_col_welford_x4_f32(const float* x, Py_ssize_t ld, const double* r, double* mu,
-                                  double* m2, Py_ssize_t n) noexcept nogil
-    void cnorm_col_welford_x4_f64(const double* x, Py_ssize_t ld, const double* r, double* mu,
-                                  double* m2, Py_ssize_t n) noexcept nogil
-    void cnorm_col_dot2_x4_f32(const float* g, const float* x, Py_ssize_t ld, const double* mu,
-                               double* a, double* b, Py_ssize_t n) noexcept nogil
-    void cnorm_col_dot2_x4_f64(const double* g, const double* x, Py_ssize_t ld, const double* mu,
-                               double* a, double* b, Py_ssize_t n) noexcept nogil
-    void cnorm_row_grad_sums_f32(const float* g, const float* x, const float* w, Py_ssize_t n,
-                                 double m, double r, double* sums, double* dw,
-                                 double* db) noexcept nogil
-    void cnorm_row_grad_sums_f64(const double* g, const double* x, const double* w, Py_ssize_t n,
-                                 double m, double r, double* sums, double* dw,
-                                 double* db) noexcept nogil
+    # Welford over whole steps of LANES values, one lane per position; returns the count
+    double cnorm_welford(const void* x, Py_ssize_t n, double k, double* mu,
+                         double* m2) noexcept nogil
+    # a += g and c += g * (x - m), lane-wise
+    void cnorm_dot2(const void* g, const void* x, Py_ssize_t n, double m, double* a,
+                    double* c) noexcept nogil
+    # a += x - s and q += (x - s)**2, lane-wise
+    void cnorm_sum2(const void* x, Py_ssize_t n, double s, double* a, double* q) noexcept nogil
+    # q += x**2, lane-wise
+    void cnorm_sumsq(const void* x, Py_ssize_t n, double* q) noexcept nogil
+    # one row of column sums: s[c] += x[c] - f[c], q[c] += (x[c] - f[c])**2
+    void cnorm_col_sum2(const void* x, const double* f, double* s, double* q,
+                        Py_ssize_t n) noexcept nogil
+    # the same for four rows x, x + ld, x + 2 ld, x + 3 ld, in a fixed tree
+    void cnorm_col_sum2_x4(const void* x, Py_ssize_t ld, const double* f, double* s, double* q,
+                           Py_ssize_t n) noexcept nogil
+    # Welford's column update by four rows in turn; r[j] = 1 / (count after row j)
+    void cnorm_col_welford_x4(const void* x, Py_ssize_t ld, const double* r, double* mu,
+                              double* m2, Py_ssize_t n) noexcept nogil
+    # a[c] += g and b[c] += g * (x - mu[c]) over four rows, in a fixed tree
+    void cnorm_col_dot2_x4(const void* g, const void* x, Py_ssize_t ld, const double* mu,
+                           double* a, double* b, Py_ssize_t n) noexcept nogil
+    # one pass over a layer-norm row: sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m)),
+    # dw += g*(x - m)*r, db += g
+    void cnorm_row_grad_sums(const void* g, const void* x, const void* w, Py_ssize_t n,
+                             double m, double r, double* sums, double* dw,
+                             double* db) noexcept nogil
+
+
+# ---------------------------------------------------------------------------
+# Loads of data, and parameters of the arithmetic type
+# ---------------------------------------------------------------------------
+
+cdef inline double ld(const real* p, Py_ssize_t i) noexcept nogil:
+    """p[i] as a double."""
+    if real is cnorm_f16:
+        return CNORM_LD1_f16(p + i)
+    elif real is cnorm_bf16:
+        return CNORM_LD1_bf16(p + i)
+    else:
+        return p[i]
+
+
+cdef inline double pround(double v, const real* like) noexcept nogil:
+    """v rounded to the arithmetic type of data like `like`."""
+    if real is double:
+        return v
+    else:
+        return <float>v
+
+
+cdef inline size_t psize(const real* like) noexcept nogil:
+    """The size of the arithmetic type."""
+    return sizeof(double) if real is double else sizeof(float)
+
+
+cdef inline const void* pat(const void* p, Py_ssize_t k, const real* like) noexcept nogil:
+    """&p[k] of a parameter array, or NULL for NULL."""
+    if p == NULL:
+        return NULL
+    if real is double:
+        return <const double*>p + k
+    else:
+        return <const float*>p + k
+
+
+cdef inline double pget(const void* p, Py_ssize_t k, double missing, const real* like) noexcept nogil:
+    """p[k] of a parameter array, or `missing` when p is NULL."""
+    if p == NULL:
+        return missing
+    if real is double:
+        return (<const double*>p)[k]
+    else:
+        return (<const float*>p)[k]
+
+
+cdef inline void pset(void* p, Py_ssize_t k, double v, const real* like) noexcept nogil:
+    """p[k] = v, rounded to the arithmetic type."""
+    if real is double:
+        (<double*>p)[k] = v
+    else:
+        (<float*>p)[k] = <float>v
+
 
 cdef enum:
     STREAM_TILE = 1024   # separate runs shorter than this are stored plainly, not streamed
@@ -193,7 +254,7 @@ cdef inline double lanes_total(const double* a) noexcept nogil:
             + (((a[4] + a[12]) + (a[5] + a[13])) + ((a[6] + a[14]) + (a[7] + a[15]))))
 
 
-cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double m) noexcept nogil:
+cdef inline void run_sqdev(double* acc, const real* x, Py_ssize_t n, double m) noexcept nogil:
     """acc += (x - m)**2 over a run: lane j takes elements j, j + LANES, ... of the
     whole steps, then the tail goes to lanes 0, 1, ...  The lanes carry over
     from run to run, so a segmented sequence is summed as one."""
@@ -205,88 +266,13 @@ cdef inline void run_sqdev(double* acc, const floating* x, Py_ssize_t n, double 
     for step in range(nb // LANES):
         i = step * LANES
         for j in range(LANES):
-            d = x[i + j] - m
+            d = ld(x, i + j) - m
             a[j] += d * d
     for i in range(nb, n):
-        d = x[i] - m
+        d = ld(x, i) - m
         a[i - nb] += d * d
     for j in range(LANES):
         acc[j] = a[j]
-
-
-cdef inline void run_sum2(double* a, double* q, const floating* x, Py_ssize_t n,
-                          double s) noexcept nogil:
-    """a += x - s and q += (x - s)**2 over a run, lane-wise as in run_sqdev."""
-    if floating is float:
-        cnorm_sum2_f32(x, n, s, a, q)
-    else:
-        cnorm_sum2_f64(x, n, s, a, q)
-
-
-cdef inline void run_sumsq(double* q, const floating* x, Py_ssize_t n) noexcept nogil:
-    """q += x**2 over a run, lane-wise as in run_sqdev."""
-    if floating is float:
-        cnorm_sumsq_f32(x, n, q)
-    else:
-        cnorm_sumsq_f64(x, n, q)
-
-
-cdef inline void col_sum2(double* s, double* q, const floating* x, const double* f,
-                          Py_ssize_t n) noexcept nogil:
-    """s[c] += x[c] - f[c] and q[c] += (x[c] - f[c])**2: one row of column sums."""
-    if floating is float:
-        cnorm_col_sum2_f32(x, f, s, q, n)
-    else:
-        cnorm_col_sum2_f64(x, f, s, q, n)
-
-
-cdef inline void col_sum2_x4(double* s, double* q, const floating* x, Py_ssize_t ld,
-                             const double* f, Py_ssize_t n) noexcept nogil:
-    """col_sum2 of four rows x, x + ld, x + 2 ld, x + 3 ld, each column's four
-    terms added in a fixed tree (see _lanes.h)."""
-    if floating is float:
-        cnorm_col_sum2_x4_f32(x, ld, f, s, q, n)
-    else:
-        cnorm_col_sum2_x4_f64(x, ld, f, s, q, n)
-
-
-cdef inline void col_welford_x4(double* mu, double* m2, const floating* x, Py_ssize_t ld,
-                                const double* r, Py_ssize_t n) noexcept nogil:
-    """Welford's column update by four rows in turn; r[j] = 1 / (count after row j)."""
-    if floating is float:
-        cnorm_col_welford_x4_f32(x, ld, r, mu, m2, n)
-    else:
-        cnorm_col_welford_x4_f64(x, ld, r, mu, m2, n)
-
-
-cdef inline void col_dot2_x4(double* a, double* b, const floating* g, const floating* x,
-                             Py_ssize_t ld, const double* mu, Py_ssize_t n) noexcept nogil:
-    """a[c] += g and b[c] += g * (x - mu[c]) over four rows, in a fixed tree."""
-    if floating is float:
-        cnorm_col_dot2_x4_f32(g, x, ld, mu, a, b, n)
-    else:
-        cnorm_col_dot2_x4_f64(g, x, ld, mu, a, b, n)
-
-
-cdef inline void run_dot2(double* a, double* c, const floating* g, const floating* x,
-                          Py_ssize_t n, double m) noexcept nogil:
-    """a += g and c += g * (x - m) over a run, in one pass, lane-wise as in
-    run_sqdev (see _lanes.h)."""
-    if floating is float:
-        cnorm_dot2_f32(g, x, n, m, a, c)
-    else:
-        cnorm_dot2_f64(g, x, n, m, a, c)
-
-
-cdef inline void row_grad_sums(const floating* g, const floating* x, const floating* w,
-                               Py_ssize_t n, double m, double r, double* sums,
-                               double* dw, double* db) noexcept nogil:
-    """One pass over a layer-norm row: sums[0] = sum(g*w), sums[1] =
-    sum(g*w*(x - m)), and the row's column terms dw += g*(x - m)*r, db += g."""
-    if floating is float:
-        cnorm_row_grad_sums_f32(g, x, w, n, m, r, sums, dw, db)
-    else:
-        cnorm_row_grad_sums_f64(g, x, w, n, m, r, sums, dw, db)
 
 
 ctypedef struct WelfordLanes:
@@ -305,16 +291,13 @@ cdef inline void welford_init(WelfordLanes* w) noexcept nogil:
     w.tail = moments_zero()
 
 
-cdef inline void run_welford(WelfordLanes* w, const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline void run_welford(WelfordLanes* w, const real* x, Py_ssize_t n) noexcept nogil:
     """Vectorised Welford: every lane has the same count, so one division per step
     (see _lanes.h); the values after the last whole step go to w.tail."""
     cdef Py_ssize_t i, nb = n - n % LANES
-    if floating is float:
-        w.k = cnorm_welford_f32(x, nb, w.k, w.mean, w.m2)
-    else:
-        w.k = cnorm_welford_f64(x, nb, w.k, w.mean, w.m2)
+    w.k = cnorm_welford(x, nb, w.k, w.mean, w.m2)
     for i in range(nb, n):
-        moments_push(&w.tail, x[i])
+        moments_push(&w.tail, ld(x, i))
 
 
 cdef inline Moments welford_finish(const WelfordLanes* w) noexcept nogil:
@@ -330,7 +313,7 @@ cdef inline Moments welford_finish(const WelfordLanes* w) noexcept nogil:
     return m
 
 
-cdef inline bint one_pass_ok(double m2, double q, const floating* like) noexcept nogil:
+cdef inline bint one_pass_ok(double m2, double q, const real* like) noexcept nogil:
     """Whether M2 = q - s**2 / n, from sums s and q of x - x0 over a block with x0
     one of its values, may stand in for a second pass over x - mean.
 
@@ -343,10 +326,10 @@ cdef inline bint one_pass_ok(double m2, double q, const floating* like) noexcept
     float64 data, or NaN or inf, where the comparison is false) takes the
     second pass.  `like` only selects the data type.
     """
-    if floating is float:
-        return m2 * SUM2_COND_F32 >= q
-    else:
+    if real is double:
         return m2 * SUM2_COND_F64 >= q
+    else:
+        return m2 * SUM2_COND_F32 >= q
 
 
 # ---------------------------------------------------------------------------
@@ -364,19 +347,19 @@ cdef inline Py_ssize_t seq_run(Py_ssize_t i, Py_ssize_t stop, Py_ssize_t M, Py_s
     return M - m if M - m < stop - i else stop - i
 
 
-cdef inline void prefetch_run(const floating* base, Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M,
+cdef inline void prefetch_run(const real* base, Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M,
                               Py_ssize_t stride) noexcept nogil:
     """For runs shorter than PREFETCH_BYTES, prefetch the run at least PREFETCH_BYTES
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
     longer runs give it time to catch up, and prefetching them was slower."""
-    cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(floating))
-    cdef size_t nbytes = short_row_bytes(M, sizeof(floating))
+    cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(real))
+    cdef size_t nbytes = short_row_bytes(M, sizeof(real))
     if nbytes != 0 and n * M < limit:
         cnorm_prefetch(base + n * stride, nbytes)
 
 
-cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
+cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t stride,
                                 Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t limit,
                                 int method) noexcept nogil:
     """(count, mean, M2) of elements [i0, i1) of a segmented sequence of limit elements."""
@@ -400,7 +383,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     # offset.  The second pass, over (x - mean)**2, runs only where one_pass_ok
     # says the first pass's M2 is not accurate enough.
     seq_run(i0, i1, M, stride, &off)
-    x0 = base[off]
+    x0 = ld(base, off)
     for j in range(LANES):
         acc[j] = 0.0
         sq[j] = 0.0
@@ -408,7 +391,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
         prefetch_run(base, i, limit, M, stride)
-        run_sum2(acc, sq, base + off, L, x0)
+        cnorm_sum2(base + off, L, x0, acc, sq)
         i += L
     out.n = <double>(i1 - i0)
     s = lanes_total(acc)
@@ -428,7 +411,7 @@ cdef inline Moments seq_moments(const floating* base, Py_ssize_t M, Py_ssize_t s
     return out
 
 
-cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_ssize_t stride,
+cdef inline void seq_dot(const real* g, const real* x, Py_ssize_t M, Py_ssize_t stride,
                          Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t limit, double m,
                          double* sum_g, double* sum_gx) noexcept nogil:
     """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1) of limit."""
@@ -443,13 +426,13 @@ cdef inline void seq_dot(const floating* g, const floating* x, Py_ssize_t M, Py_
         L = seq_run(i, i1, M, stride, &off)
         prefetch_run(g, i, limit, M, stride)
         prefetch_run(x, i, limit, M, stride)
-        run_dot2(a, b, g + off, x + off, L, m)
+        cnorm_dot2(g + off, x + off, L, m, a, b)
         i += L
     sum_g[0] += lanes_total(a)
     sum_gx[0] += lanes_total(b)
 
 
-cdef inline Moments chunked_moments(const floating* base, Py_ssize_t M, Py_ssize_t stride,
+cdef inline Moments chunked_moments(const real* base, Py_ssize_t M, Py_ssize_t stride,
                                     Py_ssize_t count, int method) noexcept nogil:
     """Statistics of a whole sequence: CHUNK-sized pieces merged in order.
 
@@ -465,7 +448,7 @@ cdef inline Moments chunked_moments(const floating* base, Py_ssize_t M, Py_ssize
     return mo
 
 
-cdef inline void chunked_dot(const floating* g, const floating* x, Py_ssize_t M, Py_ssize_t stride,
+cdef inline void chunked_dot(const real* g, const real* x, Py_ssize_t M, Py_ssize_t stride,
                              Py_ssize_t count, double m, double* sum_g, double* sum_gx) noexcept nogil:
     """seq_dot over a whole sequence, one CHUNK-sized piece after another."""
     cdef Py_ssize_t i = 0
@@ -481,47 +464,42 @@ cdef inline void chunked_dot(const floating* g, const floating* x, Py_ssize_t M,
 
 ctypedef struct Affine:
     # y = ((x - hi) - lo) * scale + shift, with hi + lo the float64 mean split
-    # into two values of the data's type, so that float32 data is centred
-    # exactly without float64 arithmetic in the loop.
+    # into two values of the arithmetic type, so that float32 arithmetic centres
+    # the data exactly without float64 in the loop.  All four are values of the
+    # arithmetic type (see pround).
     double hi
     double lo
     double scale
     double shift
 
 
-cdef inline void run_affine(const floating* x, floating* y, Py_ssize_t n, Affine p, int act,
+cdef inline void run_affine(const real* x, real* y, Py_ssize_t n, Affine p, int act,
                             bint stream) noexcept nogil:
     """y = ((x - hi) - lo) * scale + shift [then ReLU] over a run; streaming stores
     for runs of at least STREAM_TILE elements when stream is set."""
     cdef bint st = stream and n >= STREAM_TILE
-    if floating is float:
-        cnorm_affine_f32(x, y, n, <float>p.hi, <float>p.lo, <float>p.scale, <float>p.shift,
-                         act, st)
-    else:
-        cnorm_affine_f64(x, y, n, p.hi, p.lo, p.scale, p.shift, act, st)
+    cnorm_affine(x, y, n, p.hi, p.lo, p.scale, p.shift, act, st)
     if st:
         cnorm_stream_fence()
 
 
-cdef inline void affine_columns(const floating* x, floating* y, Py_ssize_t n,
-                                const floating* cols, Py_ssize_t K, int act,
+cdef inline void affine_columns(const real* x, real* y, Py_ssize_t n,
+                                const void* cols, Py_ssize_t K, int act,
                                 bint stream) noexcept nogil:
     """n elements of a row of a row-major matrix; cols holds hi, lo, scale and
-    shift (K each) for the row's columns."""
-    if floating is float:
-        cnorm_affine_cols_f32(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, act, stream)
-    else:
-        cnorm_affine_cols_f64(x, y, n, cols, cols + K, cols + 2 * K, cols + 3 * K, act, stream)
+    shift (K each, of the arithmetic type) for the row's columns."""
+    cnorm_affine_cols(x, y, n, cols, pat(cols, K, x), pat(cols, 2 * K, x), pat(cols, 3 * K, x),
+                      act, stream)
 
 
-cdef inline void rows_affine(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1,
-                             Py_ssize_t R, Py_ssize_t K, const floating* cols, int act,
+cdef inline void rows_affine(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1,
+                             Py_ssize_t R, Py_ssize_t K, const void* cols, int act,
                              bint stream) noexcept nogil:
     """Rows [r0, r1) of an (R, K) matrix; cols holds hi, lo, scale, shift (K each).
     Rows shorter than PREFETCH_BYTES are prefetched that far ahead, up to row R."""
     cdef Py_ssize_t r
-    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(floating))
-    cdef size_t pbytes = short_row_bytes(K, sizeof(floating))
+    cdef Py_ssize_t pd = prefetch_rows(K, sizeof(real))
+    cdef size_t pbytes = short_row_bytes(K, sizeof(real))
     for r in range(r0, r1):
         if r + pd < R:
             cnorm_prefetch(x + (r + pd) * K, pbytes)

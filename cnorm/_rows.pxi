@@ -31,58 +31,50 @@ ctypedef struct RowMap:
     int act                     # Activation of the output pass
 
 
-cdef inline bint streams_rows(Py_ssize_t H, bint stream, const floating* like) noexcept nogil:
+cdef inline bint streams_rows(Py_ssize_t H, bint stream, const real* like) noexcept nogil:
     """Whether rows of H elements get streaming stores: as the caller asks, except
     rows of at most PREFETCH_WRITE_MAX bytes, which never do.  `like` only selects
     the data type."""
-    return stream and H * <Py_ssize_t>sizeof(floating) > PREFETCH_WRITE_MAX
+    return stream and H * <Py_ssize_t>sizeof(real) > PREFETCH_WRITE_MAX
 
 
-cdef inline double row_mean_square(const floating* x, Py_ssize_t H) noexcept nogil:
+cdef inline double row_mean_square(const real* x, Py_ssize_t H) noexcept nogil:
     """mean(x**2) of a row, summed in float64 lanes in a fixed order."""
     cdef double q[LANES]
     cdef Py_ssize_t j
     for j in range(LANES):
         q[j] = 0.0
-    run_sumsq(q, x, H)
+    cnorm_sumsq(x, H, q)
     return lanes_total(q) / H
 
 
-cdef inline void row_affine(const floating* x, floating* y, Py_ssize_t n, double mean, double rstd,
-                            const floating* w, const floating* b, int act,
+cdef inline void row_affine(const real* x, real* y, Py_ssize_t n, double mean, double rstd,
+                            const void* w, const void* b, int act,
                             bint stream) noexcept nogil:
-    """y = act(((x - hi) - lo) * rstd [* w] [+ b]), with mean = hi + lo split in x's
-    type; w and b may each be NULL.  With mean 0 (RMS norm) this is x * rstd [* w]."""
-    cdef floating hi = <floating>mean
-    cdef floating lo = <floating>(mean - <double>hi)
-    if floating is float:
-        cnorm_ln_affine_f32(x, y, n, hi, lo, <float>rstd, w, b, act, stream)
-    else:
-        cnorm_ln_affine_f64(x, y, n, hi, lo, rstd, w, b, act, stream)
+    """y = act(((x - hi) - lo) * rstd [* w] [+ b]), with mean = hi + lo split in the
+    arithmetic type; w and b may each be NULL.  With mean 0 (RMS norm) this is
+    x * rstd [* w]."""
+    cdef double hi = pround(mean, x)
+    cdef double lo = pround(mean - hi, x)
+    cnorm_ln_affine(x, y, n, hi, lo, rstd, w, b, act, stream)
 
 
-cdef inline void runs_affine(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t run,
-                             double mean, double rstd, const floating* w, const floating* b,
+cdef inline void runs_affine(const real* x, real* y, Py_ssize_t H, Py_ssize_t run,
+                             double mean, double rstd, const void* w, const void* b,
                              int act, bint stream) noexcept nogil:
     """A row of H / run runs, run k scaled by rstd * w[k] and shifted by b[k]."""
-    cdef floating hi = <floating>mean
-    cdef floating lo = <floating>(mean - <double>hi)
+    cdef double hi = pround(mean, x)
+    cdef double lo = pround(mean - hi, x)
     cdef Py_ssize_t k
-    cdef double s, sh
     for k in range(H // run):
-        s = rstd * (w[k] if w != NULL else 1.0)
-        sh = b[k] if b != NULL else 0.0
-        if floating is float:
-            cnorm_affine_f32(x + k * run, y + k * run, run, hi, lo, <float>s, <float>sh, act,
-                             stream)
-        else:
-            cnorm_affine_f64(x + k * run, y + k * run, run, hi, lo, s, sh, act, stream)
+        cnorm_affine(x + k * run, y + k * run, run, hi, lo, rstd * pget(w, k, 1.0, x),
+                     pget(b, k, 0.0, x), act, stream)
 
 
-cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const floating* w,
-                             const floating* b, floating* mean_out, floating* rstd_out,
-                             floating* var_out, double eps, int method, bint stream,
-                             const floating* ahead, RowMap m) noexcept nogil:
+cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w,
+                             const void* b, void* mean_out, void* rstd_out,
+                             void* var_out, double eps, int method, bint stream,
+                             const real* ahead, RowMap m) noexcept nogil:
     """One row, with w and b its parameter set (or NULL); `ahead` (or NULL) is a later
     row to prefetch while this one is normalised, so that memory keeps streaming
     during the in-cache passes.
@@ -95,7 +87,7 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     cdef Moments mo
     cdef double mean, var, rstd
     cdef Py_ssize_t t = 0, L
-    cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(real)
     cdef bint short_row = nbytes <= PREFETCH_BYTES
     if not stream and short_row and nbytes > PREFETCH_WRITE_MAX:
         cnorm_prefetch_write(y, nbytes)
@@ -108,11 +100,11 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
         var = row_mean_square(x, H)
     rstd = 1.0 / sqrt(var + eps)
     if mean_out != NULL:
-        mean_out[0] = <floating>mean
+        pset(mean_out, 0, mean, x)
     if rstd_out != NULL:
-        rstd_out[0] = <floating>rstd
+        pset(rstd_out, 0, rstd, x)
     if var_out != NULL:
-        var_out[0] = <floating>var
+        pset(var_out, 0, var, x)
     if m.run != 1:
         runs_affine(x, y, H, m.run, mean, rstd, w, b, m.act, stream)
         return
@@ -128,19 +120,18 @@ cdef inline void forward_row(const floating* x, floating* y, Py_ssize_t H, const
     while t < H:
         L = STREAM_TILE if H - t > STREAM_TILE else H - t
         if ahead != NULL:
-            cnorm_prefetch(ahead + t, L * sizeof(floating))
-        row_affine(x + t, y + t, L, mean, rstd, w + t if w != NULL else NULL,
-                   b + t if b != NULL else NULL, m.act, True)
+            cnorm_prefetch(ahead + t, L * sizeof(real))
+        row_affine(x + t, y + t, L, mean, rstd, pat(w, t, x), pat(b, t, x), m.act, True)
         t += L
 
 
-cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
-                       Py_ssize_t H, const floating* w, const floating* b, floating* mean_out,
-                       floating* rstd_out, floating* var_out, double eps, int method,
+cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
+                       Py_ssize_t H, const void* w, const void* b, void* mean_out,
+                       void* rstd_out, void* var_out, double eps, int method,
                        bint stream, RowMap m) noexcept nogil:
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
     when streaming, one fence after them (a fence per row is much slower)."""
-    cdef Py_ssize_t d = prefetch_rows(H, sizeof(floating))
+    cdef Py_ssize_t d = prefetch_rows(H, sizeof(real))
     cdef Py_ssize_t r, p = 0
     cdef Py_ssize_t P = H // m.run          # parameters per set
     cdef Py_ssize_t q = r0 % m.Q            # the parameter set of row r, kept without a division
@@ -151,8 +142,8 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
     plain.act = 0
     if m.Q == 1 and m.run == 1 and m.centred and m.act == 0 and var_out == NULL:
         for r in range(r0, r1):
-            forward_row(x + r * H, y + r * H, H, w, b, mean_out + r if mean_out != NULL else NULL,
-                        rstd_out + r if rstd_out != NULL else NULL, NULL, eps, method, stream,
+            forward_row(x + r * H, y + r * H, H, w, b, <void*>pat(mean_out, r, x),
+                        <void*>pat(rstd_out, r, x), NULL, eps, method, stream,
                         x + (r + d) * H if r + d < R else NULL, plain)
         if stream:
             cnorm_stream_fence()
@@ -161,19 +152,17 @@ cdef void forward_rows(const floating* x, floating* y, Py_ssize_t r0, Py_ssize_t
         if m.Q != 1:
             p = q * P
             q = q + 1 if q + 1 < m.Q else 0
-        forward_row(x + r * H, y + r * H, H, w + p if w != NULL else NULL,
-                    b + p if b != NULL else NULL,
-                    mean_out + r if mean_out != NULL else NULL,
-                    rstd_out + r if rstd_out != NULL else NULL,
-                    var_out + r if var_out != NULL else NULL, eps, method, stream,
+        forward_row(x + r * H, y + r * H, H, pat(w, p, x), pat(b, p, x),
+                    <void*>pat(mean_out, r, x), <void*>pat(rstd_out, r, x),
+                    <void*>pat(var_out, r, x), eps, method, stream,
                     x + (r + d) * H if r + d < R else NULL, m)
     if stream:
         cnorm_stream_fence()
 
 
-cdef void rows_forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t H,
-                       const floating* w, const floating* b, floating* mean_out,
-                       floating* rstd_out, floating* var_out, double eps, int method,
+cdef void rows_forward(const real* x, real* y, Py_ssize_t R, Py_ssize_t H,
+                       const void* w, const void* b, void* mean_out,
+                       void* rstd_out, void* var_out, double eps, int method,
                        bint stream, RowMap m, int nt) noexcept nogil:
     # one contiguous block of rows per thread, as a static schedule over rows gives
     cdef Py_ssize_t rb = (R + nt - 1) // nt
@@ -195,37 +184,34 @@ cdef void rows_forward(const floating* x, floating* y, Py_ssize_t R, Py_ssize_t 
 # and dbias = sum(dy), per parameter, over the rows that use it.
 # ---------------------------------------------------------------------------
 
-cdef inline void backward_row(const floating* g, const floating* x, floating* dx, Py_ssize_t H,
-                              double mean, double rstd, const floating* w, double* dw,
+cdef inline void backward_row(const real* g, const real* x, real* dx, Py_ssize_t H,
+                              double mean, double rstd, const void* w, double* dw,
                               double* db, bint centred, bint stream) noexcept nogil:
     """dx of one row with a parameter per position, and its terms of dweight and
     dbias (w: the weight, or ones)."""
     cdef double sums[2]
     cdef double sum_g, sum_gx
-    cdef floating hi = <floating>mean
-    cdef floating lo = <floating>(mean - <double>hi)
-    cdef floating ra, rb, rc
+    cdef double hi = pround(mean, x)
+    cdef double lo = pround(mean - hi, x)
+    cdef double ra, rb, rc
     # As in forward_row, only a short row asks for dx's lines before its sums pass:
     # longer rows were slower with it (dx likely evicting g and x from L1).
-    if not stream and H * <Py_ssize_t>sizeof(floating) <= PREFETCH_WRITE_MAX:
-        cnorm_prefetch_write(dx, H * sizeof(floating))
+    if not stream and H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(dx, H * sizeof(real))
     # every sum before any dx: dx may be the very buffer of g or x
-    row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
+    cnorm_row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
     sum_g = sums[0]
     sum_gx = sums[1]
     # dx = rstd * (g*w - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
-    ra = <floating>rstd
-    rb = <floating>(rstd * rstd * rstd * sum_gx / H)
-    rc = <floating>(rstd * sum_g / H) if centred else <floating>0
-    if floating is float:
-        cnorm_ln_dx_f32(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
-    else:
-        cnorm_ln_dx_f64(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
+    ra = rstd
+    rb = rstd * rstd * rstd * sum_gx / H
+    rc = rstd * sum_g / H if centred else 0.0
+    cnorm_ln_dx(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
 
 
-cdef inline void backward_block(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
-                                Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const floating* mean,
-                                const floating* rstd, const floating* w, double* part,
+cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize_t R,
+                                Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const void* mean,
+                                const void* rstd, const void* w, double* part,
                                 bint stream) noexcept nogil:
     """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H].
     mean NULL: not centred."""
@@ -236,16 +222,16 @@ cdef inline void backward_block(const floating* g, const floating* x, floating* 
     for i in range(2 * H):
         dw[i] = 0.0
     for r in range(k * rb, r1):
-        backward_row(g + r * H, x + r * H, dx + r * H, H, mean[r] if mean != NULL else 0.0,
-                     rstd[r], w, dw, db, mean != NULL, stream)
+        backward_row(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
+                     pget(rstd, r, 0.0, x), w, dw, db, mean != NULL, stream)
     if stream:
         cnorm_stream_fence()
 
 
-cdef int rows_backward_positions(const floating* g, const floating* x, floating* dx,
-                                 Py_ssize_t R, Py_ssize_t H, const floating* mean,
-                                 const floating* rstd, const floating* w, floating* dweight,
-                                 floating* dbias, bint stream, int nt) noexcept nogil:
+cdef int rows_backward_positions(const real* g, const real* x, real* dx,
+                                 Py_ssize_t R, Py_ssize_t H, const void* mean,
+                                 const void* rstd, const void* w, void* dweight,
+                                 void* dbias, bint stream, int nt) noexcept nogil:
     """Backward of rows with one parameter set of a parameter per position (Q = 1,
     run = 1: layer norm, RMS norm).  mean NULL: not centred."""
     # Row blocks: at least ROWS_WORK elements each, at most MAX_COLUMN_BLOCKS of them;
@@ -253,7 +239,7 @@ cdef int rows_backward_positions(const floating* g, const floating* x, floating*
     cdef Py_ssize_t rb = (ROWS_WORK + H - 1) // H
     cdef Py_ssize_t nblk, k, i
     cdef double* part
-    cdef floating* ones = NULL
+    cdef void* ones = NULL
     cdef double sw, sb
     stream = streams_rows(H, stream, x)
     if rb * MAX_COLUMN_BLOCKS < R:
@@ -263,12 +249,12 @@ cdef int rows_backward_positions(const floating* g, const floating* x, floating*
     if part == NULL:
         return -1
     if w == NULL:   # no weight: the same loops, with ones
-        ones = <floating*>malloc(H * sizeof(floating))
+        ones = malloc(H * psize(x))
         if ones == NULL:
             free(part)
             return -1
         for i in range(H):
-            ones[i] = 1
+            pset(ones, i, 1.0, x)
         w = ones
     # One loop for every thread count: GCC compiled a separate serial loop (as
     # forward has) with an inlined backward_block far worse than the parallel one.
@@ -280,53 +266,48 @@ cdef int rows_backward_positions(const floating* g, const floating* x, floating*
         for k in range(nblk):
             sw += part[2 * k * H + i]
             sb += part[(2 * k + 1) * H + i]
-        dweight[i] = <floating>sw
+        pset(dweight, i, sw, x)
         if dbias != NULL:
-            dbias[i] = <floating>sb
+            pset(dbias, i, sb, x)
     free(part)
     free(ones)
     return 0
 
 
-cdef inline void backward_runs_row(const floating* g, const floating* x, floating* dx,
+cdef inline void backward_runs_row(const real* g, const real* x, real* dx,
                                    Py_ssize_t H, Py_ssize_t run, double mean, double rstd,
-                                   const floating* w, double* sums, bint stream) noexcept nogil:
+                                   const void* w, double* sums, bint stream) noexcept nogil:
     """dx of one centred row of H / run runs, run k with weight w[k] (w NULL: ones);
     sums[2k], sums[2k + 1] receive run k's sum(dy) and sum(dy * (x - mean))."""
     cdef double a[LANES]
     cdef double c[LANES]
     cdef double A = 0.0, B = 0.0, wk, sg, sgx, bc, cc
     cdef Py_ssize_t k, j, P = H // run
-    cdef floating hi = <floating>mean
+    cdef double hi = pround(mean, x)
     # every sum before any dx: dx may be the very buffer of g or x
     for k in range(P):
         for j in range(LANES):
             a[j] = 0.0
             c[j] = 0.0
-        run_dot2(a, c, g + k * run, x + k * run, run, mean)
+        cnorm_dot2(g + k * run, x + k * run, run, mean, a, c)
         sg = lanes_total(a)
         sgx = lanes_total(c)
         sums[2 * k] = sg
         sums[2 * k + 1] = sgx
-        wk = w[k] if w != NULL else 1.0
+        wk = pget(w, k, 1.0, x)
         A += wk * sg
         B += wk * sgx
     # dx = (dy * rstd * w_k - (x - mean) * rstd**3 * B / H) - rstd * A / H
     bc = rstd * rstd * rstd * B / H
     cc = rstd * A / H
     for k in range(P):
-        wk = w[k] if w != NULL else 1.0
-        if floating is float:
-            cnorm_grad_f32(g + k * run, x + k * run, dx + k * run, run, hi, <float>(rstd * wk),
-                           <float>bc, <float>cc, 1, stream)
-        else:
-            cnorm_grad_f64(g + k * run, x + k * run, dx + k * run, run, hi, rstd * wk, bc, cc,
-                           1, stream)
+        wk = pget(w, k, 1.0, x)
+        cnorm_grad(g + k * run, x + k * run, dx + k * run, run, hi, rstd * wk, bc, cc, 1, stream)
 
 
-cdef int rows_backward_runs(const floating* g, const floating* x, floating* dx, Py_ssize_t R,
-                            Py_ssize_t H, const floating* mean, const floating* rstd,
-                            const floating* w, floating* dweight, floating* dbias, RowMap m,
+cdef int rows_backward_runs(const real* g, const real* x, real* dx, Py_ssize_t R,
+                            Py_ssize_t H, const void* mean, const void* rstd,
+                            const void* w, void* dweight, void* dbias, RowMap m,
                             bint stream, int nt) noexcept nogil:
     """Backward of centred rows with Q parameter sets of H / run parameters (group
     norm, instance norm).  Each row's run sums are kept, then summed per parameter
@@ -339,8 +320,9 @@ cdef int rows_backward_runs(const floating* g, const floating* x, floating* dx, 
         return -1
     stream = streams_rows(H, stream, x)
     for r in prange(R, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        backward_runs_row(g + r * H, x + r * H, dx + r * H, H, m.run, mean[r], rstd[r],
-                          w + (r % m.Q) * P if w != NULL else NULL, part + 2 * r * P, stream)
+        backward_runs_row(g + r * H, x + r * H, dx + r * H, H, m.run, pget(mean, r, 0.0, x),
+                          pget(rstd, r, 0.0, x), pat(w, (r % m.Q) * P, x), part + 2 * r * P,
+                          stream)
         if stream:
             cnorm_stream_fence()
     for p in range(m.Q * P):
@@ -350,10 +332,10 @@ cdef int rows_backward_runs(const floating* g, const floating* x, floating* dx, 
         sb = 0.0
         r = q
         while r < R:
-            sw += part[2 * (r * P + k) + 1] * rstd[r]
+            sw += part[2 * (r * P + k) + 1] * pget(rstd, r, 0.0, x)
             sb += part[2 * (r * P + k)]
             r += m.Q
-        dweight[p] = <floating>sw
-        dbias[p] = <floating>sb
+        pset(dweight, p, sw, x)
+        pset(dbias, p, sb, x)
     free(part)
     return 0

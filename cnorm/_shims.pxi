@@ -1,6 +1,6 @@
 # ---------------------------------------------------------------------------
 # Python-facing shims of the row and group kernels.  The Python layer has
-# validated every argument (arrays C-contiguous, of x's dtype and the right
+# validated every argument (arrays C-contiguous, of the right dtypes and
 # sizes) and planned the call; the shims pick the dtype, release the GIL and
 # call a kernel.
 # ---------------------------------------------------------------------------
@@ -14,15 +14,19 @@ cdef inline RowMap row_map(Py_ssize_t Q, Py_ssize_t run, bint centred, int act) 
     return m
 
 
-cdef inline void _rows_dispatch(cnp.ndarray x, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
+cdef inline void _rows_dispatch(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
                                 void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
                                 int meth, bint stream, RowMap m, int nt) noexcept nogil:
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        rows_forward[float](<float*>px, <float*>py, R, H, <float*>pw, <float*>pb, <float*>pm,
-                            <float*>pr, <float*>pv, eps, meth, stream, m, nt)
+    if t == F32:
+        rows_forward(<float*>px, <float*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+    elif t == F64:
+        rows_forward(<double*>px, <double*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+    elif t == F16:
+        rows_forward(<cnorm_f16*>px, <cnorm_f16*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream,
+                     m, nt)
     else:
-        rows_forward[double](<double*>px, <double*>py, R, H, <double*>pw, <double*>pb,
-                             <double*>pm, <double*>pr, <double*>pv, eps, meth, stream, m, nt)
+        rows_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, R, H, pw, pb, pm, pr, pv, eps, meth,
+                     stream, m, nt)
 
 
 def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize_t Q,
@@ -39,11 +43,12 @@ def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize
     cdef void* pm = data(mean_out)
     cdef void* pr = data(rstd_out)
     cdef void* pv = data(var_out)
+    cdef int t = dtype_code(x)
     if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
-        _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+        _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
     else:
         with nogil:
-            _rows_dispatch(x, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+            _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
 
 
 def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
@@ -61,26 +66,35 @@ def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t
     cdef void* pw = data(weight)
     cdef void* pdw = data(dweight)
     cdef void* pdb = data(dbias)
+    cdef int t = dtype_code(x)
     cdef int rc
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-            if positions:
-                rc = rows_backward_positions[float](<float*>pg, <float*>px, <float*>pdx, R, H,
-                                                    <float*>pm, <float*>pr, <float*>pw,
-                                                    <float*>pdw, <float*>pdb, stream, nt)
+        if positions:
+            if t == F32:
+                rc = rows_backward_positions(<float*>pg, <float*>px, <float*>pdx, R, H, pm, pr,
+                                             pw, pdw, pdb, stream, nt)
+            elif t == F64:
+                rc = rows_backward_positions(<double*>pg, <double*>px, <double*>pdx, R, H, pm, pr,
+                                             pw, pdw, pdb, stream, nt)
+            elif t == F16:
+                rc = rows_backward_positions(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, R,
+                                             H, pm, pr, pw, pdw, pdb, stream, nt)
             else:
-                rc = rows_backward_runs[float](<float*>pg, <float*>px, <float*>pdx, R, H,
-                                               <float*>pm, <float*>pr, <float*>pw, <float*>pdw,
-                                               <float*>pdb, m, stream, nt)
+                rc = rows_backward_positions(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx,
+                                             R, H, pm, pr, pw, pdw, pdb, stream, nt)
         else:
-            if positions:
-                rc = rows_backward_positions[double](<double*>pg, <double*>px, <double*>pdx, R,
-                                                     H, <double*>pm, <double*>pr, <double*>pw,
-                                                     <double*>pdw, <double*>pdb, stream, nt)
+            if t == F32:
+                rc = rows_backward_runs(<float*>pg, <float*>px, <float*>pdx, R, H, pm, pr, pw,
+                                        pdw, pdb, m, stream, nt)
+            elif t == F64:
+                rc = rows_backward_runs(<double*>pg, <double*>px, <double*>pdx, R, H, pm, pr, pw,
+                                        pdw, pdb, m, stream, nt)
+            elif t == F16:
+                rc = rows_backward_runs(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, R, H, pm,
+                                        pr, pw, pdw, pdb, m, stream, nt)
             else:
-                rc = rows_backward_runs[double](<double*>pg, <double*>px, <double*>pdx, R, H,
-                                                <double*>pm, <double*>pr, <double*>pw,
-                                                <double*>pdw, <double*>pdb, m, stream, nt)
+                rc = rows_backward_runs(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, R, H,
+                                        pm, pr, pw, pdw, pdb, m, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a backward pass")
 
@@ -98,16 +112,21 @@ def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ss
     cdef void* pm = data(mean_out)
     cdef void* pr = data(rstd_out)
     cdef void* pv = data(var_out)
+    cdef int t = dtype_code(x)
     cdef int rc
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-            rc = groups_forward[float](<float*>px, <float*>py, N, HW, C, G, <float*>pw,
-                                       <float*>pb, <float*>pm, <float*>pr, <float*>pv, eps,
-                                       meth, act, stream, nt)
+        if t == F32:
+            rc = groups_forward(<float*>px, <float*>py, N, HW, C, G, pw, pb, pm, pr, pv, eps,
+                                meth, act, stream, nt)
+        elif t == F64:
+            rc = groups_forward(<double*>px, <double*>py, N, HW, C, G, pw, pb, pm, pr, pv, eps,
+                                meth, act, stream, nt)
+        elif t == F16:
+            rc = groups_forward(<cnorm_f16*>px, <cnorm_f16*>py, N, HW, C, G, pw, pb, pm, pr, pv,
+                                eps, meth, act, stream, nt)
         else:
-            rc = groups_forward[double](<double*>px, <double*>py, N, HW, C, G, <double*>pw,
-                                        <double*>pb, <double*>pm, <double*>pr, <double*>pv,
-                                        eps, meth, act, stream, nt)
+            rc = groups_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, N, HW, C, G, pw, pb, pm, pr, pv,
+                                eps, meth, act, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
 
@@ -124,15 +143,20 @@ def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize
     cdef void* pw = data(weight)
     cdef void* pdw = data(dweight)
     cdef void* pdb = data(dbias)
+    cdef int t = dtype_code(x)
     cdef int rc
     with nogil:
-        if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-            rc = groups_backward[float](<float*>pg, <float*>px, <float*>pdx, N, HW, C, G,
-                                        <float*>pm, <float*>pr, <float*>pw, <float*>pdw,
-                                        <float*>pdb, stream, nt)
+        if t == F32:
+            rc = groups_backward(<float*>pg, <float*>px, <float*>pdx, N, HW, C, G, pm, pr, pw,
+                                 pdw, pdb, stream, nt)
+        elif t == F64:
+            rc = groups_backward(<double*>pg, <double*>px, <double*>pdx, N, HW, C, G, pm, pr, pw,
+                                 pdw, pdb, stream, nt)
+        elif t == F16:
+            rc = groups_backward(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, HW, C, G, pm,
+                                 pr, pw, pdw, pdb, stream, nt)
         else:
-            rc = groups_backward[double](<double*>pg, <double*>px, <double*>pdx, N, HW, C, G,
-                                         <double*>pm, <double*>pr, <double*>pw, <double*>pdw,
-                                         <double*>pdb, stream, nt)
+            rc = groups_backward(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, HW, C, G,
+                                 pm, pr, pw, pdw, pdb, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
