@@ -13,7 +13,9 @@ import numpy as np
 
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
-_FLOAT_DTYPES = (F32, F64)
+F16 = np.dtype(np.float16)
+_FLOAT_DTYPES = (F32, F64, F16)
+DTYPE_NAMES = "float32, float64, float16 or bfloat16"
 INF = float("inf")
 METHODS = ("two_pass", "welford")
 
@@ -22,21 +24,48 @@ def _type_name(obj):
     return type(obj).__name__
 
 
+def bfloat16():
+    """ml_dtypes' bfloat16 dtype, or None when ml_dtypes is not installed.  Imported
+    on first need (an array that may be bfloat16), so that cnorm's import does not
+    pay for it."""
+    global _BF16
+    if _BF16 is False:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _BF16 = None
+        else:
+            _BF16 = np.dtype(ml_dtypes.bfloat16)
+    return _BF16
+
+
+_BF16 = False     # not looked up yet
+
+
+def param_dtype(dt):
+    """The dtype of parameters, statistics and gradients of weights for data of dtype
+    dt: float64 for float64 data, float32 for float32, float16 and bfloat16."""
+    return F64 if dt == F64 else F32
+
+
 def float_array(x, name):
-    """x as an ndarray of float32 or float64 (array-likes are converted)."""
+    """x as an ndarray of one of the storage dtypes (array-likes are converted)."""
     if type(x) is np.ndarray and (x.dtype is F32 or x.dtype is F64):
         return x                                            # the common case, first
     if type(x) is not np.ndarray:
         try:
             x = np.asarray(x)
         except Exception as exc:  # ragged lists, objects numpy cannot take
-            raise TypeError(f"{name} must be an array of float32 or float64, "
+            raise TypeError(f"{name} must be an array of {DTYPE_NAMES}, "
                             f"got an object of type {_type_name(x)} ({exc})") from None
-    if x.dtype not in _FLOAT_DTYPES:
-        if x.dtype.kind == "f" and x.dtype.newbyteorder("=") in _FLOAT_DTYPES:
-            return x.astype(x.dtype.newbyteorder("="))  # non-native byte order: convert
-        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
-    return x
+    dt = x.dtype
+    if dt in _FLOAT_DTYPES:
+        return x
+    if dt.kind == "f" and dt.newbyteorder("=") in _FLOAT_DTYPES:
+        return x.astype(dt.newbyteorder("="))  # non-native byte order: convert
+    if dt.itemsize == 2 and dt.name == "bfloat16" and dt == bfloat16():
+        return x
+    raise TypeError(f"{name} must have dtype {DTYPE_NAMES}, got {dt}")
 
 
 def grad_array(dy, x, name="dy"):
@@ -55,7 +84,7 @@ def real_array(v, name):
     except Exception as exc:
         raise TypeError(f"{name} must be an array of real numbers, "
                         f"got an object of type {_type_name(v)} ({exc})") from None
-    if a.dtype.kind not in "fiub":
+    if a.dtype.kind not in "fiub" and not (a.dtype.name == "bfloat16" and a.dtype == bfloat16()):
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
     return a
 
@@ -86,7 +115,7 @@ def inplace_array(v, name, dtype, shape):
         raise TypeError(f"{name} must be a numpy.ndarray (it is updated in place), "
                         f"got {_type_name(v)}")
     if v.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} like x, got {v.dtype}")
+        raise TypeError(f"{name} must have dtype {dtype} (for x of this dtype), got {v.dtype}")
     if v.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {v.shape}")
     if not v.flags.writeable:
@@ -198,17 +227,20 @@ def shape_value(v, name="normalized_shape"):
 
 
 def dtype_value(dtype, name="dtype"):
-    """A layer's dtype argument: float32 or float64 (anything np.dtype takes for them)."""
+    """A layer's dtype argument: float32, float64, float16 or bfloat16 (anything
+    np.dtype takes for them; the string "bfloat16" or ml_dtypes.bfloat16 when
+    ml_dtypes is installed)."""
     if dtype is None:
-        raise TypeError(f"{name} must be float32 or float64, got None")
+        raise TypeError(f"{name} must be {DTYPE_NAMES}, got None")
+    if isinstance(dtype, str) and dtype == "bfloat16" and bfloat16() is not None:
+        return bfloat16()
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+        raise TypeError(f"{name} must be {DTYPE_NAMES}, got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES and not (dt.name == "bfloat16" and dt == bfloat16()):
+        raise TypeError(f"{name} must be {DTYPE_NAMES}, got {dt}")
     return dt
-
 
 def eps_value(eps):
     if type(eps) is float and 0.0 <= eps < INF:

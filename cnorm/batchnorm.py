@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, axis_value, bool_value, deliver, grad_array, eps_value, float_array, inplace_array,
-    like_array, method_value, momentum_value, output_buffer, ready,
+    like_array, method_value, momentum_value, output_buffer, param_dtype, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm._geometry import channel_geometry
@@ -60,28 +60,28 @@ def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps
     eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
     shape = (c,)
-    weight = like_array(weight, "weight", x.dtype, shape)
-    bias = like_array(bias, "bias", x.dtype, shape)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
+    bias = like_array(bias, "bias", param_dtype(x.dtype), shape)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (or both None)")
     momentum = momentum_value(momentum)     # checked in inference too: a bad value is a bug
     if training:
         if running_mean is not None:
-            running_mean = inplace_array(running_mean, "running_mean", x.dtype, shape)
-            running_var = inplace_array(running_var, "running_var", x.dtype, shape)
+            running_mean = inplace_array(running_mean, "running_mean", param_dtype(x.dtype), shape)
+            running_var = inplace_array(running_var, "running_var", param_dtype(x.dtype), shape)
         if n * m <= 1:
             raise ValueError(f"x must have more than 1 value per channel in training, got shape "
                              f"{x.shape} with channel axis {axis}")
     else:
         if running_mean is None:
             raise ValueError("running_mean and running_var are required when training=False")
-        running_mean = like_array(running_mean, "running_mean", x.dtype, shape)
-        running_var = like_array(running_var, "running_var", x.dtype, shape)
+        running_mean = like_array(running_mean, "running_mean", param_dtype(x.dtype), shape)
+        running_var = like_array(running_var, "running_var", param_dtype(x.dtype), shape)
     out, y = output_buffer(out, x, [("x", x)])
     mean = invstd = None
     if want_stats:
-        mean = np.empty(shape, dtype=x.dtype)
-        invstd = np.empty(shape, dtype=x.dtype)
+        mean = np.empty(shape, dtype=param_dtype(x.dtype))
+        invstd = np.empty(shape, dtype=param_dtype(x.dtype))
     if x.size:
         xc = _c_contiguous(x)
         if training:
@@ -113,7 +113,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     Parameters
     ----------
     x : array_like of shape (N, C, ...) or (N, ..., C)
-        float32 or float64 data, any strides.  Other array-likes are converted
+        float32, float64, float16 or bfloat16 data, any strides.  Other array-likes are converted
         as by ``np.asarray``.
     weight, bias : array_like of shape (C,), optional
         Per-channel scale and shift, cast to x's dtype.  None means 1 and 0.
@@ -244,7 +244,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     dy : array_like
         Gradient of the loss with respect to y; x's shape (cast to x's dtype).
     x : array_like of shape (N, C, ...) or (N, ..., C)
-        The forward input, float32 or float64.
+        The forward input: float32, float64, float16 or bfloat16.
     mean, invstd : array_like of shape (C,)
         With ``training=True``, the batch statistics `batch_norm_forward`
         returned.  With ``training=False``, the running mean and
@@ -299,12 +299,12 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     shape = (c,)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd are required")
-    mean = like_array(mean, "mean", x.dtype, shape)
-    invstd = like_array(invstd, "invstd", x.dtype, shape)
-    weight = like_array(weight, "weight", x.dtype, shape)
+    mean = like_array(mean, "mean", param_dtype(x.dtype), shape)
+    invstd = like_array(invstd, "invstd", param_dtype(x.dtype), shape)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     out, dx = output_buffer(out, x, [("x", x), ("dy", dy)])
-    dweight = np.zeros(shape, dtype=x.dtype)
-    dbias = np.zeros(shape, dtype=x.dtype)
+    dweight = np.zeros(shape, dtype=param_dtype(x.dtype))
+    dbias = np.zeros(shape, dtype=param_dtype(x.dtype))
     if x.size:
         dyc = _c_contiguous(dy if dy.dtype == x.dtype else dy.astype(x.dtype))
         _kernels.bn_backward(dyc, _c_contiguous(x), dx, n, c, m, mean, invstd, weight, dweight,

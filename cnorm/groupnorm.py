@@ -12,7 +12,8 @@ import numpy as np
 
 from cnorm._checks import (
     activation_value, axis_value, bool_value, deliver, eps_value, float_array, grad_array,
-    inplace_array, like_array, method_value, momentum_value, output_buffer, positive_int,
+    inplace_array, like_array, method_value, momentum_value, output_buffer, param_dtype,
+    positive_int,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm._geometry import Rows, channel_geometry, group_geometry
@@ -72,9 +73,9 @@ def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
         stats_shape = (x.shape[0], geo.Q)
     else:
         stats_shape = (geo.N, geo.G)
-    mean = np.empty(stats_shape, x.dtype)
-    rstd = np.empty(stats_shape, x.dtype)
-    v = np.empty(stats_shape, x.dtype) if var else None
+    mean = np.empty(stats_shape, param_dtype(x.dtype))
+    rstd = np.empty(stats_shape, param_dtype(x.dtype))
+    v = np.empty(stats_shape, param_dtype(x.dtype)) if var else None
     if x.size:
         xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         stream = STREAMS and stream_stores(2 * x.nbytes)
@@ -92,8 +93,8 @@ def _group_forward(p, num_groups, weight, bias, eps, method, activation, out):
     x, axis = p
     c = x.shape[axis]
     g = _groups_value(num_groups, c)
-    weight = like_array(weight, "weight", x.dtype, (c,))
-    bias = like_array(bias, "bias", x.dtype, (c,))
+    weight = like_array(weight, "weight", param_dtype(x.dtype), (c,))
+    bias = like_array(bias, "bias", param_dtype(x.dtype), (c,))
     eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
     act = activation_value(activation)
@@ -114,7 +115,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, metho
     Parameters
     ----------
     x : array_like of shape (N, C, ...) or, with ``axis=-1``, (N, ..., C)
-        float32 or float64 data, any strides.
+        float32, float64, float16 or bfloat16 data, any strides.
     num_groups : int
         G, a positive divisor of C.
     weight, bias : array_like of shape (C,), optional
@@ -191,13 +192,13 @@ def _backward(dy, x, mean, rstd, weight, axis, out, what, groups_of):
     mean_a = np.asarray(mean)
     g = groups_of(c, mean_a)
     stats = (x.shape[0], g)
-    mean = like_array(mean, "mean", x.dtype, stats)
-    rstd = like_array(rstd, "rstd", x.dtype, stats)
-    weight = like_array(weight, "weight", x.dtype, (c,))
+    mean = like_array(mean, "mean", param_dtype(x.dtype), stats)
+    rstd = like_array(rstd, "rstd", param_dtype(x.dtype), stats)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), (c,))
     geo = group_geometry(x.shape, axis, g)
     out, dx = output_buffer(out, x, [("x", x), ("dy", dy)])
-    dweight = np.zeros(c, x.dtype)
-    dbias = np.zeros(c, x.dtype)
+    dweight = np.zeros(c, param_dtype(x.dtype))
+    dbias = np.zeros(c, param_dtype(x.dtype))
     if x.size:
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
         xc = np.ascontiguousarray(x)
@@ -226,7 +227,7 @@ def group_norm_backward(dy, x, mean, rstd, weight=None, *, axis=1, out=None):
     dy : array_like
         Gradient of the loss with respect to y; x's shape (cast to x's dtype).
     x : array_like of shape (N, C, ...) or (N, ..., C)
-        The forward input, float32 or float64.
+        The forward input: float32, float64, float16 or bfloat16.
     mean, rstd : array_like of shape (N, num_groups)
         What `group_norm_forward` returned; num_groups is their second dimension.
     weight : array_like of shape (C,), optional
@@ -271,8 +272,8 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
     use_input_stats = bool_value(use_input_stats, "use_input_stats")
     c = x.shape[axis]
     shape = (c,)
-    weight = like_array(weight, "weight", x.dtype, shape)
-    bias = like_array(bias, "bias", x.dtype, shape)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
+    bias = like_array(bias, "bias", param_dtype(x.dtype), shape)
     eps = eps_value(eps)
     momentum = momentum_value(momentum)
     method = method_value(method, DEFAULT_METHOD)
@@ -284,8 +285,8 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
         if running_mean is None:
             raise ValueError("running_mean and running_var are required when "
                              "use_input_stats=False")
-        running_mean = like_array(running_mean, "running_mean", x.dtype, shape)
-        running_var = like_array(running_var, "running_var", x.dtype, shape)
+        running_mean = like_array(running_mean, "running_mean", param_dtype(x.dtype), shape)
+        running_var = like_array(running_var, "running_var", param_dtype(x.dtype), shape)
         out, y = output_buffer(out, x, [("x", x)])
         if x.size:
             n, c_, m = channel_geometry(x.shape, axis)
@@ -294,8 +295,8 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
         return deliver(out, y), None, None
     spatial = x.size // (x.shape[0] * c) if x.size else 0
     if running_mean is not None:
-        running_mean = inplace_array(running_mean, "running_mean", x.dtype, shape)
-        running_var = inplace_array(running_var, "running_var", x.dtype, shape)
+        running_mean = inplace_array(running_mean, "running_mean", param_dtype(x.dtype), shape)
+        running_var = inplace_array(running_var, "running_var", param_dtype(x.dtype), shape)
     if spatial <= 1 and x.size:
         raise ValueError(f"x must have more than 1 spatial value per channel when the input "
                          f"statistics are used, got shape {x.shape} with channel axis {axis}")
@@ -324,7 +325,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     Parameters
     ----------
     x : array_like of shape (N, C, L, ...) or, with ``axis=-1``, (N, L, ..., C)
-        float32 or float64 data with at least one spatial dimension.
+        float32, float64, float16 or bfloat16 data with at least one spatial dimension.
     weight, bias : array_like of shape (C,), optional
         Per-channel scale and shift; None means 1 and 0.
     running_mean, running_var : ndarray of shape (C,), optional

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
-    method_value, output_buffer, ready, shape_value,
+    method_value, output_buffer, param_dtype, ready, shape_value,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -47,8 +47,8 @@ def _normalized_shape(normalized_shape, x):
 def _forward(x, normalized_shape, weight, bias, eps, method, act, out, want_stats):
     x = float_array(x, "x")
     shape, h = _normalized_shape(normalized_shape, x)
-    weight = like_array(weight, "weight", x.dtype, shape)
-    bias = like_array(bias, "bias", x.dtype, shape)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
+    bias = like_array(bias, "bias", param_dtype(x.dtype), shape)
     eps = eps_value(eps)
     method = method_value(method, DEFAULT_METHOD)
     lead = x.shape[:x.ndim - len(shape)]
@@ -56,8 +56,8 @@ def _forward(x, normalized_shape, weight, bias, eps, method, act, out, want_stat
     out, dst = output_buffer(out, x, [("x", x)])
     mean = rstd = None
     if want_stats:
-        mean = np.empty(lead, dtype=x.dtype)
-        rstd = np.empty(lead, dtype=x.dtype)
+        mean = np.empty(lead, dtype=param_dtype(x.dtype))
+        rstd = np.empty(lead, dtype=param_dtype(x.dtype))
     if rows:
         _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
                            1, 1, True, act, weight, bias, mean, rstd, eps, method,
@@ -78,7 +78,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     Parameters
     ----------
     x : array_like of shape (..., *normalized_shape)
-        float32 or float64 data, any strides.
+        float32, float64, float16 or bfloat16 data, any strides.
     normalized_shape : int or tuple of int
         The trailing dimensions of x to normalise over (torch's convention).
     weight, bias : array_like of shape normalized_shape, optional
@@ -170,7 +170,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     dy : array_like
         Gradient of the loss with respect to y; x's shape (cast to x's dtype).
     x : array_like
-        The forward input, float32 or float64.
+        The forward input: float32, float64, float16 or bfloat16.
     mean, rstd : array_like of shape x.shape[:x.ndim - k]
         What `layer_norm_forward` returned; k, the number of normalised
         dimensions, is ``x.ndim - mean.ndim``.
@@ -219,17 +219,17 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
         raise ValueError(f"mean must have fewer dimensions than x (x.shape[:x.ndim - k] for k "
                          f"normalised dimensions), got shape {mean_a.shape} for x of shape {x.shape}")
     lead, shape = x.shape[:x.ndim - k], x.shape[x.ndim - k:]
-    mean = like_array(mean, "mean", x.dtype, lead)
-    rstd = like_array(rstd, "rstd", x.dtype, lead)
-    weight = like_array(weight, "weight", x.dtype, shape)
+    mean = like_array(mean, "mean", param_dtype(x.dtype), lead)
+    rstd = like_array(rstd, "rstd", param_dtype(x.dtype), lead)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     h = 1
     for s in shape:
         h *= s
     if h == 0:
         raise ValueError(f"x has no elements to normalize over in its trailing dimensions {shape}")
     out, dst = output_buffer(out, x, [("x", x), ("dy", dy)])
-    dweight = np.zeros(shape, dtype=x.dtype)
-    dbias = np.zeros(shape, dtype=x.dtype)
+    dweight = np.zeros(shape, dtype=param_dtype(x.dtype))
+    dbias = np.zeros(shape, dtype=param_dtype(x.dtype))
     rows = x.size // h
     if rows:
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)

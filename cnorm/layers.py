@@ -15,7 +15,7 @@ import numpy as np
 
 from cnorm._checks import (
     _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
-    method_value, momentum_value, positive_int, real_array, shape_value,
+    method_value, momentum_value, param_dtype, positive_int, real_array, shape_value,
 )
 from cnorm.batchnorm import _forward as bn_forward
 from cnorm.batchnorm import batch_norm_backward
@@ -87,6 +87,12 @@ class _Norm:
     def __call__(self, x):
         return self.forward(x)
 
+    @property
+    def _pdt(self):
+        """The dtype of parameters, buffers and gradients: the layer's, or float32 for a
+        float16 or bfloat16 layer (as torch's mixed precision keeps them)."""
+        return param_dtype(self.dtype)
+
     def _input(self, x, name):
         """x as an ndarray of the layer's dtype (other real dtypes are cast)."""
         if type(x) is np.ndarray and x.dtype == self.dtype:
@@ -114,7 +120,7 @@ class _Norm:
             if key == "num_batches_tracked":
                 out[key] = np.array(v, dtype=np.int64)
             else:
-                out[key] = np.array(v, dtype=self.dtype, copy=True)
+                out[key] = np.array(v, dtype=self._pdt, copy=True)
         return out
 
     def load_state_dict(self, state_dict, strict=True):
@@ -125,8 +131,9 @@ class _Norm:
         state_dict : mapping of str to array_like
             Values may be ndarrays, torch tensors (read through
             ``t.detach().cpu().numpy()``), or anything with ``__array__`` or
-            ``.numpy()``.  They are copied, cast to the layer's dtype
-            (``num_batches_tracked`` to an int), so a torch module's
+            ``.numpy()``.  They are copied, cast to the layer's parameter
+            dtype (float32 for a float16 or bfloat16 layer, else the layer's
+            dtype; ``num_batches_tracked`` to an int), so a torch module's
             ``state_dict()`` loads directly.
         strict : bool, default True
             Whether a missing or an unexpected key is an error.  With
@@ -180,7 +187,7 @@ class _Norm:
                                      f"integer, got {n!r}")
                 new[key] = int(n)
             else:
-                new[key] = np.array(a, dtype=self.dtype, copy=True, order="C")
+                new[key] = np.array(a, dtype=self._pdt, copy=True, order="C")
         for key, value in new.items():
             setattr(self, key, value)
         return LoadResult(missing, unexpected)
@@ -265,8 +272,9 @@ class BatchNorm(_Norm):
         pass only where that could cost accuracy.  Both accumulate in
         float64 and agree to rounding; `method` has no effect when the running
         statistics are used.
-    dtype : {float32, float64}, default float32
-        dtype of the parameters, the buffers, and the computation.
+    dtype : {float32, float64, float16, bfloat16}, default float32
+        dtype of the input and the computation; parameters and buffers are
+        of it too, or float32 for float16 and bfloat16 layers.
 
     Attributes
     ----------
@@ -288,8 +296,8 @@ class BatchNorm(_Norm):
     ------
     TypeError
         num_features not an int; eps or momentum not a real number; affine or
-        track_running_stats not a bool; axis not an int; dtype not float32 or
-        float64.
+        track_running_stats not a bool; axis not an int; dtype not one of
+        those four.
     ValueError
         num_features < 1; eps negative or not finite; momentum outside [0, 1];
         method not one of the above.
@@ -341,11 +349,11 @@ class BatchNorm(_Norm):
         self.dtype = dtype
         self.training = True
         c = num_features
-        self.weight = np.ones(c, dtype) if affine else None
-        self.bias = np.zeros(c, dtype) if affine else None
+        self.weight = np.ones(c, param_dtype(dtype)) if affine else None
+        self.bias = np.zeros(c, param_dtype(dtype)) if affine else None
         if track_running_stats:
-            self.running_mean = np.zeros(c, dtype)
-            self.running_var = np.ones(c, dtype)
+            self.running_mean = np.zeros(c, param_dtype(dtype))
+            self.running_var = np.ones(c, param_dtype(dtype))
             self.num_batches_tracked = 0
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
@@ -399,7 +407,7 @@ class BatchNorm(_Norm):
         if p.c != self.num_features:
             raise ValueError(f"x must have {self.num_features} channels along axis {self.axis}, "
                              f"got shape {x.shape}")
-        dtype = self.dtype
+        dtype = self._pdt
         weight = None if self.weight is None else like_array(self.weight, "weight", dtype,
                                                              (self.num_features,)).copy()
         bias = self.bias
@@ -495,8 +503,9 @@ class LayerNorm(_Norm):
     method : {None, 'two_pass', 'welford'}
         How the statistics are computed; None is layer_norm's default, 'two_pass'.  Both accumulate
         in float64 and agree to rounding.
-    dtype : {float32, float64}, default float32
-        dtype of the parameters and of the computation.
+    dtype : {float32, float64, float16, bfloat16}, default float32
+        dtype of the input and the computation; parameters are of it too, or
+        float32 for float16 and bfloat16 layers.
 
     Attributes
     ----------
@@ -512,8 +521,8 @@ class LayerNorm(_Norm):
     ------
     TypeError
         normalized_shape not an int or a tuple of ints; eps not a real
-        number; elementwise_affine or bias not a bool; dtype not float32 or
-        float64.
+        number; elementwise_affine or bias not a bool; dtype not one of those
+        four.
     ValueError
         normalized_shape empty or with a dimension < 1; eps negative or not
         finite; a bad method.
@@ -551,8 +560,8 @@ class LayerNorm(_Norm):
         self.method = method
         self.dtype = dtype
         self.training = True
-        self.weight = np.ones(shape, dtype) if elementwise_affine else None
-        self.bias = np.zeros(shape, dtype) if elementwise_affine and bias else None
+        self.weight = np.ones(shape, param_dtype(dtype)) if elementwise_affine else None
+        self.bias = np.zeros(shape, param_dtype(dtype)) if elementwise_affine and bias else None
         self.weight_grad = self.bias_grad = None
         self._saved = None
 
@@ -590,7 +599,7 @@ class LayerNorm(_Norm):
             x's trailing dimensions are not normalized_shape.
         """
         x, shape = _trailing_input(self, x)
-        weight = None if self.weight is None else like_array(self.weight, "weight", self.dtype,
+        weight = None if self.weight is None else like_array(self.weight, "weight", self._pdt,
                                                              shape).copy()
         y, mean, rstd = layer_norm_forward(x, shape, weight, self.bias, eps=self.eps,
                                            method=self.method)
@@ -655,13 +664,13 @@ class GroupNorm(_Norm):
     axis : int, default 1
         The channel axis of x: 1, or -1 for channels last.
     method : {None, 'two_pass', 'welford'}
-    dtype : {float32, float64}, default float32
+    dtype : {float32, float64, float16, bfloat16}, default float32
 
     Raises
     ------
     TypeError
         num_groups or num_channels not integers; eps not a real number; affine
-        not a bool; axis not an integer; dtype not float32 or float64.
+        not a bool; axis not an integer; dtype not one of those four.
     ValueError
         num_groups or num_channels < 1; num_groups not dividing num_channels;
         eps negative or not finite; a bad method.
@@ -689,8 +698,8 @@ class GroupNorm(_Norm):
         self.method = method_value(method)
         self.dtype = dtype_value(dtype)
         self.training = True
-        self.weight = np.ones(num_channels, self.dtype) if self.affine else None
-        self.bias = np.zeros(num_channels, self.dtype) if self.affine else None
+        self.weight = np.ones(num_channels, self._pdt) if self.affine else None
+        self.bias = np.zeros(num_channels, self._pdt) if self.affine else None
         self.weight_grad = self.bias_grad = None
         self._saved = None
 
@@ -770,7 +779,7 @@ class InstanceNorm(_Norm):
         ``num_batches_tracked`` that torch's instance norm leaves at 0).
     axis : int, default 1
     method : {None, 'two_pass', 'welford'}
-    dtype : {float32, float64}, default float32
+    dtype : {float32, float64, float16, bfloat16}, default float32
 
     Raises
     ------
@@ -790,11 +799,11 @@ class InstanceNorm(_Norm):
         self.dtype = dtype_value(dtype)
         self.training = True
         c = self.num_features
-        self.weight = np.ones(c, self.dtype) if self.affine else None
-        self.bias = np.zeros(c, self.dtype) if self.affine else None
+        self.weight = np.ones(c, self._pdt) if self.affine else None
+        self.bias = np.zeros(c, self._pdt) if self.affine else None
         if self.track_running_stats:
-            self.running_mean = np.zeros(c, self.dtype)
-            self.running_var = np.ones(c, self.dtype)
+            self.running_mean = np.zeros(c, self._pdt)
+            self.running_var = np.ones(c, self._pdt)
             self.num_batches_tracked = 0
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
@@ -859,7 +868,7 @@ class InstanceNorm(_Norm):
             dx, dweight, dbias = instance_norm_backward(dy, x, mean, rstd, weight, axis=axis)
         else:
             rm, rv = running
-            invstd = (1.0 / np.sqrt(rv.astype(np.float64) + self.eps)).astype(self.dtype)
+            invstd = (1.0 / np.sqrt(rv.astype(np.float64) + self.eps)).astype(self._pdt)
             dx, dweight, dbias = batch_norm_backward(dy, x, rm, invstd, weight, training=False,
                                                      axis=axis)
         self.weight_grad = dweight if weight is not None else None
@@ -882,7 +891,7 @@ class RMSNorm(_Norm):
         None is the machine epsilon of the layer's dtype, as in torch.
     elementwise_affine : bool, default True
         Whether the layer has a `weight` (ones) of shape normalized_shape.
-    dtype : {float32, float64}, default float32
+    dtype : {float32, float64, float16, bfloat16}, default float32
 
     Raises
     ------
@@ -902,7 +911,7 @@ class RMSNorm(_Norm):
         self.elementwise_affine = bool_value(elementwise_affine, "elementwise_affine")
         self.dtype = dtype_value(dtype)
         self.training = True
-        self.weight = (np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine
+        self.weight = (np.ones(self.normalized_shape, self._pdt) if self.elementwise_affine
                        else None)
         self.weight_grad = None
         self._saved = None

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
-    output_buffer, ready,
+    output_buffer, param_dtype, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm.layernorm import _normalized_shape
@@ -32,19 +32,19 @@ _EPS = {F32: float(np.finfo(np.float32).eps), F64: float(np.finfo(np.float64).ep
 
 def _eps(eps, dtype):
     """eps None: the machine epsilon of the computation type, as torch."""
-    return _EPS[dtype] if eps is None else eps_value(eps)
+    return _EPS[param_dtype(dtype)] if eps is None else eps_value(eps)
 
 
 def _forward(x, normalized_shape, weight, eps, activation, out, want_stats):
     x = float_array(x, "x")
     shape, h = _normalized_shape(normalized_shape, x)
-    weight = like_array(weight, "weight", x.dtype, shape)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     eps = _eps(eps, x.dtype)
     act = activation_value(activation)
     lead = x.shape[:x.ndim - len(shape)]
     rows = x.size // h
     out, y = output_buffer(out, x, [("x", x)])
-    rstd = np.empty(lead, x.dtype) if want_stats else None
+    rstd = np.empty(lead, param_dtype(x.dtype)) if want_stats else None
     if rows:
         _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), y, rows, h, 1, 1,
                            False, act, weight, None, None, rstd, eps, None,
@@ -63,14 +63,15 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     Parameters
     ----------
     x : array_like of shape (..., *normalized_shape)
-        float32 or float64 data, any strides.
+        float32, float64, float16 or bfloat16 data, any strides.
     normalized_shape : int or tuple of int
         The trailing dimensions of x to normalise over.
     weight : array_like of shape normalized_shape, optional
         Elementwise scale, cast to x's dtype; None means ones.
     eps : float >= 0 or None, default None
-        Added to the mean square; None is the machine epsilon of x's dtype
-        (``np.finfo(x.dtype).eps``), as in torch.
+        Added to the mean square; None is the machine epsilon of the computation
+        type, as in torch: ``np.finfo(x.dtype).eps`` for float32 and float64 x,
+        float32's for float16 and bfloat16 x.
     activation : {None, 'relu', 'silu'}
         Applied to y in the same pass.
     out : ndarray, optional
@@ -142,7 +143,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
     dy : array_like
         Gradient of the loss with respect to y; x's shape (cast to x's dtype).
     x : array_like
-        The forward input, float32 or float64.
+        The forward input: float32, float64, float16 or bfloat16.
     rstd : array_like of shape x.shape[:x.ndim - k]
         What `rms_norm_forward` returned; k, the number of normalised
         dimensions, is ``x.ndim - rstd.ndim``.
@@ -182,15 +183,15 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
                          f"normalised dimensions), got shape {rstd_a.shape} for x of shape "
                          f"{x.shape}")
     lead, shape = x.shape[:x.ndim - k], x.shape[x.ndim - k:]
-    rstd = like_array(rstd, "rstd", x.dtype, lead)
-    weight = like_array(weight, "weight", x.dtype, shape)
+    rstd = like_array(rstd, "rstd", param_dtype(x.dtype), lead)
+    weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     h = 1
     for s in shape:
         h *= s
     if h == 0:
         raise ValueError(f"x has no elements to normalize over in its trailing dimensions {shape}")
     out, dx = output_buffer(out, x, [("x", x), ("dy", dy)])
-    dweight = np.zeros(shape, x.dtype)
+    dweight = np.zeros(shape, param_dtype(x.dtype))
     rows = x.size // h
     if rows:
         _kernels.norm_rows_backward(np.ascontiguousarray(dy, dtype=x.dtype), np.ascontiguousarray(x),

@@ -109,11 +109,13 @@ def _bad_dtype_arrays(e):
         "complex64": x.astype(np.complex64),
         "complex128": x.astype(np.complex128),
         "object": x.astype(object),
-        "float16": x.astype(np.float16),
+        "int16": x.astype(np.int16),
+        "longdouble": x.astype(np.longdouble),
     }
 
 
-BAD_DTYPES = ["int64", "int32", "bool", "complex64", "complex128", "object", "float16"]
+BAD_DTYPES = ["int64", "int32", "bool", "complex64", "complex128", "object", "int16",
+              "longdouble"]
 
 CASES = []
 
@@ -154,6 +156,14 @@ case("forward-running_mean-float64",
 case("forward-running_var-float16",
      lambda e: forward(e, running_var=e.put("rv16", e["rv"].astype(np.float16))), TypeError,
      "running_var")
+case("train-float16-x-float16-running_mean",
+     lambda e: train(e, x=e.put("x16", e["x"].astype(np.float16)),
+                     running_mean=e.put("rm16", e["rm"].astype(np.float16))),
+     TypeError, "running_mean")
+case("train-float16-x-float64-running_var",
+     lambda e: train(e, x=e.put("x16", e["x"].astype(np.float16)),
+                     running_var=e.put("rv64", e["rv"].astype(np.float64))),
+     TypeError, "running_var")
 case("train-float64-x-float32-running_mean",
      lambda e: train(e, x=e.put("x64", e["x"].astype(np.float64)),
                      running_var=e.put("rv64", e["rv"].astype(np.float64))),

@@ -8,7 +8,19 @@ import pytest
 
 import cnorm
 from cnorm import _dispatch
+from cnorm._checks import param_dtype
 from cnorm._openmp import cpu_has_v3, cpu_has_v4
+
+try:
+    import ml_dtypes
+except ImportError:      # pragma: no cover - ml_dtypes is in the test extras
+    ml_dtypes = None
+
+# every storage type: float16 converts with F16C in the v3 and v4 builds and with
+# integer code in the baseline one
+DTYPES = [np.float32, np.float64, np.float16,
+          pytest.param(ml_dtypes.bfloat16 if ml_dtypes else None, id="bfloat16",
+                       marks=pytest.mark.skipif(ml_dtypes is None, reason="needs ml_dtypes"))]
 
 
 def _both(name):
@@ -37,7 +49,7 @@ def test_dispatch_picks_v3_where_supported_and_honours_the_override(monkeypatch)
     assert _dispatch.kernels("_kernels").__name__ == "cnorm._kernels"
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["two_pass", "welford"])
 @pytest.mark.parametrize("shape,axis", [((8, 5, 9, 11), 1), ((64, 3, 300), 1), ((40, 7, 6, 13), -1),
                                         ((33, 70), 1)])
@@ -51,7 +63,7 @@ def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype
     results = []
     for mod in mods:
         monkeypatch.setattr(cnorm.batchnorm, "_kernels", mod)
-        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+        rm, rv = np.zeros(c, param_dtype(np.dtype(dtype))), np.ones(c, param_dtype(np.dtype(dtype)))
         f = cnorm.batch_norm_forward(x, w, b, rm, rv, axis=axis, method=method)
         g = cnorm.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis)
         y = cnorm.batch_norm(x, w, b, rm, rv, axis=axis, relu=True)
@@ -61,7 +73,7 @@ def test_batch_norm_builds_agree_bitwise(monkeypatch, shape, axis, method, dtype
             assert a.tobytes() == e.tobytes()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", ["two_pass", "welford"])
 @pytest.mark.parametrize("shape", [(50, 77), (4, 6, 300), (3, 5000)])
 def test_layer_norm_builds_agree_bitwise(monkeypatch, shape, method, dtype):
@@ -82,7 +94,7 @@ def test_layer_norm_builds_agree_bitwise(monkeypatch, shape, method, dtype):
             assert a.tobytes() == e.tobytes()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((4, 32, 9, 11), 1), ((3, 7, 6, 32), -1), ((5, 64), 1)])
 def test_group_instance_rms_norm_builds_agree_bitwise(monkeypatch, shape, axis, dtype):
     mods = _both("_kernels")

@@ -321,10 +321,10 @@ def test_batchnorm_one_value_per_channel_is_fine_in_eval():
     (dict(track_running_stats=None), TypeError, "track_running_stats must be a bool"),
     (dict(axis=1.0), TypeError, "axis must be an integer"),
     (dict(method="fast"), ValueError, "method must be None, 'two_pass' or 'welford'"),
-    (dict(dtype=np.float16), TypeError, "dtype must be float32 or float64, got float16"),
-    (dict(dtype=np.int64), TypeError, "dtype must be float32 or float64"),
-    (dict(dtype=None), TypeError, "dtype must be float32 or float64"),
-    (dict(dtype="nonsense"), TypeError, "dtype must be float32 or float64"),
+    (dict(dtype=np.complex64), TypeError, "dtype must be float32, float64, float16 or bfloat16, got complex64"),
+    (dict(dtype=np.int64), TypeError, "dtype must be float32, float64, float16 or bfloat16"),
+    (dict(dtype=None), TypeError, "dtype must be float32, float64, float16 or bfloat16"),
+    (dict(dtype="nonsense"), TypeError, "dtype must be float32, float64, float16 or bfloat16"),
 ])
 def test_batchnorm_constructor_errors(kwargs, exc, match):
     kwargs = {"num_features": 3, **kwargs}
@@ -354,7 +354,7 @@ def test_batchnorm_constructor_accepts():
     ((3,), dict(elementwise_affine="yes"), TypeError, "elementwise_affine must be a bool"),
     ((3,), dict(bias=0), TypeError, "bias must be a bool"),
     ((3,), dict(method="other"), ValueError, "method must be None"),
-    ((3,), dict(dtype=np.complex128), TypeError, "dtype must be float32 or float64"),
+    ((3,), dict(dtype=np.complex128), TypeError, "dtype must be float32, float64, float16 or bfloat16"),
 ])
 def test_layernorm_constructor_errors(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
