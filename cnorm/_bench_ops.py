@@ -20,6 +20,19 @@ RMS_CASES = [(4096, 768), (16384, 128), (1, 4096)]
 EPS = 1e-5
 
 
+def tensor(torch, a):
+    """torch.from_numpy, for bfloat16 (ml_dtypes') too: the same memory, viewed."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def own(a):
+    """A parameter as cnorm's functions take it without a conversion: float32 for
+    half-precision data (what its layers keep), else as it is."""
+    return a if a.dtype.itemsize >= 4 else a.astype(np.float32)
+
+
 def ort_module():
     """onnxruntime and onnx, or None when either is missing (or CNORM_BENCH_NO_ORT=1)."""
     if os.environ.get("CNORM_BENCH_NO_ORT") == "1":
@@ -37,7 +50,9 @@ def ort_session(ort, op, inputs, attrs, opset, dtype, threads):
     ORT has no kernel for it."""
     onnxruntime, onnx = ort
     h = onnx.helper
-    et = onnx.TensorProto.FLOAT if np.dtype(dtype) == np.float32 else onnx.TensorProto.DOUBLE
+    tp = onnx.TensorProto
+    et = {"float32": tp.FLOAT, "float64": tp.DOUBLE, "float16": tp.FLOAT16,
+          "bfloat16": tp.BFLOAT16}[np.dtype(dtype).name]
     node = h.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
     graph = h.make_graph([node], op, [h.make_tensor_value_info(n, et, list(a.shape))
                                       for n, a in inputs], [h.make_tensor_value_info("y", et, None)])
@@ -58,7 +73,7 @@ def ort_session(ort, op, inputs, attrs, opset, dtype, threads):
 
 def _torch_cl(torch, a, axis):
     """a as a torch tensor in NC... order (a channels-last view when axis is -1)."""
-    t = torch.from_numpy(a)
+    t = tensor(torch, a)
     if axis % a.ndim != 1:
         t = t.permute(0, a.ndim - 1, *range(1, a.ndim - 1))
     return t
@@ -73,18 +88,20 @@ def gn_case(op, shape, axis, dtype, torch, ort, threads, rng):
     silu = op == "gn_silu"
     if op in ("gn_forward", "gn_silu"):
         act = "silu" if silu else None
-        funcs["cnorm"] = lambda: cnorm.group_norm(x, GROUPS, w, b, axis=axis, activation=act)
+        cw, cb = own(w), own(b)
+        funcs["cnorm"] = lambda: cnorm.group_norm(x, GROUPS, cw, cb, axis=axis, activation=act)
         funcs["numpy"] = lambda: nb.group_norm(x, GROUPS, w, b, EPS, axis, silu)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
         f = cnorm.group_norm_forward(x, GROUPS, w, b, axis=axis)
-        funcs["cnorm"] = lambda: cnorm.group_norm_backward(dy, x, f.mean, f.rstd, w, axis=axis)
+        cw = own(w)
+        funcs["cnorm"] = lambda: cnorm.group_norm_backward(dy, x, f.mean, f.rstd, cw, axis=axis)
         funcs["numpy"] = lambda: nb.group_norm_backward(dy, x, f.mean, f.rstd, w, axis)
         nbytes = 3 * x.nbytes
     if torch is not None:
         F = torch.nn.functional
-        tx, tw, tb = _torch_cl(torch, x, axis), torch.from_numpy(w), torch.from_numpy(b)
+        tx, tw, tb = _torch_cl(torch, x, axis), tensor(torch, w), tensor(torch, b)
         if op == "gn_forward":
             funcs["torch"] = lambda: F.group_norm(tx, GROUPS, tw, tb, EPS)
         elif silu:
@@ -143,24 +160,26 @@ def rms_case(op, shape, dtype, torch, ort, threads, rng):
     w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
     funcs = {}
     if op == "rms_forward":
-        funcs["cnorm"] = lambda: cnorm.rms_norm(x, h, w, eps=EPS)
+        cw = own(w)
+        funcs["cnorm"] = lambda: cnorm.rms_norm(x, h, cw, eps=EPS)
         funcs["numpy"] = lambda: nb.rms_norm(x, w, EPS)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
         f = cnorm.rms_norm_forward(x, h, w, eps=EPS)
-        funcs["cnorm"] = lambda: cnorm.rms_norm_backward(dy, x, f.rstd, w)
+        cw = own(w)
+        funcs["cnorm"] = lambda: cnorm.rms_norm_backward(dy, x, f.rstd, cw)
         funcs["numpy"] = lambda: nb.rms_norm_backward(dy, x, f.rstd, w)
         nbytes = 3 * x.nbytes
     if torch is not None:
         F = torch.nn.functional
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+        tx, tw = tensor(torch, x), tensor(torch, w)
         if op == "rms_forward":
             funcs["torch"] = lambda: F.rms_norm(tx, (h,), tw, EPS)
         else:
             txg, twg = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True)
             ty = F.rms_norm(txg, (h,), twg, EPS)
-            tdy = torch.from_numpy(dy)
+            tdy = tensor(torch, dy)
             funcs["torch"] = lambda: torch.autograd.grad(ty, (txg, twg), tdy, retain_graph=True)
     if ort is not None and op == "rms_forward":
         s = ort_session(ort, "RMSNormalization", [("x", x), ("s", w)],

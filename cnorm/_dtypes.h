@@ -47,14 +47,11 @@ static inline uint32_t cnorm_bits_from_f32(float f) { uint32_t b; memcpy(&b, &f,
  * them; inf and NaN keep their payload, and a NaN is quieted, as F16C does. */
 static inline uint32_t cnorm_f16_to_f32_bits(uint32_t h)
 {
-    uint32_t em = h & 0x7fffu, b;
-    if (em < 0x400u)
-        b = cnorm_bits_from_f32((float)(int32_t)em * 0x1p-24f);
-    else if (em < 0x7c00u)
-        b = (em << 13) + 0x38000000u;
-    else
-        b = (em << 13) + 0x70000000u;
-    b |= em > 0x7c00u ? 0x400000u : 0u;
+    uint32_t em = h & 0x7fffu;
+    uint32_t sub = cnorm_bits_from_f32((float)(int32_t)em * 0x1p-24f);
+    uint32_t b = (em << 13) + 0x38000000u + (em >= 0x7c00u ? 0x38000000u : 0u);
+    b = em < 0x400u ? sub : b;                  /* written without branches, so that */
+    b |= em > 0x7c00u ? 0x400000u : 0u;         /* loops of it vectorise */
     return b | ((h & 0x8000u) << 16);
 }
 
@@ -112,12 +109,14 @@ static inline cnorm_bf16 cnorm_bf16_from_f32(float f)
 /* One value as double, by storage suffix. */
 #define CNORM_LD1_f32(p) ((double)*(p))
 #define CNORM_LD1_f64(p) (*(p))
-#define CNORM_LD1_f16(p) ((double)cnorm_f16_to_f32(*(p)))
+/* float16's goes through the integer conversion, which GCC vectorises in the
+ * column loops; a scalar F16C instruction would keep them scalar */
+#define CNORM_LD1_f16(p) ((double)cnorm_f32_from_bits(cnorm_f16_to_f32_bits((p)->bits)))
 #define CNORM_LD1_bf16(p) ((double)cnorm_bf16_to_f32(*(p)))
 /* One value in the arithmetic type, and a store from it. */
 #define CNORM_LDS_f32(p) (*(p))
 #define CNORM_LDS_f64(p) (*(p))
-#define CNORM_LDS_f16(p) cnorm_f16_to_f32(*(p))
+#define CNORM_LDS_f16(p) cnorm_f32_from_bits(cnorm_f16_to_f32_bits((p)->bits))
 #define CNORM_LDS_bf16(p) cnorm_bf16_to_f32(*(p))
 #define CNORM_STS_f32(p, v) (*(p) = (v))
 #define CNORM_STS_f64(p, v) (*(p) = (v))
@@ -203,13 +202,13 @@ CNORM_HALF_VECTORS(16)
 /* N values of storage S at p as N float lanes, and back.  F16C where the build
  * has it, the integer forms otherwise; the same bits either way. */
 #define CNORM_HALF_IO(N)                                                        \
-static inline void cnorm_ldh_bf16_##N##_(const cnorm_bf16 *p, cnorm_hf_##N *f)  \
+static inline void cnorm_ldh_bf16_int_##N##_(const cnorm_bf16 *p, cnorm_hf_##N *f)  \
 {                                                                               \
     cnorm_hh_##N h;                                                             \
     memcpy(&h, p, sizeof h);                                                    \
     CNORM_BF16_TO_F32_V(N, h, *f);                                              \
 }                                                                               \
-static inline void cnorm_sth_bf16_##N##_(cnorm_bf16 *p, const cnorm_hf_##N *f)  \
+static inline void cnorm_sth_bf16_int_##N##_(cnorm_bf16 *p, const cnorm_hf_##N *f)  \
 {                                                                               \
     cnorm_hh_##N h;                                                             \
     CNORM_F32_TO_BF16_V(N, *f, h);                                              \
@@ -231,6 +230,55 @@ CNORM_HALF_IO(4)
 CNORM_HALF_IO(8)
 #if defined(__AVX512F__)
 CNORM_HALF_IO(16)
+#endif
+
+/* bfloat16 with the AVX2 and AVX-512 builds' widening loads and narrowing
+ * stores (the generic forms above compile to shuffles): the same bits. */
+#if defined(__AVX2__)
+static inline void cnorm_ldbf_4_(const cnorm_bf16 *p, cnorm_hf_4 *f)
+{
+    *f = (cnorm_hf_4)_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)p)), 16);
+}
+static inline void cnorm_ldbf_8_(const cnorm_bf16 *p, cnorm_hf_8 *f)
+{
+    *f = (cnorm_hf_8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+}
+/* the rounded bits of 8 float lanes, as 8 uint32 lanes below 0x10000 */
+static inline __m256i cnorm_bf16_bits_8(const cnorm_hf_8 *f)
+{
+    cnorm_hu_8 x, r, isnan;
+    memcpy(&x, f, sizeof x);
+    isnan = (cnorm_hu_8)((x & 0x7fffffffu) > 0x7f800000u);
+    r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    r = (isnan & ((x >> 16) | 0x40u)) | (~isnan & r);
+    return (__m256i)r;
+}
+static inline void cnorm_stbf_8_(cnorm_bf16 *p, const cnorm_hf_8 *f)
+{
+    __m256i r = cnorm_bf16_bits_8(f);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r),
+                                                    _mm256_extracti128_si256(r, 1)));
+}
+#define cnorm_ldh_bf16_4_ cnorm_ldbf_4_
+#define cnorm_ldh_bf16_8_ cnorm_ldbf_8_
+#define cnorm_sth_bf16_8_ cnorm_stbf_8_
+#if defined(__AVX512F__)
+static inline void cnorm_ldbf_16_(const cnorm_bf16 *p, cnorm_hf_16 *f)
+{
+    *f = (cnorm_hf_16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+}
+static inline void cnorm_stbf_16_(cnorm_bf16 *p, const cnorm_hf_16 *f)
+{
+    cnorm_hu_16 x, r, isnan;
+    memcpy(&x, f, sizeof x);
+    isnan = (cnorm_hu_16)((x & 0x7fffffffu) > 0x7f800000u);
+    r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    r = (isnan & ((x >> 16) | 0x40u)) | (~isnan & r);
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16((__m512i)r));
+}
+#define cnorm_ldh_bf16_16_ cnorm_ldbf_16_
+#define cnorm_sth_bf16_16_ cnorm_stbf_16_
+#endif
 #endif
 
 #if defined(__F16C__)
@@ -265,6 +313,18 @@ static inline void cnorm_sth_f16_16_(cnorm_f16 *p, const cnorm_hf_16 *f)
 #define cnorm_ldh_f16_8_ cnorm_ldh_f16_int_8_
 #define cnorm_sth_f16_4_ cnorm_sth_f16_int_4_
 #define cnorm_sth_f16_8_ cnorm_sth_f16_int_8_
+#endif
+
+/* the integer forms wherever no instruction-set form was defined above */
+#ifndef cnorm_ldh_bf16_4_
+#define cnorm_ldh_bf16_4_ cnorm_ldh_bf16_int_4_
+#endif
+#ifndef cnorm_ldh_bf16_8_
+#define cnorm_ldh_bf16_8_ cnorm_ldh_bf16_int_8_
+#endif
+#define cnorm_sth_bf16_4_ cnorm_sth_bf16_int_4_
+#ifndef cnorm_sth_bf16_8_
+#define cnorm_sth_bf16_8_ cnorm_sth_bf16_int_8_
 #endif
 
 /* As expressions and statements (functions that take or return vectors wider

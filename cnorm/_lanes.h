@@ -26,6 +26,9 @@
 #include <string.h>
 
 #include "_dtypes.h"
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #define CNORM_ROW_GRAD_SCALAR(S, i, lane)                                          \
     do {                                                                           \
@@ -69,13 +72,19 @@ typedef cnorm_v4d cnorm_vwd;
 #define CNORM_LOAD4_CAST CNORM_LOAD4
 #define CNORM_LOAD4_f32 CNORM_LOAD4
 #define CNORM_LOAD4_f64 CNORM_LOAD4
+#if defined(__AVX__)
+#define CNORM_LOAD4_f16(p) ((cnorm_v4d)_mm256_cvtps_pd((__m128)cnorm_ldh_f16_4(p)))
+#define CNORM_LOAD4_bf16(p) ((cnorm_v4d)_mm256_cvtps_pd((__m128)cnorm_ldh_bf16_4(p)))
+#else
 #define CNORM_LOAD4_f16(p) __builtin_convertvector(cnorm_ldh_f16_4(p), cnorm_v4d)
 #define CNORM_LOAD4_bf16(p) __builtin_convertvector(cnorm_ldh_bf16_4(p), cnorm_v4d)
+#endif
 #define CNORM_LOADW_f32 CNORM_LOADW
 #define CNORM_LOADW_f64 CNORM_LOADW
 #if CNORM_LW == 8
-#define CNORM_LOADW_f16(p) __builtin_convertvector(cnorm_ldh_f16_8(p), cnorm_vwd)
-#define CNORM_LOADW_bf16(p) __builtin_convertvector(cnorm_ldh_bf16_8(p), cnorm_vwd)
+/* one widening conversion of 8 float lanes (GCC's convertvector splits it in two) */
+#define CNORM_LOADW_f16(p) ((cnorm_vwd)_mm512_cvtps_pd((__m256)cnorm_ldh_f16_8(p)))
+#define CNORM_LOADW_bf16(p) ((cnorm_vwd)_mm512_cvtps_pd((__m256)cnorm_ldh_bf16_8(p)))
 #else
 #define CNORM_LOADW_f16 CNORM_LOAD4_f16
 #define CNORM_LOADW_bf16 CNORM_LOAD4_bf16

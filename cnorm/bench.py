@@ -158,25 +158,28 @@ def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
     c = shape[axis]
     w = (1 + 0.1 * rng.standard_normal(c)).astype(dtype)
     b = (0.1 * rng.standard_normal(c)).astype(dtype)
-    rm = np.zeros(c, dtype)
-    rv = np.ones(c, dtype)
+    rm = np.zeros(c, ops_new.own(w).dtype)       # float32 for half-precision x, as torch keeps
+    rv = np.ones(c, rm.dtype)
+    cw, cb = ops_new.own(w), ops_new.own(b)
     funcs = {}
     if op == "bn_train":
-        funcs["cnorm"] = lambda: cnorm.batch_norm_forward(x, w, b, rm, rv, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.batch_norm_forward(x, cw, cb, rm, rv, axis=axis)
         funcs["numpy"] = lambda: nb.batch_norm_train(x, w, b, axis=axis)
         nbytes = 2 * x.nbytes
     elif op == "bn_infer":
-        funcs["cnorm"] = lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.batch_norm(x, cw, cb, rm, rv, axis=axis)
         funcs["numpy"] = lambda: nb.batch_norm_infer(x, w, b, rm, rv, axis=axis)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
-        fwd = cnorm.batch_norm_forward(x, w, b, axis=axis)
-        funcs["cnorm"] = lambda: cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
+        fwd = cnorm.batch_norm_forward(x, cw, cb, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, cw,
+                                                           axis=axis)
         funcs["numpy"] = lambda: nb.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
         nbytes = 3 * x.nbytes
     if torch is not None:
-        t = {k: torch.from_numpy(v) for k, v in dict(x=x, w=w, b=b, rm=rm.copy(), rv=rv.copy()).items()}
+        t = {k: ops_new.tensor(torch, v)
+             for k, v in dict(x=x, w=w, b=b, rm=rm.copy(), rv=rv.copy()).items()}
         if axis % len(shape) != 1:  # channels-last: the same memory seen as NCHW channels_last
             perm = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
             t["x"] = t["x"].permute(*perm)
@@ -186,7 +189,7 @@ def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
         elif op == "bn_infer":
             funcs["torch"] = lambda: native(t["x"], t["w"], t["b"], t["rm"], t["rv"], False, 0.1, 1e-5)
         else:
-            tdy = torch.from_numpy(dy)
+            tdy = ops_new.tensor(torch, dy)
             if axis % len(shape) != 1:
                 tdy = tdy.permute(*perm)
             sm, si = torch.from_numpy(fwd.mean), torch.from_numpy(fwd.invstd)
@@ -204,26 +207,27 @@ def _ln_case(op, shape, dtype, torch, rng, ort=None, threads=1):
     h = shape[-1]
     w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
     b = (0.1 * rng.standard_normal(h)).astype(dtype)
+    cw, cb = ops_new.own(w), ops_new.own(b)
     funcs = {}
     if op == "ln_forward":
-        funcs["cnorm"] = lambda: cnorm.layer_norm(x, h, w, b)
+        funcs["cnorm"] = lambda: cnorm.layer_norm(x, h, cw, cb)
         funcs["numpy"] = lambda: nb.layer_norm(x, (h,), w, b)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
-        fwd = cnorm.layer_norm_forward(x, h, w, b)
-        funcs["cnorm"] = lambda: cnorm.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, w)
+        fwd = cnorm.layer_norm_forward(x, h, cw, cb)
+        funcs["cnorm"] = lambda: cnorm.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, cw)
         funcs["numpy"] = lambda: nb.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, w)
         nbytes = 3 * x.nbytes
     if torch is not None:
-        tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+        tx, tw, tb = (ops_new.tensor(torch, v) for v in (x, w, b))
         if op == "ln_forward" and shape[0] == 1:   # tiny input: the whole functional call
             import torch.nn.functional as F
             funcs["torch"] = lambda: F.layer_norm(tx, (h,), tw, tb)
         elif op == "ln_forward":
             funcs["torch"] = lambda: torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
         else:
-            tdy = torch.from_numpy(dy)
+            tdy = ops_new.tensor(torch, dy)
             _, tm, tr = torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
             funcs["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
                 tdy, tx, [h], tm, tr, tw, tb, [True, True, True])
@@ -257,8 +261,33 @@ def cases(ops, dtypes):
     return out
 
 
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def np_dtype(name):
+    """The dtype named name; bfloat16 is ml_dtypes' (None when it is not installed)."""
+    from cnorm._checks import bfloat16
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
+def _probe(funcs):
+    """funcs without the peers that fail on the case (torch or ORT without a kernel for
+    the dtype, NumPy without a ufunc loop for it); cnorm's call must work."""
+    funcs["cnorm"]()
+    out = {}
+    for k, f in funcs.items():
+        try:
+            if k != "cnorm":
+                f()
+        except Exception:       # noqa: BLE001 - any failure means: not comparable here
+            continue
+        out[k] = f
+    return out
+
+
 def _case(op, shape, axis, dtype, torch, ort, threads, rng):
     """The callables to time for one case, and the bytes it moves."""
+    dtype = np_dtype(dtype)
     if op.startswith("bn_"):
         return _bn_case(op, shape, axis, dtype, torch, rng, ort, threads)
     if op.startswith("ln_"):
@@ -273,7 +302,8 @@ def _case(op, shape, axis, dtype, torch, ort, threads, rng):
 def _fmt_case(op, shape, axis, dtype):
     channels = op.startswith(("bn_", "gn_", "in_"))
     layout = "x".join(map(str, shape)) + (f" ax{axis}" if channels and axis != 1 else "")
-    return f"{op:<12} {np.dtype(dtype).name:<8} {layout:<20}"
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return f"{op:<12} {name:<8} {layout:<20}"
 
 
 def _cpus_available():
@@ -356,7 +386,7 @@ def _fmt_spread(x):
     return f"{'>999%':>7}" if x > 9.99 else f"{100 * x:6.0f}%"
 
 
-def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", json_path=None,
+def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="default", json_path=None,
         plot_path=None, out=None, progress="stderr"):
     """Run the benchmark and print the table; returns the list of result dicts.
 
@@ -393,6 +423,7 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
         if progress is not None:
             print(f"[{i + 1}/{len(todo)}] {op} {shape} {dtype}", file=progress, flush=True)
         funcs, nbytes = _case(op, shape, axis, dtype, torch, ort, threads, rng)
+        funcs = _probe(funcs)
         before = _cpu_snapshot()
         samples = measure_samples(funcs, min_time, rounds)
         other = _other_cpus(before, _cpu_snapshot())
@@ -406,7 +437,7 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
         r["unstable"] = bool(r["unstable_impls"])
         r["other_cpus"] = other
         r["busy"] = _busy(other, cpus, threads, BUSY_MARGIN)
-        r["speedup_numpy"] = t["numpy"] / t["cnorm"]
+        r["speedup_numpy"] = t["numpy"] / t["cnorm"] if "numpy" in t else None
         r["speedup_torch"] = t["torch"] / t["cnorm"] if "torch" in t else None
         r["speedup_ort"] = t["ort"] / t["cnorm"] if "ort" in t else None
         r["gbps"] = nbytes / t["cnorm"] / 1e9
@@ -419,8 +450,10 @@ def run(ops=OPS, dtypes=("float32", "float64"), threads=None, mode="default", js
         flags = [f"unstable ({', '.join(r['unstable_impls'])})"] if r["unstable"] else []
         if r["busy"]:
             flags.append(f"busy ({other:.1f} CPU elsewhere)")
+        np_ms = f"{t['numpy'] * 1e3:9.3f}" if "numpy" in t else f"{'-':>9}"
+        vs_np = f"{r['speedup_numpy']:8.1f}x" if "numpy" in t else f"{'-':>9}"
         print(f"{_fmt_case(op, shape, axis, dtype):<42} {t['cnorm'] * 1e3:9.3f} "
-              f"{t['numpy'] * 1e3:9.3f} {r['speedup_numpy']:8.1f}x {vs_torch} {vs_ort} "
+              f"{np_ms} {vs_np} {vs_torch} {vs_ort} "
               f"{_fmt_spread(r['cnorm_spread'])} {r['gbps']:6.1f} {pct}"
               f"{'  ' + ', '.join(flags) if flags else ''}", file=out, flush=True)
     other_run = _other_cpus(start, _cpu_snapshot())
@@ -481,7 +514,7 @@ def _plot(results, path):
     labels = [_fmt_case(r["op"], r["shape"], r["axis"], r["dtype"]).strip() for r in results]
     y = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
-    ax.barh(y - 0.2, [r["speedup_numpy"] for r in results], 0.4, label="vs NumPy")
+    ax.barh(y - 0.2, [r["speedup_numpy"] or 0 for r in results], 0.4, label="vs NumPy")
     if any(r["speedup_torch"] for r in results):
         ax.barh(y + 0.2, [r["speedup_torch"] or 0 for r in results], 0.4, label="vs torch")
     ax.axvline(1.0, color="k", lw=0.8)
@@ -504,7 +537,9 @@ def main(argv=None):
                    help="longer samples and more rounds, for numbers to quote (several minutes)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for cnorm and torch (default: cnorm.get_num_threads())")
-    p.add_argument("--dtype", choices=["float32", "float64", "all"], default="all")
+    p.add_argument("--dtype", default="all",
+                   help="comma-separated subset of float32,float64,float16,bfloat16 (default: "
+                        "all; bfloat16 needs ml_dtypes)")
     p.add_argument("--op", default="all",
                    help=f"comma-separated subset of {','.join(OPS)} (default: all)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -516,7 +551,14 @@ def main(argv=None):
         p.error(f"unknown --op {', '.join(unknown)}; choose from {', '.join(OPS)}")
     if a.threads is not None and a.threads < 1:
         p.error("--threads must be at least 1")
-    dtypes = ("float32", "float64") if a.dtype == "all" else (a.dtype,)
+    dtypes = DTYPES if a.dtype == "all" else tuple(s.strip() for s in a.dtype.split(","))
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad:
+        p.error(f"unknown --dtype {', '.join(bad)}; choose from {', '.join(DTYPES)}")
+    if "bfloat16" in dtypes and np_dtype("bfloat16") is None:
+        if a.dtype != "all":
+            p.error("--dtype bfloat16 needs ml_dtypes (pip install ml_dtypes)")
+        dtypes = tuple(d for d in dtypes if d != "bfloat16")
     if a.quick and a.full:
         p.error("--quick and --full exclude each other")
     run(ops, dtypes, a.threads, "quick" if a.quick else "full" if a.full else "default", a.json,
