@@ -32,7 +32,8 @@ def test_help(capsys):
         assert opt in out
 
 
-@pytest.mark.parametrize("argv", [["--op", "bn_nope"], ["--threads", "0"], ["--quick", "--full"]])
+@pytest.mark.parametrize("argv", [["--op", "bn_nope"], ["--threads", "0"], ["--quick", "--full"],
+                                  ["--dtype", "int8"], ["--dtype", "float32,float8"]])
 def test_bad_options_are_rejected(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)
@@ -53,6 +54,18 @@ def test_table_and_json(tiny, tmp_path, capsys):
         assert r["speedup_torch"] is None and r["speedup_ort"] is None
         assert r["dtype"] == "float32"
     assert data["meta"]["threads"] == 1
+
+
+def test_half_precision_cases(tiny, tmp_path, capsys):
+    """--dtype float16,bfloat16: every op in both half types, x (and y) of that dtype."""
+    pytest.importorskip("ml_dtypes")
+    path = tmp_path / "out.json"
+    bench.main(["--quick", "--dtype", "float16,bfloat16", "--threads", "1", "--json", str(path)])
+    data = json.loads(path.read_text())
+    got = {(r["op"], r["dtype"]) for r in data["results"]}
+    assert got == {(op, dt) for op in bench.OPS for dt in ("float16", "bfloat16")}
+    assert all(r["cnorm_s"] > 0 and r["nbytes"] > 0 for r in data["results"])
+    assert "float16" in capsys.readouterr().out
 
 
 def test_ort_column_for_the_forward_ops_it_has(tiny, tmp_path, monkeypatch):
