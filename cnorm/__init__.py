@@ -9,6 +9,7 @@ except ModuleNotFoundError as e:     # a source checkout whose kernels were neve
         f"cnorm was imported from {__path__[0]}, which has no compiled kernels. This is a "
         "source checkout that shadows any installed cnorm: run from another directory, or "
         "build in place with `pip install -e .`") from e
+from cnorm.addnorm import AddNormOutput, add_layer_norm, add_rms_norm
 from cnorm.batchnorm import (
     BatchNormGrads, BatchNormOutput, batch_norm, batch_norm_backward, batch_norm_forward,
 )
@@ -63,6 +64,9 @@ __all__ = [
     "rms_norm_backward",
     "RMSNormOutput",
     "RMSNormGrads",
+    "add_layer_norm",
+    "add_rms_norm",
+    "AddNormOutput",
     "BatchNorm",
     "LayerNorm",
     "GroupNorm",

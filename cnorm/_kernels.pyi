@@ -17,7 +17,8 @@ def bn_backward(dy: _F, x: _F, dx: _F, N: int, C: int, M: int, mean: _F, invstd:
 def norm_rows(x: _F, y: _F, R: int, H: int, Q: int, run: int, centred: bool, act: int,
               weight: _F | None, bias: _F | None, mean_out: _F | None, rstd_out: _F | None,
               eps: float, method: str | None, stream: bool,
-              var_out: _F | None = None) -> None: ...
+              var_out: _F | None = None, residual: _F | None = None,
+              h_out: _F | None = None) -> None: ...
 def norm_rows_backward(dy: _F, x: _F, dx: _F, R: int, H: int, Q: int, run: int,
                        mean: _F | None, rstd: _F, weight: _F | None, dweight: _F,
                        dbias: _F | None, stream: bool) -> None: ...

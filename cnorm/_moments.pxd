@@ -44,6 +44,8 @@ ctypedef fused real:
 # C converts the double scalars and void pointers to the variant's parameter
 # type (float32 for all but float64 data).
 cdef extern from "_elementwise.h":
+    # h = x + r, in the arithmetic type, rounded once to the storage type
+    void cnorm_add(const void* x, const void* r, void* h, Py_ssize_t n) noexcept nogil
     # y = act(((x - hi) - lo) * s + b)
     void cnorm_affine(const void* x, void* y, Py_ssize_t n, double hi, double lo, double s,
                       double b, int act, int stream) noexcept nogil

@@ -74,7 +74,8 @@ cdef inline void runs_affine(const real* x, real* y, Py_ssize_t H, Py_ssize_t ru
 cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w,
                              const void* b, void* mean_out, void* rstd_out,
                              void* var_out, double eps, int method, bint stream,
-                             const real* ahead, RowMap m) noexcept nogil:
+                             const real* ahead, RowMap m, const real* res,
+                             real* hout) noexcept nogil:
     """One row, with w and b its parameter set (or NULL); `ahead` (or NULL) is a later
     row to prefetch while this one is normalised, so that memory keeps streaming
     during the in-cache passes.
@@ -83,7 +84,10 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
     row of up to PREFETCH_BYTES asks for its own lines before its statistics
     passes, which hide the wait; one of up to PREFETCH_WRITE_MAX, too brief for
     that, asks for the lines of the row `ahead`.  Longer rows prefetch nothing:
-    the hardware keeps up, and a burst for a whole long row stalls the loop."""
+    the hardware keeps up, and a burst for a whole long row stalls the loop.
+
+    With a residual `res` (fused add-norm), the row first becomes h = x + res,
+    stored to hout, and h as stored is what is normalised (from cache)."""
     cdef Moments mo
     cdef double mean, var, rstd
     cdef Py_ssize_t t = 0, L
@@ -91,6 +95,11 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
     cdef bint short_row = nbytes <= PREFETCH_BYTES
     if not stream and short_row and nbytes > PREFETCH_WRITE_MAX:
         cnorm_prefetch_write(y, nbytes)
+    if res != NULL:
+        if ahead != NULL and short_row:
+            cnorm_prefetch(res + (ahead - x), nbytes)
+        cnorm_add(x, res, hout, H)
+        x = hout
     if m.centred:
         mo = chunked_moments(x, H, H, H, method)
         mean = mo.mean
@@ -128,9 +137,10 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
 cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
                        Py_ssize_t H, const void* w, const void* b, void* mean_out,
                        void* rstd_out, void* var_out, double eps, int method,
-                       bint stream, RowMap m) noexcept nogil:
+                       bint stream, RowMap m, const real* res, real* hout) noexcept nogil:
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
-    when streaming, one fence after them (a fence per row is much slower)."""
+    when streaming, one fence after them (a fence per row is much slower).
+    res and hout: the residual and where h = x + res goes (both NULL for none)."""
     cdef Py_ssize_t d = prefetch_rows(H, sizeof(real))
     cdef Py_ssize_t r, p = 0
     cdef Py_ssize_t P = H // m.run          # parameters per set
@@ -140,11 +150,11 @@ cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_
     plain.run = 1                           # rows feel
     plain.centred = True
     plain.act = 0
-    if m.Q == 1 and m.run == 1 and m.centred and m.act == 0 and var_out == NULL:
+    if m.Q == 1 and m.run == 1 and m.centred and m.act == 0 and var_out == NULL and res == NULL:
         for r in range(r0, r1):
             forward_row(x + r * H, y + r * H, H, w, b, <void*>pat(mean_out, r, x),
                         <void*>pat(rstd_out, r, x), NULL, eps, method, stream,
-                        x + (r + d) * H if r + d < R else NULL, plain)
+                        x + (r + d) * H if r + d < R else NULL, plain, NULL, NULL)
         if stream:
             cnorm_stream_fence()
         return
@@ -155,7 +165,8 @@ cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_
         forward_row(x + r * H, y + r * H, H, pat(w, p, x), pat(b, p, x),
                     <void*>pat(mean_out, r, x), <void*>pat(rstd_out, r, x),
                     <void*>pat(var_out, r, x), eps, method, stream,
-                    x + (r + d) * H if r + d < R else NULL, m)
+                    x + (r + d) * H if r + d < R else NULL, m,
+                    res + r * H if res != NULL else NULL, hout + r * H if res != NULL else NULL)
     if stream:
         cnorm_stream_fence()
 
@@ -163,17 +174,19 @@ cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_
 cdef void rows_forward(const real* x, real* y, Py_ssize_t R, Py_ssize_t H,
                        const void* w, const void* b, void* mean_out,
                        void* rstd_out, void* var_out, double eps, int method,
-                       bint stream, RowMap m, int nt) noexcept nogil:
+                       bint stream, RowMap m, int nt, const real* res,
+                       real* hout) noexcept nogil:
     # one contiguous block of rows per thread, as a static schedule over rows gives
     cdef Py_ssize_t rb = (R + nt - 1) // nt
     cdef Py_ssize_t k
     stream = streams_rows(H, stream, x)
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
-        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, var_out, eps, method, stream, m)
+        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, var_out, eps, method, stream, m,
+                     res, hout)
         return
     for k in prange(nt, num_threads=nt, schedule='static'):
         forward_rows(x, y, k * rb, (k + 1) * rb if (k + 1) * rb < R else R, R, H, w, b,
-                     mean_out, rstd_out, var_out, eps, method, stream, m)
+                     mean_out, rstd_out, var_out, eps, method, stream, m, res, hout)
 
 
 # ---------------------------------------------------------------------------

@@ -16,23 +16,28 @@ cdef inline RowMap row_map(Py_ssize_t Q, Py_ssize_t run, bint centred, int act) 
 
 cdef inline void _rows_dispatch(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
                                 void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
-                                int meth, bint stream, RowMap m, int nt) noexcept nogil:
+                                int meth, bint stream, RowMap m, int nt, void* pres,
+                                void* ph) noexcept nogil:
     if t == F32:
-        rows_forward(<float*>px, <float*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+        rows_forward(<float*>px, <float*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt,
+                     <float*>pres, <float*>ph)
     elif t == F64:
-        rows_forward(<double*>px, <double*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+        rows_forward(<double*>px, <double*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt,
+                     <double*>pres, <double*>ph)
     elif t == F16:
         rows_forward(<cnorm_f16*>px, <cnorm_f16*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream,
-                     m, nt)
+                     m, nt, <cnorm_f16*>pres, <cnorm_f16*>ph)
     else:
         rows_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, R, H, pw, pb, pm, pr, pv, eps, meth,
-                     stream, m, nt)
+                     stream, m, nt, <cnorm_bf16*>pres, <cnorm_bf16*>ph)
 
 
 def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize_t Q,
               Py_ssize_t run, bint centred, int act, weight, bias, mean_out, rstd_out,
-              double eps, method, bint stream, var_out=None):
-    """Forward of the row geometry (see _rows.pxi)."""
+              double eps, method, bint stream, var_out=None, residual=None, h_out=None):
+    """Forward of the row geometry (see _rows.pxi); with residual (and h_out, both of
+    x's dtype and shape, C-contiguous), the rows of h = x + residual are written to
+    h_out and normalised instead of x's."""
     cdef int meth = method_code(method)
     cdef int nt = threads_for(R * H)
     cdef RowMap m = row_map(Q, run, centred, act)
@@ -43,12 +48,15 @@ def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize
     cdef void* pm = data(mean_out)
     cdef void* pr = data(rstd_out)
     cdef void* pv = data(var_out)
+    cdef void* pres = data(residual)
+    cdef void* ph = data(h_out)
     cdef int t = dtype_code(x)
     if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
-        _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+        _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres, ph)
     else:
         with nogil:
-            _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt)
+            _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres,
+                           ph)
 
 
 def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,

@@ -17,6 +17,7 @@ from cnorm._checks import (
     _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
     method_value, momentum_value, param_dtype, positive_int, real_array, shape_value,
 )
+from cnorm.addnorm import AddNormOutput, add_forward
 from cnorm.batchnorm import _forward as bn_forward
 from cnorm.batchnorm import batch_norm_backward
 from cnorm.batchnorm import plan as bn_plan
@@ -578,29 +579,45 @@ class LayerNorm(_Norm):
             shapes["bias"] = self.normalized_shape
         return shapes
 
-    def forward(self, x):
-        """Normalise x over its trailing dimensions; the same as ``layer(x)``.
+    def __call__(self, x, residual=None):
+        return self.forward(x, residual)
+
+    def forward(self, x, residual=None):
+        """Normalise x over its trailing dimensions; the same as ``layer(x)``.  With a
+        residual, normalise h = x + residual in one fused pass (`add_layer_norm`).
 
         Parameters
         ----------
         x : array_like of shape (..., *normalized_shape)
             Real numbers, cast to the layer's dtype.
+        residual : array_like of x's shape, optional
+            Real numbers, cast to the layer's dtype.
 
         Returns
         -------
         y : ndarray
-            x's shape, the layer's dtype.
+            x's shape, the layer's dtype; or, with a residual, ``(y, h)`` (an
+            `AddNormOutput`), as vLLM's layers return it.  `backward` then
+            gives the gradient with respect to h, which is both x's and the
+            residual's.
 
         Raises
         ------
         TypeError
-            x does not hold real numbers.
+            x or residual does not hold real numbers.
         ValueError
-            x's trailing dimensions are not normalized_shape.
+            x's trailing dimensions are not normalized_shape; residual's shape
+            is not x's.
         """
         x, shape = _trailing_input(self, x)
         weight = None if self.weight is None else like_array(self.weight, "weight", self._pdt,
                                                              shape).copy()
+        if residual is not None:
+            y, h, mean, rstd = add_forward(x, self._input(residual, "residual"), shape, weight,
+                                           self.bias, self.eps, True, None, None, True,
+                                           self.method)
+            self._saved = (h, mean, rstd, weight, self.bias is not None)
+            return AddNormOutput(y, h)
         y, mean, rstd = layer_norm_forward(x, shape, weight, self.bias, eps=self.eps,
                                            method=self.method)
         self._saved = (x, mean, rstd, weight, self.bias is not None)
@@ -923,18 +940,29 @@ class RMSNorm(_Norm):
     def _state_shapes(self):
         return {"weight": self.normalized_shape} if self.weight is not None else {}
 
-    def forward(self, x):
-        """Normalise x over its trailing dimensions; the same as ``layer(x)``.
+    def __call__(self, x, residual=None):
+        return self.forward(x, residual)
+
+    def forward(self, x, residual=None):
+        """Normalise x over its trailing dimensions; the same as ``layer(x)``.  With a
+        residual, normalise h = x + residual in one fused pass (`add_rms_norm`) and
+        return ``(y, h)``, as `LayerNorm.forward` does.
 
         Raises
         ------
         TypeError
-            x does not hold real numbers.
+            x or residual does not hold real numbers.
         ValueError
-            x's trailing dimensions are not normalized_shape.
+            x's trailing dimensions are not normalized_shape; residual's shape
+            is not x's.
         """
         x, shape = _trailing_input(self, x)
         weight = None if self.weight is None else self.weight.copy()
+        if residual is not None:
+            y, h, _, rstd = add_forward(x, self._input(residual, "residual"), shape, weight,
+                                        None, self.eps, False, None, None, True)
+            self._saved = (h, rstd, weight)
+            return AddNormOutput(y, h)
         y, rstd = rms_norm_forward(x, shape, weight, eps=self.eps)
         self._saved = (x, rstd, weight)
         return y

@@ -5,6 +5,12 @@
     x = x + Attention(LayerNorm(x))      multi-head causal self-attention
     x = x + MLP(LayerNorm(x))            Linear -> GELU (tanh) -> Linear
 
+The first residual add and the second norm are one fused call,
+``n, x = ln2(a, residual=x)`` (cnorm.add_layer_norm, which returns the norm
+and the sum): x and the attention output a are read once, the new x is
+written once, and it is normalised from cache.  The script checks that this
+gives the bits of the unfused ``x = x + a; n = ln2(x)``.
+
 The weights are seeded random numbers, in float32.  The script prints the
 output's shape and a checksum and, when torch is installed, the largest
 difference from the same block written with torch (``F.layer_norm``,
@@ -86,6 +92,11 @@ class Block:
         return gelu_tanh(h @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
 
     def __call__(self, x):
+        a = self.attention(self.ln1(x))
+        n, x = self.ln2(a, residual=x)        # (y, h): x = x + a and n = LayerNorm(x), fused
+        return x + self.mlp(n)
+
+    def unfused(self, x):
         x = x + self.attention(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -115,9 +126,14 @@ def torch_block(w, x):
 def main():
     w = make_weights()
     x = np.random.default_rng(1).standard_normal((BATCH, SEQ, D_MODEL)).astype(np.float32)
-    y = Block(w)(x)
+    block = Block(w)
+    y = block(x)
     print(f"output shape {y.shape}, dtype {y.dtype}, "
           f"checksum {float(y.astype(np.float64).sum()):.6f}")
+    if y.tobytes() != block.unfused(x).tobytes():
+        print("FAIL: the fused residual add and norm differ from the unfused ones")
+        return 1
+    print("fused add + LayerNorm: the same bits as the unfused block")
     if torch is None:
         print("torch not installed: no comparison")
         print("OK")

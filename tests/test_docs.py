@@ -4,12 +4,13 @@ import doctest
 
 import pytest
 
+import cnorm.addnorm
 import cnorm.batchnorm
 import cnorm.layernorm
 
 
-@pytest.mark.parametrize("module", [cnorm.layernorm, cnorm.batchnorm],
-                         ids=["layernorm", "batchnorm"])
+@pytest.mark.parametrize("module", [cnorm.layernorm, cnorm.batchnorm, cnorm.addnorm],
+                         ids=["layernorm", "batchnorm", "addnorm"])
 def test_doctests(module):
     result = doctest.testmod(module, verbose=False, report=True)
     assert result.attempted > 0, f"{module.__name__} has no doctest examples"
