@@ -17,6 +17,7 @@ GN_CASES = [((8, 256, 28, 28), 1), ((8, 28, 28, 256), -1), ((2, 320, 64, 64), 1)
 GN_SILU_CASES = [((2, 320, 64, 64), 1), ((2, 64, 64, 320), -1)]
 IN_CASES = [((8, 64, 56, 56), 1), ((8, 56, 56, 64), -1)]
 RMS_CASES = [(4096, 768), (16384, 128), (1, 4096)]
+ADD_CASES = [(32, 128, 768), (1, 4096)]
 EPS = 1e-5
 
 
@@ -200,3 +201,81 @@ def bn_ort(ort, x, w, b, rm, rv, axis, dtype, threads):
     return ort_session(ort, "BatchNormalization", [("x", x), ("s", w), ("b", b), ("m", rm),
                                                    ("v", rv)], dict(epsilon=EPS), 15, dtype,
                        threads)
+
+
+def add_case(op, shape, dtype, torch, ort, threads, rng):
+    """Fused residual add + layer norm (add_ln) or RMS norm (add_rms): y and h."""
+    x = rng.standard_normal(shape).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    h = shape[-1]
+    w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
+    b = (0.1 * rng.standard_normal(h)).astype(dtype)
+    cw, cb = own(w), own(b)
+    funcs = {}
+    if op == "add_ln":
+        funcs["cnorm"] = lambda: cnorm.add_layer_norm(x, r, h, cw, cb, eps=EPS)
+
+        def numpy_add_ln():
+            s = x + r
+            return nb.layer_norm(s, (h,), w, b, EPS), s
+        funcs["numpy"] = numpy_add_ln
+    else:
+        funcs["cnorm"] = lambda: cnorm.add_rms_norm(x, r, h, cw, eps=EPS)
+
+        def numpy_add_rms():
+            s = x + r
+            return nb.rms_norm(s, w, EPS), s
+        funcs["numpy"] = numpy_add_rms
+    if torch is not None:
+        F = torch.nn.functional
+        tx, tr, tw, tb = (tensor(torch, v) for v in (x, r, w, b))
+        if op == "add_ln":
+            def torch_add_ln():
+                s = tx + tr
+                return F.layer_norm(s, (h,), tw, tb, EPS), s
+            funcs["torch"] = torch_add_ln
+        else:
+            def torch_add_rms():
+                s = tx + tr
+                return F.rms_norm(s, (h,), tw, EPS), s
+            funcs["torch"] = torch_add_rms
+    if ort is not None:
+        s = skip_ort(ort, op, x, r, w, b if op == "add_ln" else None, dtype, threads)
+        if s is not None:
+            funcs["ort"] = s
+    return funcs, 4 * x.nbytes
+
+
+def skip_ort(ort, op, x, r, w, b, dtype, threads):
+    """ORT's contrib SkipLayerNormalization / SkipSimplifiedLayerNormalization (outputs y
+    and h), on x seen as 3-d; None when ORT lacks it for the dtype."""
+    onnxruntime, onnx = ort
+    hp, tp = onnx.helper, onnx.TensorProto
+    et = {"float32": tp.FLOAT, "float64": tp.DOUBLE, "float16": tp.FLOAT16,
+          "bfloat16": tp.BFLOAT16}[np.dtype(dtype).name]
+    x3 = x.reshape((-1,) + x.shape[-2:]) if x.ndim >= 2 else x.reshape(1, 1, -1)
+    if x.ndim == 2:
+        x3 = x.reshape(x.shape[0], 1, x.shape[1])
+    r3 = r.reshape(x3.shape)
+    inputs = [("x", x3), ("r", r3), ("w", w)] + ([("b", b)] if b is not None else [])
+    name = "SkipLayerNormalization" if op == "add_ln" else "SkipSimplifiedLayerNormalization"
+    node = hp.make_node(name, [n for n, _ in inputs], ["y", "", "", "h"], domain="com.microsoft",
+                        epsilon=EPS)
+    graph = hp.make_graph([node], name, [hp.make_tensor_value_info(n, et, list(a.shape))
+                                         for n, a in inputs],
+                          [hp.make_tensor_value_info("y", et, None),
+                           hp.make_tensor_value_info("h", et, None)])
+    model = hp.make_model(graph, opset_imports=[hp.make_opsetid("", 17),
+                                                hp.make_opsetid("com.microsoft", 1)])
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = onnxruntime.InferenceSession(model.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
+        feeds = dict(inputs)
+        sess.run(None, feeds)
+    except Exception:            # no kernel for this op or dtype
+        return None
+    return lambda: sess.run(None, feeds)

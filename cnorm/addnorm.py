@@ -33,6 +33,11 @@ def _outputs(x, residual, out, residual_out):
     """Where y and h go: (out, y buffer, residual_out, h buffer), as output_buffer picks
     them; out and residual_out must not share memory with each other."""
     inputs = [("x", x), ("residual", residual)]
+    if out is None and residual_out is None:
+        # one allocation for both: a fresh large block costs its page faults and the
+        # kernel's zeroing of every page, and one block of two is cheaper to get than two
+        both = np.empty((2,) + x.shape, x.dtype)
+        return None, both[0], None, both[1]
     out, ybuf = output_buffer(out, x, inputs, "out")
     residual_out, hbuf = output_buffer(residual_out, x, inputs, "residual_out")
     if out is not None and residual_out is not None and np.may_share_memory(out, residual_out):

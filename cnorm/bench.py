@@ -49,7 +49,8 @@ from cnorm._openmp import parallel_copy
 from cnorm.batchnorm import _kernels
 
 OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward", "gn_forward",
-       "gn_backward", "gn_silu", "in_forward", "in_backward", "rms_forward", "rms_backward")
+       "gn_backward", "gn_silu", "in_forward", "in_backward", "rms_forward", "rms_backward",
+       "add_ln", "add_rms")
 
 # (op, shape, axis): the cases of the issue tracker's performance table.
 BN_CASES = [
@@ -254,6 +255,8 @@ def cases(ops, dtypes):
                 shapes = ops_new.GN_CASES
             elif op.startswith("in_"):
                 shapes = ops_new.IN_CASES
+            elif op.startswith("add_"):
+                shapes = [(s, -1) for s in ops_new.ADD_CASES]
             else:
                 shapes = [(s, -1) for s in ops_new.RMS_CASES
                           if op == "rms_forward" or s[0] > 1]
@@ -297,6 +300,8 @@ def _case(op, shape, axis, dtype, torch, ort, threads, rng):
         return ops_new.gn_case(op, shape, axis, dtype, torch, ort, threads, rng)
     if op.startswith("in_"):
         return ops_new.in_case(op, shape, axis, dtype, torch, ort, threads, rng)
+    if op.startswith("add_"):
+        return ops_new.add_case(op, shape, dtype, torch, ort, threads, rng)
     return ops_new.rms_case(op, shape, dtype, torch, ort, threads, rng)
 
 
