@@ -179,8 +179,10 @@ def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
         funcs["numpy"] = lambda: nb.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
         nbytes = 3 * x.nbytes
     if torch is not None:
+        # torch's batch norm takes half x with float32 parameters and statistics (its
+        # mixed precision), as cnorm does; other dtypes are the same arrays either way
         t = {k: ops_new.tensor(torch, v)
-             for k, v in dict(x=x, w=w, b=b, rm=rm.copy(), rv=rv.copy()).items()}
+             for k, v in dict(x=x, w=cw, b=cb, rm=rm.copy(), rv=rv.copy()).items()}
         if axis % len(shape) != 1:  # channels-last: the same memory seen as NCHW channels_last
             perm = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
             t["x"] = t["x"].permute(*perm)
