@@ -28,7 +28,8 @@ __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward",
 
 BatchNormOutput = namedtuple("BatchNormOutput", ["y", "mean", "invstd"])
 BatchNormOutput.__doc__ = """Result of `batch_norm_forward`: y, and the per-channel batch mean and
-1/sqrt(var + eps), each of shape (C,) and of x's dtype."""
+1/sqrt(var + eps), each of shape (C,) and of x's parameter dtype
+(float32 for float16 and bfloat16 x)."""
 
 BatchNormGrads = namedtuple("BatchNormGrads", ["dx", "dweight", "dbias"])
 BatchNormGrads.__doc__ = """Result of `batch_norm_backward`: dx (x's shape) and the per-channel
@@ -116,12 +117,14 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         float32, float64, float16 or bfloat16 data, any strides.  Other array-likes are converted
         as by ``np.asarray``.
     weight, bias : array_like of shape (C,), optional
-        Per-channel scale and shift, cast to x's dtype.  None means 1 and 0.
+        Per-channel scale and shift, cast to x's parameter dtype (float32 for float16 and
+        bfloat16 x, else x's dtype).  None means 1 and 0.
     running_mean, running_var : ndarray of shape (C,), optional
         Running statistics.  Required when ``training=False``, where they are
         the statistics used (any real dtype, cast to x's).  With
         ``training=True`` they are optional; when given they must be
-        writeable arrays of x's dtype, and they are updated in place as
+        writeable arrays of x's parameter dtype (float32 for half-precision x),
+        and they are updated in place as
         PyTorch does::
 
             running_mean = (1 - momentum) * running_mean + momentum * mean
@@ -163,7 +166,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     Raises
     ------
     TypeError
-        x not float32/float64; a parameter that is not numeric; running
+        x not float32, float64, float16 or bfloat16; a parameter that is not numeric; running
         statistics of another dtype than x in training.
     ValueError
         Bad shapes, axis, eps, momentum or method; too few values per channel

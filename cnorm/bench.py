@@ -398,7 +398,7 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
         plot_path=None, out=None, progress="stderr"):
     """Run the benchmark and print the table; returns the list of result dicts.
 
-    mode is "quick" (a smoke run), "default" (about a minute on 2 cores) or
+    mode is "quick" (a smoke run), "default" (about two minutes on 2 cores) or
     "full" (longer samples, more rounds: steadier numbers).  The table goes to
     out (default sys.stdout), progress lines to progress (default sys.stderr;
     None for none).

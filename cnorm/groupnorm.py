@@ -31,13 +31,15 @@ __all__ = ["group_norm", "group_norm_forward", "group_norm_backward", "GroupNorm
 
 GroupNormOutput = namedtuple("GroupNormOutput", ["y", "mean", "rstd"])
 GroupNormOutput.__doc__ = """Result of `group_norm_forward`: y, and the mean and 1/sqrt(var + eps)
-of each (sample, group), of shape (N, num_groups) and x's dtype."""
+of each (sample, group), of shape (N, num_groups) and x's parameter dtype
+(float32 for float16 and bfloat16 x)."""
 GroupNormGrads = namedtuple("GroupNormGrads", ["dx", "dweight", "dbias"])
 GroupNormGrads.__doc__ = """Result of `group_norm_backward`: dx (x's shape) and the per-channel
 gradients of weight and bias, of shape (C,)."""
 InstanceNormOutput = namedtuple("InstanceNormOutput", ["y", "mean", "rstd"])
 InstanceNormOutput.__doc__ = """Result of `instance_norm_forward`: y, and the mean and
-1/sqrt(var + eps) of each (sample, channel), of shape (N, C) and x's dtype."""
+1/sqrt(var + eps) of each (sample, channel), of shape (N, C) and x's parameter dtype
+(float32 for float16 and bfloat16 x)."""
 InstanceNormGrads = namedtuple("InstanceNormGrads", ["dx", "dweight", "dbias"])
 InstanceNormGrads.__doc__ = """Result of `instance_norm_backward`: dx (x's shape) and the
 per-channel gradients of weight and bias, of shape (C,)."""
@@ -119,7 +121,8 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, metho
     num_groups : int
         G, a positive divisor of C.
     weight, bias : array_like of shape (C,), optional
-        Per-channel scale and shift, cast to x's dtype.  None means 1 and 0.
+        Per-channel scale and shift, cast to x's parameter dtype (float32 for float16 and
+        bfloat16 x, else x's dtype).  None means 1 and 0.
     eps : float >= 0, default 1e-5
         Added to the variance.
     axis : int, default 1
@@ -141,7 +144,7 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, metho
     Raises
     ------
     TypeError
-        x not float32/float64; num_groups not an integer; non-numeric weight
+        x not float32, float64, float16 or bfloat16; num_groups not an integer; non-numeric weight
         or bias; activation not a string.
     ValueError
         x with fewer than 2 dimensions; num_groups < 1 or not dividing C; a
@@ -330,7 +333,7 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         Per-channel scale and shift; None means 1 and 0.
     running_mean, running_var : ndarray of shape (C,), optional
         Given together.  With ``use_input_stats=True`` they are updated in
-        place (writeable arrays of x's dtype), as torch does: the new batch's
+        place (writeable arrays of x's parameter dtype), as torch does: the new batch's
         per-instance means and unbiased variances averaged over the samples,
         weighted by `momentum`.  With ``use_input_stats=False`` they are the
         statistics used (any real dtype, cast).
@@ -356,8 +359,8 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
     Raises
     ------
     TypeError
-        x not float32/float64; running statistics to update that are not
-        writeable arrays of x's dtype; non-numeric parameters.
+        x not float32, float64, float16 or bfloat16; running statistics to update that are not
+        writeable arrays of x's parameter dtype; non-numeric parameters.
     ValueError
         x with fewer than 3 dimensions or, with input statistics, only one
         spatial value per channel; only one of running_mean / running_var;

@@ -22,7 +22,8 @@ __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward",
 
 LayerNormOutput = namedtuple("LayerNormOutput", ["y", "mean", "rstd"])
 LayerNormOutput.__doc__ = """Result of `layer_norm_forward`: y, and the mean and 1/sqrt(var + eps)
-of each sample, of shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's dtype."""
+of each sample, of shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's parameter dtype
+(float32 for float16 and bfloat16 x)."""
 
 LayerNormGrads = namedtuple("LayerNormGrads", ["dx", "dweight", "dbias"])
 LayerNormGrads.__doc__ = """Result of `layer_norm_backward`: dx (x's shape) and the gradients of
@@ -82,7 +83,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     normalized_shape : int or tuple of int
         The trailing dimensions of x to normalise over (torch's convention).
     weight, bias : array_like of shape normalized_shape, optional
-        Elementwise scale and shift, cast to x's dtype; each may be None
+        Elementwise scale and shift, cast to x's parameter dtype (float32 for
+        half-precision x); each may be None
         independently (torch's ``elementwise_affine=False`` and ``bias=False``).
     eps : float >= 0, default 1e-5
         Added to the variance.
@@ -103,7 +105,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     Raises
     ------
     TypeError
-        x not float32/float64; normalized_shape not integers; non-numeric
+        x not float32, float64, float16 or bfloat16; normalized_shape not integers; non-numeric
         weight or bias; activation not a string.
     ValueError
         normalized_shape not the trailing dimensions of x, or empty; weight or

@@ -22,7 +22,8 @@ __all__ = ["rms_norm", "rms_norm_forward", "rms_norm_backward", "RMSNormOutput",
 
 RMSNormOutput = namedtuple("RMSNormOutput", ["y", "rstd"])
 RMSNormOutput.__doc__ = """Result of `rms_norm_forward`: y, and 1/sqrt(mean(x**2) + eps) of each
-sample, of shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's dtype."""
+sample, of shape ``x.shape[:x.ndim - len(normalized_shape)]`` and x's parameter dtype
+(float32 for float16 and bfloat16 x)."""
 RMSNormGrads = namedtuple("RMSNormGrads", ["dx", "dweight"])
 RMSNormGrads.__doc__ = """Result of `rms_norm_backward`: dx (x's shape) and the gradient of
 weight, of shape normalized_shape."""
@@ -67,7 +68,8 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     normalized_shape : int or tuple of int
         The trailing dimensions of x to normalise over.
     weight : array_like of shape normalized_shape, optional
-        Elementwise scale, cast to x's dtype; None means ones.
+        Elementwise scale, cast to x's parameter dtype (float32 for half-precision
+        x); None means ones.
     eps : float >= 0 or None, default None
         Added to the mean square; None is the machine epsilon of the computation
         type, as in torch: ``np.finfo(x.dtype).eps`` for float32 and float64 x,
@@ -85,7 +87,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     Raises
     ------
     TypeError
-        x not float32/float64; normalized_shape not integers; non-numeric
+        x not float32, float64, float16 or bfloat16; normalized_shape not integers; non-numeric
         weight; eps not a number; activation not a string.
     ValueError
         normalized_shape not the trailing dimensions of x, or empty; weight of
