@@ -12,7 +12,8 @@ from cnorm._moments cimport (
     cnorm_col_sum2_x4, cnorm_col_welford_x4, cnorm_dot2, cnorm_f16, cnorm_grad, cnorm_grad_cols,
     cnorm_ln_affine, cnorm_ln_dx, cnorm_prefetch, cnorm_prefetch_write, cnorm_row_grad_sums,
     cnorm_stream_fence, cnorm_sumsq, lanes_total, ld, merge_columns, moments_merge, moments_zero,
-    one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, rows_affine, run_affine,
+    one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, row_moments, rows_affine,
+    run_affine,
     seq_dot, seq_moments, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for

@@ -101,7 +101,7 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
         cnorm_add(x, res, hout, H)
         x = hout
     if m.centred:
-        mo = chunked_moments(x, H, H, H, method)
+        mo = row_moments(x, H, method)
         mean = mo.mean
         var = mo.m2 / mo.n
     else:

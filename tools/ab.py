@@ -28,7 +28,7 @@ ops, dtypes, min_time = sys.argv[1].split(","), sys.argv[2].split(","), float(sy
 out = {}
 for op, shape, axis, dtype in bench.cases(ops, dtypes):
     rng = np.random.default_rng(0)
-    funcs, _ = bench._case(op, shape, axis, np.dtype(dtype).type, None, None,
+    funcs, _ = bench._case(op, shape, axis, dtype, None, None,
                            cnorm.get_num_threads(), rng)
     med = bench.measure({"cnorm": funcs["cnorm"]}, min_time=min_time, rounds=5)["cnorm"]
     out[bench._fmt_case(op, shape, axis, dtype)] = med
