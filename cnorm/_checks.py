@@ -42,6 +42,18 @@ def bfloat16():
 _BF16 = False     # not looked up yet
 
 
+_FAST_PARAM = {F32: F32, F64: F64, F16: F32}
+
+
+def storage_param_dtype(dt):
+    """param_dtype(dt) if dt is one of the storage dtypes, else None: the fast paths'
+    check of x's dtype (bfloat16 joins the table the first time it is seen)."""
+    p = _FAST_PARAM.get(dt)
+    if p is None and dt.itemsize == 2 and dt.name == "bfloat16" and dt == bfloat16():
+        p = _FAST_PARAM[dt] = F32
+    return p
+
+
 def param_dtype(dt):
     """The dtype of parameters, statistics and gradients of weights for data of dtype
     dt: float64 for float64 data, float32 for float32, float16 and bfloat16."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
-    method_value, output_buffer, param_dtype, ready, shape_value,
+    method_value, output_buffer, param_dtype, ready, shape_value, storage_param_dtype,
 )
 from cnorm._dispatch import kernels, stream_stores
 
@@ -124,9 +124,10 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     if (out is None and method is None and activation is None and type(x) is np.ndarray
             and type(normalized_shape) is int and type(eps) is float and 0.0 <= eps < INF):
         dt = x.dtype
-        if ((dt is F32 or dt is F64) and x.ndim and x.shape[-1] == normalized_shape
-                and normalized_shape > 0 and ready(weight, dt, normalized_shape)
-                and ready(bias, dt, normalized_shape) and x.flags.c_contiguous):
+        pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
+        if (pdt is not None and x.ndim and x.shape[-1] == normalized_shape
+                and normalized_shape > 0 and ready(weight, pdt, normalized_shape)
+                and ready(bias, pdt, normalized_shape) and x.flags.c_contiguous):
             y = np.empty(x.shape, dt)
             rows = x.size // normalized_shape
             if rows:

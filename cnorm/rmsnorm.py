@@ -10,7 +10,7 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
-    output_buffer, param_dtype, ready,
+    output_buffer, param_dtype, ready, storage_param_dtype,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm.layernorm import _normalized_shape
@@ -105,14 +105,15 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
             and type(normalized_shape) is int and (eps is None or (type(eps) is float
                                                                   and 0.0 <= eps < INF))):
         dt = x.dtype
-        if ((dt is F32 or dt is F64) and x.ndim and x.shape[-1] == normalized_shape
-                and normalized_shape > 0 and ready(weight, dt, normalized_shape)
+        pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
+        if (pdt is not None and x.ndim and x.shape[-1] == normalized_shape
+                and normalized_shape > 0 and ready(weight, pdt, normalized_shape)
                 and x.flags.c_contiguous):
             y = np.empty(x.shape, dt)
             rows = x.size // normalized_shape
             if rows:
                 _kernels.norm_rows(x, y, rows, normalized_shape, 1, 1, False, 0, weight, None,
-                                   None, None, _EPS[dt] if eps is None else eps, None,
+                                   None, None, _EPS[pdt] if eps is None else eps, None,
                                    stream_stores(2 * x.nbytes))
             return y
     return _forward(x, normalized_shape, weight, eps, activation, out, False)[0]

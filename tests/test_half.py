@@ -322,3 +322,24 @@ def test_half_results_match_torch_in_the_same_dtype(rng, dt):
         # each within an ulp of the exact result (torch may round an intermediate)
         tol = 2 * ulp(dt, want) + F32_TERMS * np.abs(want).max()
         assert (np.abs(got.astype(np.float64) - want) <= tol).all(), i
+
+
+@pytest.mark.parametrize("dt", HALF)
+def test_fast_paths_take_half_data_with_float32_parameters(rng, monkeypatch, dt):
+    """layer_norm's and rms_norm's fast paths (batch-1 latency) take float16 and bfloat16
+    x with float32 parameters, and give the general path's bits."""
+    from conftest import count_calls
+    dt = _dt(dt)
+    x = _data(rng, (3, 768), np.float32).astype(dt)
+    w = rng.uniform(0.5, 2, 768).astype(np.float32)
+    b = rng.uniform(-1, 1, 768).astype(np.float32)
+    for module, fast, general in [
+            (cnorm.layernorm, lambda: cnorm.layer_norm(x, 768, w, b),
+             lambda: cnorm.layer_norm(x, 768, w, b, out=np.empty_like(x))),
+            (cnorm.rmsnorm, lambda: cnorm.rms_norm(x, 768, w),
+             lambda: cnorm.rms_norm(x, 768, w, out=np.empty_like(x)))]:
+        calls = count_calls(monkeypatch, module)
+        y = fast()
+        assert not calls, f"{module.__name__}: the fast path was not taken"
+        assert y.dtype == dt and y.tobytes() == general().tobytes()
+        assert calls
