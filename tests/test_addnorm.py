@@ -217,3 +217,26 @@ def test_matches_onnx_runtime_skip_normalizations(rng):
     got = cnorm.add_rms_norm(x, r, 768, w, eps=1e-6)
     assert np.array_equal(got.h, h)
     np.testing.assert_allclose(got.y, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dt", DTYPES)
+def test_fast_path_gives_the_general_path_bits(rng, monkeypatch, op, dt):
+    """The common call (batch-1 decode) skips the general checks: the same bits as the
+    general path (out= given), which it must not call."""
+    from conftest import count_calls
+    dt = _dt(dt)
+    fused = OPS[op][0]
+    x, r, w, b = _inputs(rng, (1, 4096), 4096, dt)
+    calls = count_calls(monkeypatch, cnorm.addnorm, "add_forward")
+    y, h = fused(x, r, 4096, w, b)
+    assert not calls, "the common call should take the fast path"
+    y2, h2 = fused(x, r, 4096, w, b, out=np.empty_like(x), residual_out=np.empty_like(x))
+    assert calls
+    assert y.tobytes() == y2.tobytes() and h.tobytes() == h2.tobytes()
+    # the calls the fast path leaves to the general one still work and still check
+    assert fused(x, r, (4096,), w, b).y.tobytes() == y.tobytes()
+    with pytest.raises(ValueError, match="eps"):
+        cnorm.add_layer_norm(x, r, 4096, eps=-1.0)
+    with pytest.raises(TypeError, match="residual"):
+        fused(x, r.astype(np.float64) if dt != np.float64 else r.astype(np.float32), 4096, w, b)
