@@ -30,11 +30,20 @@ LayerNormGrads.__doc__ = """Result of `layer_norm_backward`: dx (x's shape) and 
 weight and bias, each of shape normalized_shape."""
 
 
-def _normalized_shape(normalized_shape, x):
-    """normalized_shape as a tuple matching x's trailing dimensions; returns (shape, H)."""
+Plan = namedtuple("Plan", ["x", "shape", "h"])
+Plan.__doc__ = """x checked (a float ndarray), the normalized shape (x's trailing dimensions)
+and its size h: the row view (x.size // h, h) that the row kernels take."""
+
+
+def _normalized_shape(normalized_shape, x, layer=False):
+    """normalized_shape as a tuple matching x's trailing dimensions; returns (shape, H).
+    layer: the shape is a layer's own, and the message is about x."""
     shape = shape_value(normalized_shape)
     k = len(shape)
     if k == 0 or k > x.ndim or x.shape[x.ndim - k:] != shape:
+        if layer:
+            raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
+                             f"got shape {x.shape}")
         raise ValueError(f"normalized_shape {shape} must equal the trailing dimensions of x, "
                          f"whose shape is {x.shape}")
     h = 1
@@ -45,9 +54,16 @@ def _normalized_shape(normalized_shape, x):
     return shape, h
 
 
-def _forward(x, normalized_shape, weight, bias, eps, method, act, out, want_stats):
+def plan(x, normalized_shape, layer=False):
+    """Check x and normalized_shape once, into the Plan that the row ops' _forward
+    functions and the layers share."""
     x = float_array(x, "x")
-    shape, h = _normalized_shape(normalized_shape, x)
+    return Plan(x, *_normalized_shape(normalized_shape, x, layer))
+
+
+def _forward(p, weight, bias, eps, method, act, out, want_stats):
+    """Forward of a planned call (see plan); returns (y, mean, rstd)."""
+    x, shape, h = p
     weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     bias = like_array(bias, "bias", param_dtype(x.dtype), shape)
     eps = eps_value(eps)
@@ -134,7 +150,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
                 _kernels.norm_rows(x, y, rows, normalized_shape, 1, 1, True, 0, weight, bias, None,
                                    None, eps, DEFAULT_METHOD, stream_stores(2 * x.nbytes))
             return y
-    return _forward(x, normalized_shape, weight, bias, eps, method, activation_value(activation),
+    return _forward(plan(x, normalized_shape), weight, bias, eps, method,
+                    activation_value(activation),
                     out, False)[0]
 
 
@@ -162,7 +179,8 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     >>> res.mean, res.rstd
     (array([2., 2.]), array([ 1., inf]))
     """
-    return LayerNormOutput(*_forward(x, normalized_shape, weight, bias, eps, method, 0, out, True))
+    return LayerNormOutput(*_forward(plan(x, normalized_shape), weight, bias, eps, method, 0, out,
+                                     True))
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):

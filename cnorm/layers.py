@@ -25,8 +25,11 @@ from cnorm.groupnorm import _group_forward as gn_forward
 from cnorm.groupnorm import _instance_forward as in_forward
 from cnorm.groupnorm import group_norm_backward, instance_norm_backward
 from cnorm.groupnorm import plan as gn_plan
-from cnorm.layernorm import layer_norm_backward, layer_norm_forward
-from cnorm.rmsnorm import rms_norm_backward, rms_norm_forward
+from cnorm.layernorm import _forward as ln_forward
+from cnorm.layernorm import layer_norm_backward
+from cnorm.layernorm import plan as ln_plan
+from cnorm.rmsnorm import _forward as rms_forward
+from cnorm.rmsnorm import rms_norm_backward
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "fold_batch_norm",
            "LoadResult"]
@@ -217,14 +220,9 @@ def _channel_input(layer, x, c, min_ndim, what):
 
 
 def _trailing_input(layer, x):
-    """x as the layer's dtype, ending with the layer's normalized_shape; returns (x, shape)."""
-    x = layer._input(x, "x")
-    shape = layer.normalized_shape
-    k = len(shape)
-    if x.ndim < k or x.shape[x.ndim - k:] != shape:
-        raise ValueError(f"x must end with the dimensions normalized_shape {shape}, "
-                         f"got shape {x.shape}")
-    return x, shape
+    """x as the layer's dtype, ending with the layer's normalized_shape: the row plan
+    (layernorm.plan) that the functions' _forward take, checked once, here."""
+    return ln_plan(layer._input(x, "x"), layer.normalized_shape, layer=True)
 
 
 # -- BatchNorm ---------------------------------------------------------------------------------
@@ -609,7 +607,8 @@ class LayerNorm(_Norm):
             x's trailing dimensions are not normalized_shape; residual's shape
             is not x's.
         """
-        x, shape = _trailing_input(self, x)
+        p = _trailing_input(self, x)
+        x, shape = p.x, p.shape
         weight = None if self.weight is None else like_array(self.weight, "weight", self._pdt,
                                                              shape).copy()
         if residual is not None:
@@ -618,8 +617,7 @@ class LayerNorm(_Norm):
                                            self.method)
             self._saved = (h, mean, rstd, weight, self.bias is not None)
             return AddNormOutput(y, h)
-        y, mean, rstd = layer_norm_forward(x, shape, weight, self.bias, eps=self.eps,
-                                           method=self.method)
+        y, mean, rstd = ln_forward(p, weight, self.bias, self.eps, self.method, 0, None, True)
         self._saved = (x, mean, rstd, weight, self.bias is not None)
         return y
 
@@ -956,14 +954,15 @@ class RMSNorm(_Norm):
             x's trailing dimensions are not normalized_shape; residual's shape
             is not x's.
         """
-        x, shape = _trailing_input(self, x)
+        p = _trailing_input(self, x)
+        x, shape = p.x, p.shape
         weight = None if self.weight is None else self.weight.copy()
         if residual is not None:
             y, h, _, rstd = add_forward(x, self._input(residual, "residual"), shape, weight,
                                         None, self.eps, False, None, None, True)
             self._saved = (h, rstd, weight)
             return AddNormOutput(y, h)
-        y, rstd = rms_norm_forward(x, shape, weight, eps=self.eps)
+        y, rstd = rms_forward(p, weight, self.eps, None, None, True)
         self._saved = (x, rstd, weight)
         return y
 

@@ -13,7 +13,7 @@ from cnorm._checks import (
     output_buffer, param_dtype, ready, storage_param_dtype,
 )
 from cnorm._dispatch import kernels, stream_stores
-from cnorm.layernorm import _normalized_shape
+from cnorm.layernorm import plan
 
 _kernels = kernels("_kernels")
 
@@ -36,9 +36,9 @@ def _eps(eps, dtype):
     return _EPS[param_dtype(dtype)] if eps is None else eps_value(eps)
 
 
-def _forward(x, normalized_shape, weight, eps, activation, out, want_stats):
-    x = float_array(x, "x")
-    shape, h = _normalized_shape(normalized_shape, x)
+def _forward(p, weight, eps, activation, out, want_stats):
+    """Forward of a call planned by layernorm.plan; returns (y, rstd)."""
+    x, shape, h = p
     weight = like_array(weight, "weight", param_dtype(x.dtype), shape)
     eps = _eps(eps, x.dtype)
     act = activation_value(activation)
@@ -116,7 +116,7 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
                                    None, None, _EPS[pdt] if eps is None else eps, None,
                                    stream_stores(2 * x.nbytes))
             return y
-    return _forward(x, normalized_shape, weight, eps, activation, out, False)[0]
+    return _forward(plan(x, normalized_shape), weight, eps, activation, out, False)[0]
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
@@ -135,7 +135,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
     TypeError, ValueError
         As `rms_norm`; nothing is modified when an error is raised.
     """
-    return RMSNormOutput(*_forward(x, normalized_shape, weight, eps, None, out, True))
+    return RMSNormOutput(*_forward(plan(x, normalized_shape), weight, eps, None, out, True))
 
 
 def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
