@@ -139,7 +139,8 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, *, eps
     -------
     AddNormOutput
         ``(y, h)``: h = x + residual rounded to x's dtype, and y its layer
-        norm.  The statistics are those of h as stored, so that the next block
+        norm.  Without out= and residual_out=, y and h are the two halves of
+        one new block (one allocation, not two).  The statistics are those of h as stored, so that the next block
         sees exactly the h that was normalised.  For training, the gradient is
         `layer_norm_backward` of h (and h's gradient is both x's and
         residual's).

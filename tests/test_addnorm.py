@@ -240,3 +240,11 @@ def test_fast_path_gives_the_general_path_bits(rng, monkeypatch, op, dt):
         cnorm.add_layer_norm(x, r, 4096, eps=-1.0)
     with pytest.raises(TypeError, match="residual"):
         fused(x, r.astype(np.float64) if dt != np.float64 else r.astype(np.float32), 4096, w, b)
+
+
+def test_new_results_are_separate_c_contiguous_halves_of_one_block(rng):
+    x, r, w, b = _inputs(rng, (4, 64), 64, np.dtype(np.float32))
+    y, h = cnorm.add_layer_norm(x, r, 64, w, b)
+    assert y.flags.c_contiguous and h.flags.c_contiguous and y.flags.writeable
+    assert y.base is h.base and not np.shares_memory(y, h)
+    assert not np.shares_memory(y, x) and not np.shares_memory(h, r)
