@@ -360,11 +360,17 @@ typedef uint64_t cnorm_vu64_64 __attribute__((vector_size(64)));
 
 /* ---- fused add-norm's prologue: h = x + r, rounded once to the storage type -- */
 #define CNORM_ADD(i, LD, LDX, ST, ACT) ST(h + i, LDX(x + i) + LDX(r + i))
+/* ---- a copy, streamed or not (the values pass through unchanged) ---------- */
+#define CNORM_COPY(i, LD, LDX, ST, ACT) ST(y + i, LDX(x + i))
 
 #define CNORM_DEFINE_OUTPUTS(S, T, PT, C)                                              \
 static inline void cnorm_add_##S(const T *x, const T *r, T *h, ptrdiff_t n)        \
 {                                                                               \
     CNORM_OUTPUT_LOOP(S, C, h, n, 0, CNORM_ADD);                                \
+}                                                                               \
+static inline void cnorm_copy_##S(const T *x, T *y, ptrdiff_t n, int stream)    \
+{                                                                               \
+    CNORM_OUTPUT_LOOP(S, C, y, n, stream, CNORM_COPY);                          \
 }                                                                               \
 static inline void cnorm_affine_##S(const T *x, T *y, ptrdiff_t n, PT hi, PT lo, PT s, \
                                     PT b, int act, int stream)                   \
@@ -423,6 +429,7 @@ CNORM_DEFINE_OUTPUTS(bf16, cnorm_bf16, float, f32)
 
 /* The loops by the type of their first data pointer (see _dtypes.h). */
 #define cnorm_add(x, ...) CNORM_BY_TYPE(cnorm_add, x)(x, __VA_ARGS__)
+#define cnorm_copy(x, ...) CNORM_BY_TYPE(cnorm_copy, x)(x, __VA_ARGS__)
 #define cnorm_affine(x, ...) CNORM_BY_TYPE(cnorm_affine, x)(x, __VA_ARGS__)
 #define cnorm_affine_cols(x, ...) CNORM_BY_TYPE(cnorm_affine_cols, x)(x, __VA_ARGS__)
 #define cnorm_grad(g, ...) CNORM_BY_TYPE(cnorm_grad, g)(g, __VA_ARGS__)

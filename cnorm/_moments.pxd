@@ -46,6 +46,8 @@ ctypedef fused real:
 cdef extern from "_elementwise.h":
     # h = x + r, in the arithmetic type, rounded once to the storage type
     void cnorm_add(const void* x, const void* r, void* h, Py_ssize_t n) noexcept nogil
+    # y = x, streamed or not
+    void cnorm_copy(const void* x, void* y, Py_ssize_t n, int stream) noexcept nogil
     # y = act(((x - hi) - lo) * s + b)
     void cnorm_affine(const void* x, void* y, Py_ssize_t n, double hi, double lo, double s,
                       double b, int act, int stream) noexcept nogil

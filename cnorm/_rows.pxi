@@ -18,6 +18,7 @@
 # gradients go through per-block or per-row partials merged in a fixed order.
 
 cdef enum:
+    ADD_TILE = 256              # values of h a streamed fused add-norm keeps on the stack
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
     PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
@@ -71,6 +72,71 @@ cdef inline void runs_affine(const real* x, real* y, Py_ssize_t H, Py_ssize_t ru
                      pget(b, k, 0.0, x), act, stream)
 
 
+cdef inline void add_row_streamed(const real* x, const real* res, real* hout, real* y,
+                                  Py_ssize_t H, const void* w, const void* b, void* mean_out,
+                                  void* rstd_out, double eps, const real* ahead,
+                                  RowMap m) noexcept nogil:
+    """A fused add-norm row whose h and y are streamed (a call too large for the cache):
+    h = x + res is built a tile at a time on the stack, summed there and streamed
+    out, and the output pass rebuilds each tile from x and res (still in cache)
+    instead of reading h back, so that no line of h is read before it is written.
+    The tiles are whole steps of LANES values but the last, so the sums are those
+    of row_moments (or row_mean_square) over h: the same bits.  H <= CHUNK."""
+    cdef real tile[ADD_TILE]
+    cdef double acc[LANES]
+    cdef double sq[LANES]
+    cdef double x0 = 0.0, s, q, mean, var, rstd, n = <double>H
+    cdef Py_ssize_t t, L, j
+    for j in range(LANES):
+        acc[j] = 0.0
+        sq[j] = 0.0
+    t = 0
+    while t < H:
+        L = ADD_TILE if H - t > ADD_TILE else H - t
+        cnorm_add(x + t, res + t, tile, L)
+        if m.centred:
+            if t == 0:
+                x0 = ld(tile, 0)
+            cnorm_sum2(tile, L, x0, acc, sq)
+        else:
+            cnorm_sumsq(tile, L, sq)
+        cnorm_copy(tile, hout + t, L, True)
+        t += L
+    if m.centred:
+        s = lanes_total(acc)
+        q = lanes_total(sq)
+        mean = x0 + s / n
+        var = q - s * (s / n)
+        if not one_pass_ok(var, q, x):
+            for j in range(LANES):
+                acc[j] = 0.0
+            t = 0
+            while t < H:
+                L = ADD_TILE if H - t > ADD_TILE else H - t
+                cnorm_add(x + t, res + t, tile, L)
+                run_sqdev(acc, tile, L, mean)
+                t += L
+            var = lanes_total(acc)
+        var = var / n
+    else:
+        mean = 0.0
+        var = lanes_total(sq) / H
+    rstd = 1.0 / sqrt(var + eps)
+    if mean_out != NULL:
+        pset(mean_out, 0, mean, x)
+    if rstd_out != NULL:
+        pset(rstd_out, 0, rstd, x)
+    t = 0
+    while t < H:
+        L = ADD_TILE if H - t > ADD_TILE else H - t
+        if ahead != NULL:
+            cnorm_prefetch(ahead + t, L * sizeof(real))
+            cnorm_prefetch(res + (ahead - x) + t, L * sizeof(real))
+        cnorm_add(x + t, res + t, tile, L)
+        row_affine(tile, y + t, L, mean, rstd, pat(w, t, x), pat(b, t, x), m.act, True)
+        t += L
+
+
 cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w,
                              const void* b, void* mean_out, void* rstd_out,
                              void* var_out, double eps, int method, bint stream,
@@ -93,11 +159,18 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
     cdef Py_ssize_t t = 0, L
     cdef Py_ssize_t nbytes = H * <Py_ssize_t>sizeof(real)
     cdef bint short_row = nbytes <= PREFETCH_BYTES
+    cdef Py_ssize_t ahead_off = ahead - x if ahead != NULL else 0
+    # streamed fused add-norm (float32 and float64 stream; half outputs do not), unless h
+    # overwrites x or the residual, which its output pass reads again
+    if (res != NULL and stream and (real is float or real is double) and m.run == 1
+            and method != WELFORD and H <= CHUNK and hout != res and hout != x):
+        add_row_streamed(x, res, hout, y, H, w, b, mean_out, rstd_out, eps, ahead, m)
+        return
     if not stream and short_row and nbytes > PREFETCH_WRITE_MAX:
         cnorm_prefetch_write(y, nbytes)
     if res != NULL:
         if ahead != NULL and short_row:
-            cnorm_prefetch(res + (ahead - x), nbytes)
+            cnorm_prefetch(res + ahead_off, nbytes)
         cnorm_add(x, res, hout, H)
         x = hout
     if m.centred:
@@ -121,7 +194,7 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
         if ahead != NULL and short_row:
             cnorm_prefetch(ahead, nbytes)
             if nbytes <= PREFETCH_WRITE_MAX:
-                cnorm_prefetch_write(y + (ahead - x), nbytes)
+                cnorm_prefetch_write(y + ahead_off, nbytes)
         row_affine(x, y, H, mean, rstd, w, b, m.act, False)
         return
     # streaming: the row ahead is prefetched a tile at a time, spread over the

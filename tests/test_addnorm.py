@@ -248,3 +248,50 @@ def test_new_results_are_separate_c_contiguous_halves_of_one_block(rng):
     assert y.flags.c_contiguous and h.flags.c_contiguous and y.flags.writeable
     assert y.base is h.base and not np.shares_memory(y, h)
     assert not np.shares_memory(y, x) and not np.shares_memory(h, r)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("shape,ns", [((5, 7, 24), 24), ((9, 300), 300), ((3, 4096), 4096),
+                                      ((4, 1000), 1000), ((2, 5000), 5000), ((6, 37), 37),
+                                      ((64, 768), 768)])
+def test_streamed_calls_give_the_same_bits(rng, monkeypatch, op, dt, shape, ns):
+    """Large calls stream y and h, and rebuild h's tiles from x and the residual instead
+    of reading h back: the bits of the in-cache path, every dtype and row length (rows
+    over CHUNK keep the in-cache path), far-from-zero float64 data (the second pass)
+    included, into buffers at any offset."""
+    import cnorm._dispatch
+    dt = _dt(dt)
+    fused = OPS[op][0]
+    x, r, w, b = _inputs(rng, shape, ns, dt)
+    if dt == np.float64:
+        x = x + 1e9                              # one_pass_ok refuses: the second pass runs
+    monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 1 << 62)
+    y0, h0 = fused(x, r, ns, w, b)
+    monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 0)
+    for offset in (0, 1, 3):
+        ybuf = np.zeros(x.size + 4, dt)[offset:offset + x.size].reshape(x.shape)
+        hbuf = np.zeros(x.size + 4, dt)[4 - offset:4 - offset + x.size].reshape(x.shape)
+        y, h = fused(x, r, ns, w, b, out=ybuf, residual_out=hbuf)
+        assert h.tobytes() == h0.tobytes() and y.tobytes() == y0.tobytes(), offset
+    with threads(2):
+        y, h = fused(x, r, ns, w, b)
+    assert h.tobytes() == h0.tobytes() and y.tobytes() == y0.tobytes()
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dt", [np.dtype(np.float32), np.dtype(np.float64)])
+def test_streamed_in_place_calls(rng, monkeypatch, op, dt):
+    """Streamed calls in place (residual_out=residual, out=x, and crossed): the bits of
+    the in-cache path; h overwriting an input must not feed the output pass."""
+    import cnorm._dispatch
+    fused = OPS[op][0]
+    x, r, w, b = _inputs(rng, (16, 768), 768, dt)
+    monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 1 << 62)
+    y0, h0 = fused(x, r, 768, w, b)
+    monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 0)
+    for out_is, hout_is in [("x", "r"), ("r", "x"), ("x", None), (None, "r"), (None, "x")]:
+        xx, rr = x.copy(), r.copy()
+        pick = {"x": xx, "r": rr, None: None}
+        y, h = fused(xx, rr, 768, w, b, out=pick[out_is], residual_out=pick[hout_is])
+        assert y.tobytes() == y0.tobytes() and h.tobytes() == h0.tobytes(), (out_is, hout_is)
