@@ -15,6 +15,13 @@ cdef enum:
     SAMPLE_WORK = 65536     # values per sample below which threads take whole samples
 
 
+cdef inline bint whole_samples(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, int nt) noexcept nogil:
+    """Give each thread whole samples?  For small samples, and whenever the samples
+    share out evenly (or nearly: at least 4 a thread), which spares two parallel
+    regions a sample."""
+    return nt > 1 and (HW * C < SAMPLE_WORK or N % nt == 0 or N >= 4 * nt)
+
+
 cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, Py_ssize_t HW,
                               Py_ssize_t C, Py_ssize_t G, const void* w, const void* b,
                               void* mean_out, void* rstd_out, void* var_out,
@@ -48,7 +55,7 @@ cdef int groups_forward(const real* x, real* y, Py_ssize_t N, Py_ssize_t HW,
                         Py_ssize_t C, Py_ssize_t G, const void* w, const void* b,
                         void* mean_out, void* rstd_out, void* var_out, double eps,
                         int method, int act, bint stream, int nt) noexcept nogil:
-    cdef bint by_sample = nt > 1 and HW * C < SAMPLE_WORK
+    cdef bint by_sample = whole_samples(N, HW, C, nt)
     cdef int slots = nt if by_sample else 1
     cdef Py_ssize_t n, off
     cdef int rc = 0, t, fails = 0
@@ -114,7 +121,7 @@ cdef int groups_backward(const real* g, const real* x, real* dx, Py_ssize_t N,
                          Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G, const void* mean,
                          const void* rstd, const void* w, void* dweight,
                          void* dbias, bint stream, int nt) noexcept nogil:
-    cdef bint by_sample = nt > 1 and HW * C < SAMPLE_WORK
+    cdef bint by_sample = whole_samples(N, HW, C, nt)
     cdef int slots = nt if by_sample else 1
     cdef Py_ssize_t cs = C // G, n, c, off
     cdef int rc = 0, t, fails = 0
