@@ -46,18 +46,29 @@ def ort_module():
     return onnxruntime, onnx
 
 
+def _elem_type(onnx, dtype):
+    """ONNX's element type for a NumPy dtype of cnorm's."""
+    tp = onnx.TensorProto
+    return {"float32": tp.FLOAT, "float64": tp.DOUBLE, "float16": tp.FLOAT16,
+            "bfloat16": tp.BFLOAT16}[np.dtype(dtype).name]
+
+
 def ort_session(ort, op, inputs, attrs, opset, dtype, threads):
     """A one-node InferenceSession on `threads` intra-op threads, spinning off; None when
     ORT has no kernel for it."""
     onnxruntime, onnx = ort
     h = onnx.helper
-    tp = onnx.TensorProto
-    et = {"float32": tp.FLOAT, "float64": tp.DOUBLE, "float16": tp.FLOAT16,
-          "bfloat16": tp.BFLOAT16}[np.dtype(dtype).name]
+    et = _elem_type(onnx, dtype)
     node = h.make_node(op, [n for n, _ in inputs], ["y"], **attrs)
     graph = h.make_graph([node], op, [h.make_tensor_value_info(n, et, list(a.shape))
                                       for n, a in inputs], [h.make_tensor_value_info("y", et, None)])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    return _run_session(onnxruntime, model, dict(inputs), threads)
+
+
+def _run_session(onnxruntime, model, feeds, threads):
+    """A callable running model on feeds in an InferenceSession on `threads` intra-op
+    threads, spinning off; None when ORT has no kernel for it."""
     so = onnxruntime.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -65,7 +76,6 @@ def ort_session(ort, op, inputs, attrs, opset, dtype, threads):
     try:
         sess = onnxruntime.InferenceSession(model.SerializeToString(), so,
                                             providers=["CPUExecutionProvider"])
-        feeds = {n: a for n, a in inputs}
         sess.run(None, feeds)
     except Exception:            # no kernel for this op or dtype
         return None
@@ -250,12 +260,9 @@ def skip_ort(ort, op, x, r, w, b, dtype, threads):
     """ORT's contrib SkipLayerNormalization / SkipSimplifiedLayerNormalization (outputs y
     and h), on x seen as 3-d; None when ORT lacks it for the dtype."""
     onnxruntime, onnx = ort
-    hp, tp = onnx.helper, onnx.TensorProto
-    et = {"float32": tp.FLOAT, "float64": tp.DOUBLE, "float16": tp.FLOAT16,
-          "bfloat16": tp.BFLOAT16}[np.dtype(dtype).name]
-    x3 = x.reshape((-1,) + x.shape[-2:]) if x.ndim >= 2 else x.reshape(1, 1, -1)
-    if x.ndim == 2:
-        x3 = x.reshape(x.shape[0], 1, x.shape[1])
+    hp = onnx.helper
+    et = _elem_type(onnx, dtype)
+    x3 = x.reshape((-1,) + x.shape[-2:]) if x.ndim >= 3 else x.reshape(-1, 1, x.shape[-1])
     r3 = r.reshape(x3.shape)
     inputs = [("x", x3), ("r", r3), ("w", w)] + ([("b", b)] if b is not None else [])
     name = "SkipLayerNormalization" if op == "add_ln" else "SkipSimplifiedLayerNormalization"
@@ -267,15 +274,4 @@ def skip_ort(ort, op, x, r, w, b, dtype, threads):
                            hp.make_tensor_value_info("h", et, None)])
     model = hp.make_model(graph, opset_imports=[hp.make_opsetid("", 17),
                                                 hp.make_opsetid("com.microsoft", 1)])
-    so = onnxruntime.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        sess = onnxruntime.InferenceSession(model.SerializeToString(), so,
-                                            providers=["CPUExecutionProvider"])
-        feeds = dict(inputs)
-        sess.run(None, feeds)
-    except Exception:            # no kernel for this op or dtype
-        return None
-    return lambda: sess.run(None, feeds)
+    return _run_session(onnxruntime, model, dict(inputs), threads)

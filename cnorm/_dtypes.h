@@ -81,8 +81,11 @@ static inline uint32_t cnorm_f32_to_bf16_bits(uint32_t x)
     return (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
 }
 
+/* Single float16 values widen with the integer code in every build: GCC
+ * vectorises loops of it (the column loops), where a scalar F16C instruction
+ * would keep them scalar.  Single stores use F16C where the build has it. */
+static inline float cnorm_f16_to_f32(cnorm_f16 h) { return cnorm_f32_from_bits(cnorm_f16_to_f32_bits(h.bits)); }
 #if defined(__F16C__)
-static inline float cnorm_f16_to_f32(cnorm_f16 h) { return _cvtsh_ss(h.bits); }
 static inline cnorm_f16 cnorm_f16_from_f32(float f)
 {
     cnorm_f16 h;
@@ -90,7 +93,6 @@ static inline cnorm_f16 cnorm_f16_from_f32(float f)
     return h;
 }
 #else
-static inline float cnorm_f16_to_f32(cnorm_f16 h) { return cnorm_f32_from_bits(cnorm_f16_to_f32_bits(h.bits)); }
 static inline cnorm_f16 cnorm_f16_from_f32(float f)
 {
     cnorm_f16 h;
@@ -109,14 +111,12 @@ static inline cnorm_bf16 cnorm_bf16_from_f32(float f)
 /* One value as double, by storage suffix. */
 #define CNORM_LD1_f32(p) ((double)*(p))
 #define CNORM_LD1_f64(p) (*(p))
-/* float16's goes through the integer conversion, which GCC vectorises in the
- * column loops; a scalar F16C instruction would keep them scalar */
-#define CNORM_LD1_f16(p) ((double)cnorm_f32_from_bits(cnorm_f16_to_f32_bits((p)->bits)))
+#define CNORM_LD1_f16(p) ((double)cnorm_f16_to_f32(*(p)))
 #define CNORM_LD1_bf16(p) ((double)cnorm_bf16_to_f32(*(p)))
 /* One value in the arithmetic type, and a store from it. */
 #define CNORM_LDS_f32(p) (*(p))
 #define CNORM_LDS_f64(p) (*(p))
-#define CNORM_LDS_f16(p) cnorm_f32_from_bits(cnorm_f16_to_f32_bits((p)->bits))
+#define CNORM_LDS_f16(p) cnorm_f16_to_f32(*(p))
 #define CNORM_LDS_bf16(p) cnorm_bf16_to_f32(*(p))
 #define CNORM_STS_f32(p, v) (*(p) = (v))
 #define CNORM_STS_f64(p, v) (*(p) = (v))

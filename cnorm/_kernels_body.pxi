@@ -13,7 +13,7 @@ from cnorm._moments cimport (
     cnorm_ln_affine, cnorm_ln_dx, cnorm_prefetch, cnorm_prefetch_write, cnorm_row_grad_sums,
     cnorm_stream_fence, cnorm_sum2, cnorm_sumsq, lanes_total, ld, merge_columns, moments_merge, moments_zero,
     one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, row_moments, rows_affine,
-    run_affine, run_sqdev,
+    run_affine, run_sqdev, shifted_moments,
     seq_dot, seq_moments, short_row_bytes,
 )
 from cnorm._openmp cimport omp_get_thread_num, threads_for

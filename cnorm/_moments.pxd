@@ -317,6 +317,19 @@ cdef inline Moments welford_finish(const WelfordLanes* w) noexcept nogil:
     return m
 
 
+cdef inline Moments shifted_moments(double x0, double n, const double* acc, const double* sq,
+                                    double* q) noexcept nogil:
+    """(count, mean, M2) of n values from the lanes of their sums of x - x0 (acc) and of
+    (x - x0)**2 (sq); q receives the latter's total, for one_pass_ok."""
+    cdef Moments out
+    cdef double s = lanes_total(acc)
+    q[0] = lanes_total(sq)
+    out.n = n
+    out.mean = x0 + s / n
+    out.m2 = q[0] - s * (s / n)
+    return out
+
+
 cdef inline bint one_pass_ok(double m2, double q, const real* like) noexcept nogil:
     """Whether M2 = q - s**2 / n, from sums s and q of x - x0 over a block with x0
     one of its values, may stand in for a second pass over x - mean.
@@ -370,7 +383,7 @@ cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t strid
     cdef Moments out
     cdef double acc[LANES]
     cdef double sq[LANES]
-    cdef double x0, s, q
+    cdef double x0, q
     cdef WelfordLanes w
     cdef Py_ssize_t i, j, off, L
     if method == WELFORD:
@@ -397,11 +410,7 @@ cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t strid
         prefetch_run(base, i, limit, M, stride)
         cnorm_sum2(base + off, L, x0, acc, sq)
         i += L
-    out.n = <double>(i1 - i0)
-    s = lanes_total(acc)
-    q = lanes_total(sq)
-    out.mean = x0 + s / out.n
-    out.m2 = q - s * (s / out.n)
+    out = shifted_moments(x0, <double>(i1 - i0), acc, sq, &q)
     if one_pass_ok(out.m2, q, base):
         return out
     for j in range(LANES):
@@ -461,7 +470,7 @@ cdef inline Moments row_moments(const real* x, Py_ssize_t n, int method) noexcep
     cdef Moments out
     cdef double acc[LANES]
     cdef double sq[LANES]
-    cdef double x0, s, q
+    cdef double x0, q
     cdef WelfordLanes w
     cdef Py_ssize_t j
     if n > CHUNK:
@@ -475,11 +484,7 @@ cdef inline Moments row_moments(const real* x, Py_ssize_t n, int method) noexcep
         acc[j] = 0.0
         sq[j] = 0.0
     cnorm_sum2(x, n, x0, acc, sq)
-    out.n = <double>n
-    s = lanes_total(acc)
-    q = lanes_total(sq)
-    out.mean = x0 + s / out.n
-    out.m2 = q - s * (s / out.n)
+    out = shifted_moments(x0, <double>n, acc, sq, &q)
     if one_pass_ok(out.m2, q, x):
         return out
     for j in range(LANES):

@@ -85,7 +85,8 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
     cdef real tile[ADD_TILE]
     cdef double acc[LANES]
     cdef double sq[LANES]
-    cdef double x0 = 0.0, s, q, mean, var, rstd, n = <double>H
+    cdef Moments mo
+    cdef double x0 = 0.0, q, mean, var, rstd, n = <double>H
     cdef Py_ssize_t t, L, j
     for j in range(LANES):
         acc[j] = 0.0
@@ -103,21 +104,19 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
         cnorm_copy(tile, hout + t, L, True)
         t += L
     if m.centred:
-        s = lanes_total(acc)
-        q = lanes_total(sq)
-        mean = x0 + s / n
-        var = q - s * (s / n)
-        if not one_pass_ok(var, q, x):
+        mo = shifted_moments(x0, n, acc, sq, &q)
+        if not one_pass_ok(mo.m2, q, x):
             for j in range(LANES):
                 acc[j] = 0.0
             t = 0
             while t < H:
                 L = ADD_TILE if H - t > ADD_TILE else H - t
                 cnorm_add(x + t, res + t, tile, L)
-                run_sqdev(acc, tile, L, mean)
+                run_sqdev(acc, tile, L, mo.mean)
                 t += L
-            var = lanes_total(acc)
-        var = var / n
+            mo.m2 = lanes_total(acc)
+        mean = mo.mean
+        var = mo.m2 / n
     else:
         mean = 0.0
         var = lanes_total(sq) / H
