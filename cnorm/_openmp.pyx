@@ -6,16 +6,49 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 
-# Read once per call by each kernel shim; written only by set_num_threads.
-# A plain C int: a concurrent set_num_threads is seen by the next call, never
-# half-way through one.
-cdef int _num_threads = 1
+# The thread count a call uses is decided when it starts, in this order:
+# 1. a per-thread cap set by cnorm.dask around the chunk calls it runs inside a
+#    Dask worker thread (cnorm_local_threads, thread-local, 0 when unset);
+# 2. the value of set_num_threads, when it was called (cnorm_explicit_threads,
+#    0 when it was not, or after set_num_threads(None));
+# 3. otherwise OpenMP's own setting, read at each call: OMP_NUM_THREADS, or
+#    omp_set_num_threads as threadpoolctl.threadpool_limits calls it, or the
+#    CPUs this process may run on.  This is scikit-learn's convention.
+# Plain C ints: a concurrent change is seen by the next call, never half-way
+# through one.
+cdef extern from *:
+    """
+    #if defined(_MSC_VER)
+    #define CNORM_THREAD_LOCAL __declspec(thread)
+    #else
+    #define CNORM_THREAD_LOCAL __thread
+    #endif
+    static int cnorm_explicit_threads = 0;
+    static CNORM_THREAD_LOCAL int cnorm_local_threads = 0;
+    static int cnorm_get_explicit(void) { return cnorm_explicit_threads; }
+    static void cnorm_set_explicit(int n) { cnorm_explicit_threads = n; }
+    static int cnorm_get_local(void) { return cnorm_local_threads; }
+    static void cnorm_set_local(int n) { cnorm_local_threads = n; }
+    """
+    int cnorm_get_explicit() noexcept nogil
+    void cnorm_set_explicit(int n) noexcept nogil
+    int cnorm_get_local() noexcept nogil
+    void cnorm_set_local(int n) noexcept nogil
 
 
-def _default_threads():
-    if CNORM_HAVE_OPENMP:
-        return max(1, omp_get_max_threads())  # honours OMP_NUM_THREADS
-    return 1
+cdef inline int current_threads() noexcept nogil:
+    """The thread count of a call that starts now (see above)."""
+    cdef int n
+    if not CNORM_HAVE_OPENMP:
+        return 1
+    n = cnorm_get_local()
+    if n > 0:
+        return n
+    n = cnorm_get_explicit()
+    if n > 0:
+        return n
+    n = omp_get_max_threads()
+    return n if n > 0 else 1
 
 
 def cpu_has_v3():
@@ -51,12 +84,16 @@ def get_num_threads():
     Returns
     -------
     int
-        What `set_num_threads` last set; at import, ``OMP_NUM_THREADS`` when
-        set, else the number of cores.  Always 1 in a build without OpenMP
-        (see `openmp_enabled`), where every kernel runs serially.  Inputs too
-        small to pay for waking threads use one thread whatever this says.
+        What `set_num_threads` last set, if it was called.  Otherwise OpenMP's
+        setting, read at each call as scikit-learn does: ``OMP_NUM_THREADS``
+        when set, the limit of ``threadpoolctl.threadpool_limits(n,
+        user_api="openmp")`` inside one, else the number of CPUs this process
+        may use.  Inside a chunk call of `cnorm.dask`, the threads that chunk
+        was given.  Always 1 in a build without OpenMP (see `openmp_enabled`),
+        where every kernel runs serially.  Inputs too small to pay for waking
+        threads use one thread whatever this says.
     """
-    return _num_threads
+    return current_threads()
 
 
 def set_num_threads(n):
@@ -64,20 +101,25 @@ def set_num_threads(n):
 
     Parameters
     ----------
-    n : int
-        At least 1.  Results do not depend on it: every reduction is carried
-        out in fixed-size blocks merged in a fixed order.  In a build without
-        OpenMP, n is checked and ignored: the kernels stay serial and
+    n : int or None
+        At least 1: from now on every call uses n threads, whatever OpenMP's
+        setting (threadpoolctl's limits included).  None: follow OpenMP's
+        setting again, read at each call (the state at import).  Results do
+        not depend on the thread count: every reduction is carried out in
+        fixed-size blocks merged in a fixed order.  In a build without OpenMP,
+        n is checked and ignored: the kernels stay serial and
         `get_num_threads` stays 1.
 
     Raises
     ------
     TypeError
-        If ``n`` is not an integer (bool included).
+        If ``n`` is not an integer or None (bool included).
     ValueError
         If ``n < 1``.
     """
-    global _num_threads
+    if n is None:
+        cnorm_set_explicit(0)
+        return
     if isinstance(n, (bool, np.bool_)):
         raise TypeError("n must be an integer, got bool")
     try:
@@ -87,21 +129,47 @@ def set_num_threads(n):
     if value < 1:
         raise ValueError(f"n must be at least 1, got {value}")
     if CNORM_HAVE_OPENMP:
-        _num_threads = min(value, 1 << 16)
+        cnorm_set_explicit(min(value, 1 << 16))
+
+
+def explicit_threads():
+    """What set_num_threads set, or None when cnorm follows OpenMP's setting (so that
+    ``set_num_threads(explicit_threads())`` restores the state)."""
+    n = cnorm_get_explicit()
+    return n if n > 0 else None
+
+
+def local_threads():
+    """This thread's cap (see set_local_threads), or None."""
+    n = cnorm_get_local()
+    return n if n > 0 else None
+
+
+def set_local_threads(n):
+    """Cap the calls made from this OS thread at n threads (None: no cap), over every
+    other setting; returns the previous cap.  cnorm.dask sets it around each chunk
+    call; a cap in one thread leaves every other thread alone."""
+    previous = local_threads()
+    cnorm_set_local(0 if n is None else max(1, min(int(n), 1 << 16)))
+    return previous
 
 
 cdef int threads_for(Py_ssize_t work) noexcept nogil:
     """Threads worth using for ``work`` elements: 1 for small inputs."""
     cdef Py_ssize_t cap
-    if not CNORM_HAVE_OPENMP or _num_threads <= 1:
+    cdef int n = current_threads()
+    if n <= 1:
         return 1
     cap = work // MIN_WORK_PER_THREAD
     if cap < 1:
         return 1
-    return <int>cap if cap < _num_threads else _num_threads
+    return <int>cap if cap < n else n
 
 
-_num_threads = _default_threads()
+def planned_threads(Py_ssize_t work):
+    """The threads a kernel call over `work` values would use if it started now, from
+    this thread (what every shim asks threads_for)."""
+    return threads_for(work)
 
 
 def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst):
@@ -110,7 +178,7 @@ def parallel_copy(const unsigned char[::1] src, unsigned char[::1] dst):
     cdef Py_ssize_t block = 1 << 20
     cdef Py_ssize_t nb = (n + block - 1) // block
     cdef Py_ssize_t k, start, size
-    cdef int nt = _num_threads if CNORM_HAVE_OPENMP else 1
+    cdef int nt = current_threads()
     if dst.shape[0] != n:
         raise ValueError(f"dst must have {n} bytes, got {dst.shape[0]}")
     if n == 0:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cnorm
+from cnorm import _openmp
 
 # Tolerances of assert_close, per dtype: (rtol, atol relative to the scale of
 # the expected values).  cnorm accumulates in float64 whatever the dtype, so
@@ -42,8 +43,9 @@ def assert_close(actual, expected, dtype, rtol=None, atol=None, err_msg=""):
 
 @contextlib.contextmanager
 def threads(n):
-    """Run a block with cnorm.set_num_threads(n), restoring the previous value."""
-    previous = cnorm.get_num_threads()
+    """Run a block with cnorm.set_num_threads(n), restoring the previous state (an
+    explicit count, or following OpenMP's setting)."""
+    previous = _openmp.explicit_threads()
     cnorm.set_num_threads(n)
     try:
         yield n
@@ -74,7 +76,7 @@ def rng(request):
 @pytest.fixture(autouse=True)
 def _restore_num_threads():
     """No test leaks a thread-count change into the next one."""
-    previous = cnorm.get_num_threads()
+    previous = _openmp.explicit_threads()
     yield
     cnorm.set_num_threads(previous)
 
