@@ -22,6 +22,7 @@ from cnorm.layernorm import (
     LayerNormGrads, LayerNormOutput, layer_norm, layer_norm_backward, layer_norm_forward,
 )
 from cnorm.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, fold_batch_norm
+from cnorm.stats import Moments, moments
 from cnorm.rmsnorm import (
     RMSNormGrads, RMSNormOutput, rms_norm, rms_norm_backward, rms_norm_forward,
 )
@@ -30,11 +31,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # cnorm.bench is imported on first use: it is a command, not part of the hot API.
-    if name == "bench":
+    # cnorm.bench is imported on first use: it is a command, not part of the hot API;
+    # cnorm.dask needs dask, an optional dependency.
+    if name in ("bench", "dask"):
         import importlib
 
-        return importlib.import_module("cnorm.bench")
+        return importlib.import_module(f"cnorm.{name}")
     raise AttributeError(f"module 'cnorm' has no attribute {name!r}")
 
 
@@ -73,6 +75,8 @@ __all__ = [
     "InstanceNorm",
     "RMSNorm",
     "fold_batch_norm",
+    "moments",
+    "Moments",
     "get_num_threads",
     "set_num_threads",
     "openmp_enabled",

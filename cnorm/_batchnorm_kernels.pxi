@@ -78,6 +78,82 @@ cdef void normalize_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, P
 # ---------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------
+# Statistics alone (training forward's first pass, and cnorm.moments)
+# ---------------------------------------------------------------------------
+
+cdef int chunk_parallel_moments(const real* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                                int method, int nt, Moments* out) noexcept nogil:
+    """Per channel of (N, C, M): the CHUNK-sized pieces computed in parallel, then
+    merged in order: chunked_moments' result, bit for bit, for channels too few to
+    share out."""
+    cdef Py_ssize_t S = C * M, count = N * M
+    cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t c, k, i0
+    cdef Moments* part = <Moments*>malloc((C * nchunk + 1) * sizeof(Moments))
+    if part == NULL:
+        return -1
+    for k in prange(C * nchunk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        c = k // nchunk
+        i0 = (k - c * nchunk) * CHUNK
+        part[k] = seq_moments(x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count,
+                              count, method)
+    for c in range(C):
+        out[c] = moments_zero()
+        for k in range(nchunk):
+            moments_merge(&out[c], part[c * nchunk + k])
+    free(part)
+    return 0
+
+
+cdef int channel_stats(const real* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M, int method,
+                       int nt, double* mean, double* m2) noexcept nogil:
+    """Mean and M2 (count N * M) of each channel of (N, C, M), as training forward
+    computes them: planar for runs of PLANAR_MIN_RUN or more (and for N == 1, where
+    each channel is one run), else column statistics of (N, C * M) merged per channel."""
+    cdef Py_ssize_t K = C * M, c
+    cdef Moments mo
+    cdef Moments* part
+    cdef double* stats
+    if M >= PLANAR_MIN_RUN or N == 1:
+        if whole_channels(C, nt):
+            for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+                mo = chunked_moments(x + c * M, M, K, N * M, method)
+                mean[c] = mo.mean
+                m2[c] = mo.m2
+            return 0
+        part = <Moments*>malloc((C + 1) * sizeof(Moments))
+        if part == NULL or chunk_parallel_moments(x, N, C, M, method, nt, part) != 0:
+            free(part)
+            return -1
+        for c in range(C):
+            mean[c] = part[c].mean
+            m2[c] = part[c].m2
+        free(part)
+        return 0
+    stats = <double*>malloc((2 * K + 1) * sizeof(double))
+    if stats == NULL or column_moments(x, N, K, method, nt, stats, stats + K) != 0:
+        free(stats)
+        return -1
+    for c in range(C):
+        mo = channel_moments(stats, stats + K, c, M, <double>N)
+        mean[c] = mo.mean
+        m2[c] = mo.m2
+    free(stats)
+    return 0
+
+
+cdef int sample_column_stats(const real* x, Py_ssize_t A, Py_ssize_t B, Py_ssize_t C,
+                             int method, int nt, double* mean, double* m2) noexcept nogil:
+    """Mean and M2 (count B) of each column of each of the A (B, C) matrices of x:
+    channels-last instance norm's statistics."""
+    cdef Py_ssize_t a
+    for a in range(A):
+        if column_moments(x + a * B * C, B, C, method, nt, mean + a * C, m2 + a * C) != 0:
+            return -1
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # Training forward
 # ---------------------------------------------------------------------------
 
@@ -86,8 +162,7 @@ cdef int train_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssi
                       void* mean_out, void* invstd_out, double eps, double momentum,
                       int method, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
-    cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t c, k, n, i0
+    cdef Py_ssize_t c, n
     cdef Moments mo
     cdef Affine p
     cdef Moments* part
@@ -104,20 +179,14 @@ cdef int train_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssi
                 prefetch_write_runs(y + c * M, n - pd, n - pd + 1, S, ybytes)
                 run_affine(x + n * S + c * M, y + n * S + c * M, M, p, act, stream)
         return 0
-    part = <Moments*>malloc(C * nchunk * sizeof(Moments) + C * sizeof(Affine))
-    if part == NULL:
+    part = <Moments*>malloc(C * sizeof(Moments) + C * sizeof(Affine))
+    if part == NULL or chunk_parallel_moments(x, N, C, M, method, nt, part) != 0:
+        free(part)
         return -1
-    aff = <Affine*>(part + C * nchunk)
-    for k in prange(C * nchunk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        c = k // nchunk
-        i0 = (k - c * nchunk) * CHUNK
-        part[k] = seq_moments(x + c * M, M, S, i0, i0 + CHUNK if i0 + CHUNK < count else count,
-                              count, method)
+    aff = <Affine*>(part + C)
     for c in range(C):
-        mo = moments_zero()
-        for k in range(nchunk):
-            moments_merge(&mo, part[c * nchunk + k])
-        aff[c] = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum, x)
+        aff[c] = finish_channel(part[c], c, w, b, rmean, rvar, mean_out, invstd_out, eps,
+                                momentum, x)
     normalize_planar(x, y, N, C, M, aff, act, stream, nt)
     free(part)
     return 0

@@ -33,6 +33,7 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "exact_mean_var",
+    "moments",
     "activation",
     "group_norm",
     "group_norm_backward",
@@ -169,6 +170,20 @@ def exact_mean_var(values):
     mean = math.fsum(v) / v.size
     var = math.fsum((v - mean) ** 2) / v.size
     return mean, var
+
+
+def moments(x, axis=None):
+    """(count, mean, m2) of x over `axis` (None, an int or a tuple), two-pass in
+    float64: mean = sum(x) / count, m2 = sum((x - mean) ** 2)."""
+    v = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(v.ndim)) if axis is None else axis
+    axes = tuple(a % v.ndim for a in (axes if isinstance(axes, tuple) else (axes,)))
+    count = 1
+    for a in axes:
+        count *= v.shape[a]
+    mean = v.sum(axis=axes, keepdims=True) / count
+    m2 = ((v - mean) ** 2).sum(axis=axes)
+    return count, mean.reshape(m2.shape), m2
 
 
 def activation(y, name=None):

@@ -168,3 +168,43 @@ def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize
                                  pm, pr, pw, pdw, pdb, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
+
+
+cdef int _stats_dispatch(int t, bint samples, void* px, Py_ssize_t A, Py_ssize_t B,
+                         Py_ssize_t C, int meth, int nt, double* pm, double* pq) noexcept nogil:
+    if samples:
+        if t == F32:
+            return sample_column_stats(<float*>px, A, B, C, meth, nt, pm, pq)
+        elif t == F64:
+            return sample_column_stats(<double*>px, A, B, C, meth, nt, pm, pq)
+        elif t == F16:
+            return sample_column_stats(<cnorm_f16*>px, A, B, C, meth, nt, pm, pq)
+        return sample_column_stats(<cnorm_bf16*>px, A, B, C, meth, nt, pm, pq)
+    if t == F32:
+        return channel_stats(<float*>px, A, B, C, meth, nt, pm, pq)
+    elif t == F64:
+        return channel_stats(<double*>px, A, B, C, meth, nt, pm, pq)
+    elif t == F16:
+        return channel_stats(<cnorm_f16*>px, A, B, C, meth, nt, pm, pq)
+    return channel_stats(<cnorm_bf16*>px, A, B, C, meth, nt, pm, pq)
+
+
+def moment_stats(cnp.ndarray x, Py_ssize_t A, Py_ssize_t B, Py_ssize_t C, bint samples,
+                 method, cnp.ndarray mean, cnp.ndarray m2):
+    """Float64 means and M2 of x (C-contiguous) viewed as (A, B, C): per channel b over
+    A runs of C (batch norm's statistics; mean and m2 of length B) or, with samples,
+    per (a, c) over the B rows of each (B, C) matrix (lengths A * C)."""
+    cdef int meth = method_code(method)
+    cdef int nt = threads_for(A * B * C)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef double* pm = <double*>cnp.PyArray_DATA(mean)
+    cdef double* pq = <double*>cnp.PyArray_DATA(m2)
+    cdef int t = dtype_code(x)
+    cdef int rc
+    if nt == 1 and A * B * C < 16384:   # small: releasing the GIL costs more than it gives
+        rc = _stats_dispatch(t, samples, px, A, B, C, meth, nt, pm, pq)
+    else:
+        with nogil:
+            rc = _stats_dispatch(t, samples, px, A, B, C, meth, nt, pm, pq)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for moments")

@@ -357,7 +357,7 @@ case("set_num_threads-0", lambda e: call(cnorm.set_num_threads, 0), ValueError, 
 case("set_num_threads-negative", lambda e: call(cnorm.set_num_threads, -2), ValueError, "n")
 case("set_num_threads-1.5", lambda e: call(cnorm.set_num_threads, 1.5), TypeError, "n")
 case("set_num_threads-str", lambda e: call(cnorm.set_num_threads, "2"), TypeError, "n")
-case("set_num_threads-none", lambda e: call(cnorm.set_num_threads, None), TypeError, "n")
+case("set_num_threads-list", lambda e: call(cnorm.set_num_threads, [2]), TypeError, "n")
 
 
 # --- layer norm -------------------------------------------------------------------------

@@ -33,8 +33,9 @@ _FENCE = re.compile(r"^```(\S*)\s*$")
 _IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)", re.MULTILINE)
 
 # public names that are not documented with a signature: the result types (named tuples,
-# whose fields the tables give) and the bench command
-_NO_ROW = {name for name in cnorm.__all__ if name.endswith(("Output", "Grads"))} | {"bench"}
+# whose fields the tables or the text give) and the bench command
+_NO_ROW = {name for name in cnorm.__all__ if name.endswith(("Output", "Grads"))} | {
+    "bench", "Moments"}
 
 
 def readme_lines():
