@@ -102,3 +102,17 @@ def test_transformer_with_torch(tmp_path):
     assert out.rstrip().endswith("OK")
     numpy_only = run_example("transformer_block.py", tmp_path, torch=False)
     assert value(numpy_only, "checksum") == value(out, "checksum")
+
+
+def test_dask_standardize(tmp_path):
+    pytest.importorskip("dask.array")
+    pytest.importorskip("distributed")
+    out = run_example("dask_standardize.py", tmp_path, "--rows", "40000", "--chunk-rows",
+                      "3000", "--features", "8")
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+", out)
+    assert "data: (40000, 8) float32" in out and "in 14 chunks" in out
+    assert "partial_fit over 14 shards" in out
+    assert value(out, "samples seen:") == 40000
+    assert value(out, "cnorm.dask       max |mean - ref| / std =") < 1e-6
+    assert value(out, "max |fit - partial_fit| relative =") < 1e-6
+    assert out.rstrip().endswith("OK")

@@ -31,6 +31,8 @@ _ROW = re.compile(r"^\|\s*`([A-Za-z_]\w*)(\([^`]*\))`\s*\|")
 _NUMPY_TYPE = re.compile(r"<class 'numpy\.(\w+)'>")
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _IMPORTS_TORCH = re.compile(r"^\s*(import torch\b|from torch\b)", re.MULTILINE)
+_IMPORTS_DASK = re.compile(r"^\s*(import dask\b|import cnorm\.dask\b)", re.MULTILINE)
+_DASK_ROW = re.compile(r"^\|\s*`cnorm\.dask\.([A-Za-z_]\w*)(\([^`]*\))`\s*\|")
 
 # public names that are not documented with a signature: the result types (named tuples,
 # whose fields the tables or the text give) and the bench command
@@ -97,6 +99,20 @@ def test_signature_matches_code(line, name, documented):
                                 f"the code is {name}{real}")
 
 
+DASK_ROWS = [(n, m.group(1), m.group(2))
+             for n, line in enumerate(readme_lines(), 1) if (m := _DASK_ROW.match(line))]
+
+
+def test_cnorm_dask_signatures_match_code():
+    cd = pytest.importorskip("cnorm.dask")
+    assert sorted(name for _, name, _ in DASK_ROWS) == sorted(cd.__all__), \
+        "README.md's cnorm.dask table must have one row for each public name of cnorm.dask"
+    for line, name, documented in DASK_ROWS:
+        real = real_signature(getattr(cd, name))
+        assert documented == real, (f"README.md:{line}: the README gives cnorm.dask.{name}"
+                                    f"{documented}, the code is {real}")
+
+
 def test_every_public_callable_has_a_row():
     documented = {name for _, name, _ in ROWS}
     missing = [name for name in cnorm.__all__ if name not in _NO_ROW and name not in documented]
@@ -117,6 +133,8 @@ def test_python_block_runs(line, lang, before, source, tmp_path, monkeypatch):
         pytest.skip(f"README.md:{line} is marked as an excerpt")
     if _IMPORTS_TORCH.search(source):
         pytest.importorskip("torch")
+    if _IMPORTS_DASK.search(source):
+        pytest.importorskip("dask.array")
     monkeypatch.chdir(tmp_path)
     # padded so that a traceback's line numbers are the README's
     code = compile("\n" * line + source, str(README), "exec")
