@@ -89,7 +89,8 @@ def test_the_gil_probe_tells_a_held_gil_from_a_released_one():
 
 
 @pytest.mark.parametrize("call", ["batch_norm_forward", "batch_norm_backward",
-                                  "layer_norm_forward", "layer_norm_backward", "batch_norm"])
+                                  "layer_norm_forward", "layer_norm_backward", "batch_norm",
+                                  "moments-columns", "moments-planes", "moments-samples"])
 def test_kernels_release_the_gil(call):
     # While one Python thread is inside a long kernel call, another one keeps running.
     x = np.random.default_rng(0).standard_normal((32, 64, 64, 64)).astype(np.float32)
@@ -102,6 +103,9 @@ def test_kernels_release_the_gil(call):
         "layer_norm_forward": lambda: cnorm.layer_norm_forward(x, (64, 64)),
         "layer_norm_backward": lambda: cnorm.layer_norm_backward(x, x, lf.mean, lf.rstd),
         "batch_norm": lambda: cnorm.batch_norm(x, ones, None, f.mean, ones),
+        "moments-columns": lambda: cnorm.moments(x, (0, 1, 2)),
+        "moments-planes": lambda: cnorm.moments(x, (0, 2, 3)),
+        "moments-samples": lambda: cnorm.moments(x, (1, 2)),
     }
     stall = min(_longest_stall(calls[call]) for _ in range(3))   # robust to a busy machine
     assert stall < 0.5, f"{call}: other threads were held up for {stall:.0%} of the call"
