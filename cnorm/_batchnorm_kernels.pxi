@@ -69,7 +69,11 @@ cdef inline void prefetch_write_runs(real* y, Py_ssize_t n0, Py_ssize_t n1, Py_s
 cdef void normalize_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                            const Affine* aff, int act, bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t k
-    for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+    if nt == 1:
+        for k in range(N * C):
+            run_affine(x + k * M, y + k * M, M, aff[k % C], act, stream)
+        return
+    for k in prange(N * C, num_threads=nt, schedule='static'):
         run_affine(x + k * M, y + k * M, M, aff[k % C], act, stream)
 
 
@@ -157,27 +161,43 @@ cdef int sample_column_stats(const real* x, Py_ssize_t A, Py_ssize_t B, Py_ssize
 # Training forward
 # ---------------------------------------------------------------------------
 
+cdef inline void train_channel(const real* x, real* y, Py_ssize_t N, Py_ssize_t C,
+                               Py_ssize_t M, Py_ssize_t c, const void* w, const void* b,
+                               void* rmean, void* rvar, void* mean_out, void* invstd_out,
+                               double eps, double momentum, int method, int act,
+                               bint stream) noexcept nogil:
+    """Channel c whole: its statistics, then its output while its runs are in cache."""
+    cdef Py_ssize_t S = C * M, n
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
+    # one run (N == 1): row_moments gives chunked_moments' bits without its bookkeeping
+    cdef Moments mo = (row_moments(x + c * M, M, method) if N == 1
+                       else chunked_moments(x + c * M, M, S, N * M, method))
+    cdef Affine p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum,
+                                   x)
+    # backwards: the runs read last by the statistics are the likeliest still in cache
+    prefetch_write_runs(y + c * M, N - pd, N, S, ybytes)
+    for n in range(N - 1, -1, -1):
+        prefetch_write_runs(y + c * M, n - pd, n - pd + 1, S, ybytes)
+        run_affine(x + n * S + c * M, y + n * S + c * M, M, p, act, stream)
+
+
 cdef int train_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                       const void* w, const void* b, void* rmean, void* rvar,
                       void* mean_out, void* invstd_out, double eps, double momentum,
                       int method, int act, bint stream, int nt) noexcept nogil:
-    cdef Py_ssize_t S = C * M, count = N * M
-    cdef Py_ssize_t c, n
-    cdef Moments mo
-    cdef Affine p
+    cdef Py_ssize_t c
     cdef Moments* part
     cdef Affine* aff
-    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
-    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
+    if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
+        for c in range(C):
+            train_channel(x, y, N, C, M, c, w, b, rmean, rvar, mean_out, invstd_out, eps,
+                          momentum, method, act, stream)
+        return 0
     if whole_channels(C, nt):
-        for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            mo = chunked_moments(x + c * M, M, S, count, method)
-            p = finish_channel(mo, c, w, b, rmean, rvar, mean_out, invstd_out, eps, momentum, x)
-            # backwards: the runs read last by the statistics are the likeliest still in cache
-            prefetch_write_runs(y + c * M, N - pd, N, S, ybytes)
-            for n in range(N - 1, -1, -1):
-                prefetch_write_runs(y + c * M, n - pd, n - pd + 1, S, ybytes)
-                run_affine(x + n * S + c * M, y + n * S + c * M, M, p, act, stream)
+        for c in prange(C, num_threads=nt, schedule='static'):
+            train_channel(x, y, N, C, M, c, w, b, rmean, rvar, mean_out, invstd_out, eps,
+                          momentum, method, act, stream)
         return 0
     part = <Moments*>malloc(C * sizeof(Moments) + C * sizeof(Affine))
     if part == NULL or chunk_parallel_moments(x, N, C, M, method, nt, part) != 0:
@@ -273,31 +293,42 @@ cdef inline Grad finish_grad(double sum_g, double sum_gx, Py_ssize_t c, double c
     return q
 
 
+cdef inline void grad_channel(const real* g, const real* x, real* dx, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t M, Py_ssize_t c, const void* mean,
+                              const void* invstd, const void* w, void* dweight, void* dbias,
+                              bint training, bint stream) noexcept nogil:
+    """Channel c whole: its sums, then its dx while its runs are in cache."""
+    cdef Py_ssize_t S = C * M, count = N * M, n, off
+    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
+    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
+    cdef double sg = 0.0, sgx = 0.0
+    cdef Grad q
+    chunked_dot(g + c * M, x + c * M, M, S, count, pget(mean, c, 0.0, x), &sg, &sgx)
+    q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training, x)
+    prefetch_write_runs(dx + c * M, N - pd, N, S, ybytes)
+    for n in range(N - 1, -1, -1):    # backwards, as in train_channel
+        prefetch_write_runs(dx + c * M, n - pd, n - pd + 1, S, ybytes)
+        off = n * S + c * M
+        run_grad(g + off, x + off, dx + off, M, q, training, stream)
+
+
 cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N,
                          Py_ssize_t C, Py_ssize_t M, const void* mean, const void* invstd,
                          const void* w, void* dweight, void* dbias, bint training,
                          bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t c, k, n, i0, off
+    cdef Py_ssize_t c, k, i0
     cdef double sg, sgx
-    cdef Grad q
     cdef double* part
     cdef Grad* qs
-    cdef Py_ssize_t pd = prefetch_rows(M, sizeof(real))
-    cdef size_t ybytes = short_row_bytes(M, sizeof(real))
+    if nt == 1:     # no parallel region (see train_planar)
+        for c in range(C):
+            grad_channel(g, x, dx, N, C, M, c, mean, invstd, w, dweight, dbias, training, stream)
+        return 0
     if whole_channels(C, nt):
-        for c in prange(C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            sg = 0.0
-            sgx = 0.0
-            chunked_dot(g + c * M, x + c * M, M, S, count, pget(mean, c, 0.0, x), &sg, &sgx)
-            q = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training,
-                            x)
-            prefetch_write_runs(dx + c * M, N - pd, N, S, ybytes)
-            for n in range(N - 1, -1, -1):    # backwards, as in train_planar
-                prefetch_write_runs(dx + c * M, n - pd, n - pd + 1, S, ybytes)
-                off = n * S + c * M
-                run_grad(g + off, x + off, dx + off, M, q, training, stream)
+        for c in prange(C, num_threads=nt, schedule='static'):
+            grad_channel(g, x, dx, N, C, M, c, mean, invstd, w, dweight, dbias, training, stream)
         return 0
     part = <double*>malloc(2 * C * nchunk * sizeof(double) + C * sizeof(Grad))
     if part == NULL:
@@ -362,6 +393,32 @@ cdef int backward_rows(const real* g, const real* x, real* dx, Py_ssize_t N,
 # the GIL and call a kernel.
 # ---------------------------------------------------------------------------
 
+cdef int _train_dispatch(int t, bint planar, void* px, void* py, Py_ssize_t N, Py_ssize_t C,
+                         Py_ssize_t M, void* pw, void* pb, void* prm, void* prv, void* pmean,
+                         void* pinv, double eps, double momentum, int meth, int act,
+                         bint stream, int nt) noexcept nogil:
+    if t == F32:
+        return (train_planar[float] if planar else train_rows[float])(
+            <float*>px, <float*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
+            meth, act, stream, nt)
+    elif t == F64:
+        return (train_planar[double] if planar else train_rows[double])(
+            <double*>px, <double*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
+            meth, act, stream, nt)
+    elif t == F16:
+        return (train_planar[cnorm_f16] if planar else train_rows[cnorm_f16])(
+            <cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+            momentum, meth, act, stream, nt)
+    return (train_planar[cnorm_bf16] if planar else train_rows[cnorm_bf16])(
+        <cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+        momentum, meth, act, stream, nt)
+
+
+cdef inline bint keeps_gil(Py_ssize_t work, int nt) noexcept nogil:
+    """Small one-thread calls keep the GIL: releasing it costs more than it gives."""
+    return nt == 1 and work < 16384
+
+
 def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
           weight, bias, running_mean, running_var, mean_out, invstd_out,
           double eps, double momentum, method, int act, bint stream):
@@ -378,25 +435,29 @@ def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     cdef void* pinv = data(invstd_out)
     cdef int rc
     cdef int t = dtype_code(x)
-    with nogil:
-        if t == F32:
-            rc = (train_planar[float] if planar else train_rows[float])(
-                <float*>px, <float*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
-                meth, act, stream, nt)
-        elif t == F64:
-            rc = (train_planar[double] if planar else train_rows[double])(
-                <double*>px, <double*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
-                meth, act, stream, nt)
-        elif t == F16:
-            rc = (train_planar[cnorm_f16] if planar else train_rows[cnorm_f16])(
-                <cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
-                momentum, meth, act, stream, nt)
-        else:
-            rc = (train_planar[cnorm_bf16] if planar else train_rows[cnorm_bf16])(
-                <cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
-                momentum, meth, act, stream, nt)
+    if keeps_gil(N * C * M, nt):
+        rc = _train_dispatch(t, planar, px, py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+                             momentum, meth, act, stream, nt)
+    else:
+        with nogil:
+            rc = _train_dispatch(t, planar, px, py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
+                                 momentum, meth, act, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
+
+
+cdef int _infer_dispatch(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                         void* pw, void* pb, void* prm, void* prv, double eps, int act,
+                         bint stream, int nt) noexcept nogil:
+    if t == F32:
+        return infer(<float*>px, <float*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
+    elif t == F64:
+        return infer(<double*>px, <double*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
+    elif t == F16:
+        return infer(<cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, eps, act, stream,
+                     nt)
+    return infer(<cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, eps, act, stream,
+                 nt)
 
 
 def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
@@ -410,19 +471,34 @@ def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     cdef void* prv = data(running_var)
     cdef int rc
     cdef int t = dtype_code(x)
-    with nogil:
-        if t == F32:
-            rc = infer(<float*>px, <float*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
-        elif t == F64:
-            rc = infer(<double*>px, <double*>py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
-        elif t == F16:
-            rc = infer(<cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, eps, act, stream,
-                       nt)
-        else:
-            rc = infer(<cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, eps, act,
-                       stream, nt)
+    if keeps_gil(N * C * M, nt):
+        rc = _infer_dispatch(t, px, py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
+    else:
+        with nogil:
+            rc = _infer_dispatch(t, px, py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
+
+
+cdef int _backward_dispatch(int t, bint planar, void* pg, void* px, void* pdx, Py_ssize_t N,
+                            Py_ssize_t C, Py_ssize_t M, void* pmean, void* pinv, void* pw,
+                            void* pdw, void* pdb, bint training, bint stream,
+                            int nt) noexcept nogil:
+    if t == F32:
+        return (backward_planar[float] if planar else backward_rows[float])(
+            <float*>pg, <float*>px, <float*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb, training,
+            stream, nt)
+    elif t == F64:
+        return (backward_planar[double] if planar else backward_rows[double])(
+            <double*>pg, <double*>px, <double*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
+            training, stream, nt)
+    elif t == F16:
+        return (backward_planar[cnorm_f16] if planar else backward_rows[cnorm_f16])(
+            <cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, C, M, pmean, pinv, pw, pdw,
+            pdb, training, stream, nt)
+    return (backward_planar[cnorm_bf16] if planar else backward_rows[cnorm_bf16])(
+        <cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, C, M, pmean, pinv, pw,
+        pdw, pdb, training, stream, nt)
 
 
 def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C,
@@ -439,22 +515,12 @@ def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
     cdef void* pdb = data(dbias)
     cdef int rc
     cdef int t = dtype_code(x)
-    with nogil:
-        if t == F32:
-            rc = (backward_planar[float] if planar else backward_rows[float])(
-                <float*>pg, <float*>px, <float*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb, training,
-                stream, nt)
-        elif t == F64:
-            rc = (backward_planar[double] if planar else backward_rows[double])(
-                <double*>pg, <double*>px, <double*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
-                training, stream, nt)
-        elif t == F16:
-            rc = (backward_planar[cnorm_f16] if planar else backward_rows[cnorm_f16])(
-                <cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, C, M, pmean, pinv, pw, pdw,
-                pdb, training, stream, nt)
-        else:
-            rc = (backward_planar[cnorm_bf16] if planar else backward_rows[cnorm_bf16])(
-                <cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, C, M, pmean, pinv, pw,
-                pdw, pdb, training, stream, nt)
+    if keeps_gil(N * C * M, nt):
+        rc = _backward_dispatch(t, planar, pg, px, pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
+                                training, stream, nt)
+    else:
+        with nogil:
+            rc = _backward_dispatch(t, planar, pg, px, pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
+                                    training, stream, nt)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm_backward")

@@ -12,17 +12,14 @@ Every op views x, C-contiguous, in one of the kernels' geometries:
 - batch norm's (N, C, M) with statistics per channel (cnorm.batchnorm).
 """
 
+import math
 from collections import namedtuple
 
 Rows = namedtuple("Rows", ["R", "H", "Q", "run"])
 Groups = namedtuple("Groups", ["N", "HW", "C", "G"])
 
 
-def prod(dims):
-    n = 1
-    for d in dims:
-        n *= d
-    return n
+prod = math.prod
 
 
 def channel_geometry(shape, axis):

@@ -54,6 +54,40 @@ def plan(x, axis):
     return Plan(x, axis, *channel_geometry(x.shape, axis))
 
 
+def _writeable(v, dtype, n):
+    """ready(v, dtype, n), and writeable (a running statistic the kernel updates)."""
+    return v is None or (ready(v, dtype, n) and v.flags.writeable)
+
+
+def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, want_stats):
+    """The common training call (a C-contiguous float32 or float64 ndarray with at least
+    2 values per channel, parameters and running statistics already right, no out=,
+    activation or method): (y, mean, invstd) from the kernel after only the checks it
+    needs, bitwise what _forward gives; None for anything else, errors included, which
+    then goes the general way."""
+    if not (type(x) is np.ndarray and type(axis) is int and type(eps) is float
+            and 0.0 <= eps < INF and type(momentum) is float and 0.0 <= momentum <= 1.0
+            and (running_mean is None) == (running_var is None)):
+        return None
+    dt = x.dtype
+    nd = x.ndim
+    if not ((dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous
+            and x.size > 0):
+        return None
+    n, c, m = channel_geometry(x.shape, axis % nd)
+    if not (n * m > 1 and ready(weight, dt, c) and ready(bias, dt, c)
+            and _writeable(running_mean, dt, c) and _writeable(running_var, dt, c)):
+        return None
+    y = np.empty(x.shape, dt)
+    mean = invstd = None
+    if want_stats:
+        mean = np.empty(c, dt)
+        invstd = np.empty(c, dt)
+    _kernels.bn_train(x, y, n, c, m, weight, bias, running_mean, running_var, mean, invstd, eps,
+                      momentum, DEFAULT_METHOD, 0, stream_stores(2 * x.nbytes))
+    return y, mean, invstd
+
+
 def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps, method, act,
              out, want_stats):
     """Forward of a planned call (see plan); returns (y, mean, invstd)."""
@@ -201,6 +235,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
                     _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean, running_var,
                                          eps, False, stream_stores(2 * x.nbytes))
                 return y
+    if (training is True and out is None and relu is False and activation is None
+            and method is None):
+        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
+                           False)
+        if fast is not None:
+            return fast[0]
     act = activation_value(activation, relu)
     training = bool_value(training, "training")
     y, _, _ = _forward(plan(x, axis), weight, bias, running_mean, running_var, training, momentum,
@@ -235,6 +275,10 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     >>> res.mean, res.invstd
     (array([ 2., 20.]), array([1. , 0.1]))
     """
+    if out is None and method is None:
+        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, True)
+        if fast is not None:
+            return BatchNormOutput(*fast)
     return BatchNormOutput(*_forward(plan(x, axis), weight, bias, running_mean, running_var, True,
                                      momentum, eps, method, 0, out, True))
 
@@ -292,6 +336,24 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     >>> dx.ravel(), dweight, dbias
     (array([0., 0.]), array([-1.]), array([1.]))
     """
+    # Fast path: C-contiguous float32/float64 ndarrays of one dtype and shape, parameters
+    # already right, no out= (bitwise the general path's result)
+    if (out is None and type(x) is np.ndarray and type(dy) is np.ndarray
+            and type(axis) is int and (training is True or training is False)):
+        dt = x.dtype
+        nd = x.ndim
+        if ((dt is F32 or dt is F64) and dy.dtype is dt and nd >= 2 and -nd <= axis < nd
+                and dy.shape == x.shape and x.flags.c_contiguous and dy.flags.c_contiguous
+                and x.size > 0):
+            n, c, m = channel_geometry(x.shape, axis % nd)
+            if ready(weight, dt, c) and mean is not None and invstd is not None and \
+                    ready(mean, dt, c) and ready(invstd, dt, c):
+                dx = np.empty(x.shape, dt)
+                dweight = np.zeros(c, dt)
+                dbias = np.zeros(c, dt)
+                _kernels.bn_backward(dy, x, dx, n, c, m, mean, invstd, weight, dweight, dbias,
+                                     training, stream_stores(3 * x.nbytes))
+                return BatchNormGrads(dx, dweight, dbias)
     x = float_array(x, "x")
     dy = float_array(dy, "dy")
     if x.ndim < 2:

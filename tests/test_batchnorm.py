@@ -211,6 +211,66 @@ def test_inference_fast_path_matches_general_path(rng, monkeypatch, name, shape,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,shape,axis,nt", pick("NC", "NCL-rows", "NCHW", "NHWC"))
+def test_training_and_backward_fast_paths_match_general_path(rng, monkeypatch, name, shape,
+                                                             axis, nt, dtype):
+    """The common training call (batch_norm(training=True), batch_norm_forward) and the
+    common backward call take the fast path and give the general path's bits, running
+    statistics included; every other spelling takes the general path."""
+    x = channel_data(rng, shape, axis, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = nchan(shape, axis)
+    w, b, rm, rv = params(rng, c, dtype)
+    calls = count_calls(monkeypatch, cnorm.batchnorm)
+    with threads(nt):
+        rm_f, rv_f = rm.copy(), rv.copy()
+        fast = cnorm.batch_norm(x, w, b, rm_f, rv_f, training=True, axis=axis)
+        fwd = cnorm.batch_norm_forward(x, w, b, axis=axis)
+        none = cnorm.batch_norm(x, training=True, axis=axis)
+        grads = cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
+        frozen = cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis,
+                                           training=False)
+        assert not calls, "the common calls should take the fast paths"
+        rm_g, rv_g = rm.copy(), rv.copy()
+        general = cnorm.batch_norm(x, w, b, rm_g, rv_g, training=np.True_, axis=axis)
+        assert len(calls) == 1
+        np.testing.assert_array_equal(general, fast)
+        np.testing.assert_array_equal(rm_g, rm_f)
+        np.testing.assert_array_equal(rv_g, rv_f)
+        variants = {
+            "method": lambda: cnorm.batch_norm_forward(x, w, b, axis=axis, method="two_pass"),
+            "out": lambda: cnorm.batch_norm_forward(x, w, b, axis=axis, out=np.empty_like(x)),
+            "list-weight": lambda: cnorm.batch_norm_forward(x, w.tolist(), b, axis=axis),
+            "np.int64-axis": lambda: cnorm.batch_norm_forward(x, w, b, axis=np.int64(axis)),
+            "fortran-x": lambda: cnorm.batch_norm_forward(np.asfortranarray(x), w, b, axis=axis),
+        }
+        for label, call in variants.items():
+            n = len(calls)
+            got = call()
+            assert len(calls) == n + 1, f"{label} should take the general path"
+            for g, f in zip(got, fwd):
+                np.testing.assert_array_equal(g, f, err_msg=label)
+        readonly = rm.copy()
+        readonly.flags.writeable = False
+        with pytest.raises(ValueError, match="running_mean"):
+            cnorm.batch_norm(x, w, b, readonly, rv.copy(), training=True, axis=axis)
+        for label, g in {"list-dy": cnorm.batch_norm_backward(dy.tolist(), x, fwd.mean,
+                                                              fwd.invstd, w, axis=axis),
+                         "fortran-dy": cnorm.batch_norm_backward(np.asfortranarray(dy), x,
+                                                                 fwd.mean, fwd.invstd, w,
+                                                                 axis=axis)}.items():
+            for a, f in zip(g, grads):
+                np.testing.assert_array_equal(a, f, err_msg=label)
+    ref = R.batch_norm_train(x, w, b, axis=axis)
+    assert_close(fast, ref[0], dtype)
+    assert_close(none, R.batch_norm_train(x, axis=axis)[0], dtype)
+    rdx = R.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
+    assert_close(grads.dx, rdx[0], dtype)
+    assert_close(frozen.dx, R.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w,
+                                                  training=False, axis=axis)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stats_kind", ["float32", "float64", "int", "list"])
 def test_inference_running_stats_other_types(rng, dtype, stats_kind):
     shape, axis = (3, 4, 9, 11), 1
