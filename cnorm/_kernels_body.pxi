@@ -3,7 +3,7 @@
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport INFINITY, sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (

@@ -1,7 +1,7 @@
 # The x86-64-v4 build of cnorm._kernels: the same functions.
 from cnorm._kernels import (
     bn_backward as bn_backward, bn_infer as bn_infer, bn_train as bn_train,
-    moment_stats as moment_stats,
+    moment_stats as moment_stats, rows_fast as rows_fast,
     norm_groups as norm_groups, norm_groups_backward as norm_groups_backward,
     norm_rows as norm_rows, norm_rows_backward as norm_rows_backward,
 )

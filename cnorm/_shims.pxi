@@ -38,25 +38,88 @@ def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize
     """Forward of the row geometry (see _rows.pxi); with residual (and h_out, both of
     x's dtype and shape, C-contiguous), the rows of h = x + residual are written to
     h_out and normalised instead of x's."""
-    cdef int meth = method_code(method)
+    _rows_call(dtype_code(x), cnp.PyArray_DATA(x), cnp.PyArray_DATA(y), R, H,
+               row_map(Q, run, centred, act), data(weight), data(bias), data(mean_out),
+               data(rstd_out), data(var_out), eps, method_code(method), stream, data(residual),
+               data(h_out))
+
+
+cdef inline void _rows_call(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t H, RowMap m,
+                            void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
+                            int meth, bint stream, void* pres, void* ph) noexcept:
     cdef int nt = threads_for(R * H)
-    cdef RowMap m = row_map(Q, run, centred, act)
-    cdef void* px = cnp.PyArray_DATA(x)
-    cdef void* py = cnp.PyArray_DATA(y)
-    cdef void* pw = data(weight)
-    cdef void* pb = data(bias)
-    cdef void* pm = data(mean_out)
-    cdef void* pr = data(rstd_out)
-    cdef void* pv = data(var_out)
-    cdef void* pres = data(residual)
-    cdef void* ph = data(h_out)
-    cdef int t = dtype_code(x)
     if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
         _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres, ph)
     else:
         with nogil:
             _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres,
                            ph)
+
+
+cdef inline bint _param_ok(object v, int ptype, Py_ssize_t H) noexcept:
+    """v is None, or a contiguous 1-D native-byte-order ndarray of type ptype and
+    length H."""
+    cdef cnp.ndarray a
+    if v is None:
+        return True
+    if type(v) is not cnp.ndarray:
+        return False
+    a = <cnp.ndarray>v
+    return (cnp.PyArray_TYPE(a) == ptype and cnp.PyArray_NDIM(a) == 1
+            and cnp.PyArray_DIMS(a)[0] == H
+            and cnp.PyArray_STRIDES(a)[0] == cnp.PyArray_ITEMSIZE(a)
+            and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+def rows_fast(x, normalized_shape, weight, bias, eps, bint centred, double default_eps,
+              Py_ssize_t stream_bytes):
+    """layer_norm's (centred) or rms_norm's common call, checked here in C: x a
+    C-contiguous float32, float64 or float16 ndarray whose last dimension is
+    normalized_shape (an int); weight and bias None or contiguous 1-D ndarrays of x's
+    parameter type and that length; eps a float in [0, inf), or None for default_eps
+    (NaN when the op has no default).
+    Returns y, computed by the kernels exactly as the general path computes it, or
+    None when the call is not of that kind: the Python layer then takes its general
+    path, which also raises any error.  Outputs stream past stream_bytes moved."""
+    cdef cnp.ndarray a, y
+    cdef int t, pt, code
+    cdef Py_ssize_t H, R, nd
+    cdef double e
+    if type(x) is not cnp.ndarray or type(normalized_shape) is not int:
+        return None
+    if eps is None:
+        e = default_eps
+        if e != e:              # NaN: eps=None is not a spelling this op takes
+            return None
+    elif type(eps) is float:
+        e = eps
+        if not (0.0 <= e < INFINITY):
+            return None
+    else:
+        return None
+    a = <cnp.ndarray>x
+    t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        pt, code = cnp.NPY_FLOAT32, F32
+    elif t == cnp.NPY_FLOAT64:
+        pt, code = cnp.NPY_FLOAT64, F64
+    elif t == cnp.NPY_FLOAT16:
+        pt, code = cnp.NPY_FLOAT32, F16
+    else:
+        return None
+    nd = cnp.PyArray_NDIM(a)
+    H = normalized_shape
+    if (nd == 0 or H <= 0 or cnp.PyArray_DIMS(a)[nd - 1] != H
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or not _param_ok(weight, pt, H) or not _param_ok(bias, pt, H)):
+        return None
+    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), t, 0)
+    R = cnp.PyArray_SIZE(a) // H
+    if R:
+        _rows_call(code, cnp.PyArray_DATA(a), cnp.PyArray_DATA(y), R, H,
+                   row_map(1, 1, centred, 0), data(weight), data(bias), NULL, NULL, NULL, e,
+                   TWO_PASS, 2 * cnp.PyArray_NBYTES(a) > stream_bytes, NULL, NULL)
+    return y
 
 
 def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
