@@ -16,7 +16,10 @@ from cnorm._moments cimport (
     run_affine, run_sqdev, shifted_moments,
     seq_dot, seq_moments, short_row_bytes,
 )
-from cnorm._openmp cimport omp_get_thread_num, threads_for
+from cnorm._openmp cimport (
+    KIND_BN_BACKWARD, KIND_BN_INFER, KIND_BN_TRAIN, KIND_GROUPS, KIND_GROUPS_BACKWARD,
+    KIND_MOMENTS, KIND_ROWS, KIND_ROWS_BACKWARD, call_done, omp_get_thread_num, threads_for,
+)
 
 cnp.import_array()
 

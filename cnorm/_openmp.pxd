@@ -48,3 +48,14 @@ cdef enum:
     MIN_WORK_PER_THREAD = 32768
 
 cdef int threads_for(Py_ssize_t work) noexcept nogil
+cdef void call_done(int kind, int nt, Py_ssize_t work) noexcept nogil
+
+cdef enum CallKind:      # which shim reports a call to call_done
+    KIND_BN_TRAIN = 0
+    KIND_BN_INFER = 1
+    KIND_BN_BACKWARD = 2
+    KIND_ROWS = 3
+    KIND_ROWS_BACKWARD = 4
+    KIND_GROUPS = 5
+    KIND_GROUPS_BACKWARD = 6
+    KIND_MOMENTS = 7

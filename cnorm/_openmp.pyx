@@ -1,5 +1,7 @@
 """Thread-count control for cnorm's OpenMP kernels."""
 
+import os
+
 import numpy as np
 
 from cython.parallel cimport prange
@@ -27,13 +29,100 @@ cdef extern from *:
     static CNORM_THREAD_LOCAL int cnorm_local_threads = 0;
     static int cnorm_get_explicit(void) { return cnorm_explicit_threads; }
     static void cnorm_set_explicit(int n) { cnorm_explicit_threads = n; }
+    static int cnorm_default_cap = 0;        /* the cgroup's CPU quota, rounded up; 0: none */
     static int cnorm_get_local(void) { return cnorm_local_threads; }
     static void cnorm_set_local(int n) { cnorm_local_threads = n; }
+
+    /* Backing off from a busy core.  A parallel call waits at its end for its slowest
+       thread; a thread whose core another process is using may not run again for a
+       scheduler time slice (milliseconds), which then decides the call's time.  Each
+       parallel call is timed; one that takes STALL_FACTOR times the usual time per
+       value of its kind, and at least STALL_MIN seconds, was held up so, and the
+       calls started in the next `window` seconds use a thread fewer.  The window
+       starts at BACKOFF_MIN and doubles at each stall (up to BACKOFF_MAX), so that a
+       core that stays busy is soon left alone, with one probing call a window; it
+       halves each time 8 windows pass without a stall, so that a stray stall costs
+       a millisecond of one thread fewer.  Results do not depend on the thread count:
+       nothing but the time changes. */
+    #include <time.h>
+    #define CNORM_KINDS 16
+    #define CNORM_STALL_FACTOR 4.0
+    #define CNORM_STALL_MIN 5e-4
+    #define CNORM_BACKOFF_MIN 1e-3
+    #define CNORM_BACKOFF_MAX 1.0
+    static double cnorm_per_value[CNORM_KINDS];   /* usual seconds per value, per kind */
+    static double cnorm_backoff_until = 0.0;
+    static double cnorm_backoff_len = 0.0;        /* the window; 0: none */
+    static double cnorm_last_change = 0.0;        /* of the window */
+    static int cnorm_adaptive = 1;
+    static long cnorm_stalls = 0;
+    static CNORM_THREAD_LOCAL double cnorm_call_t0 = 0.0;
+
+    static inline double cnorm_now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+    static inline int cnorm_backing_off(void) {
+        return cnorm_adaptive && cnorm_backoff_until > 0.0 && cnorm_now() < cnorm_backoff_until;
+    }
+    static void cnorm_record(int kind, long long work, double dt) {
+        double per, usual, now;
+        if (work <= 0 || kind < 0 || kind >= CNORM_KINDS)
+            return;
+        per = dt / (double)work;
+        usual = cnorm_per_value[kind];
+        now = cnorm_now();
+        if (cnorm_adaptive && usual > 0.0 && dt > CNORM_STALL_MIN
+                && per > CNORM_STALL_FACTOR * usual) {
+            cnorm_backoff_len = cnorm_backoff_len > 0.0 ? 2.0 * cnorm_backoff_len
+                                                        : CNORM_BACKOFF_MIN;
+            if (cnorm_backoff_len > CNORM_BACKOFF_MAX)
+                cnorm_backoff_len = CNORM_BACKOFF_MAX;
+            cnorm_backoff_until = now + cnorm_backoff_len;
+            cnorm_last_change = now;
+            cnorm_stalls++;
+            return;                    /* a stalled call does not teach the usual time */
+        }
+        cnorm_per_value[kind] = usual > 0.0 ? 0.875 * usual + 0.125 * per : per;
+        if (cnorm_backoff_len > 0.0 && now - cnorm_last_change > 8.0 * cnorm_backoff_len) {
+            cnorm_backoff_len *= 0.5;
+            if (cnorm_backoff_len < CNORM_BACKOFF_MIN)
+                cnorm_backoff_len = 0.0;
+            cnorm_last_change = now;
+        }
+    }
+    static inline void cnorm_start_call(void) { cnorm_call_t0 = cnorm_now(); }
+    static inline double cnorm_call_time(void) { return cnorm_now() - cnorm_call_t0; }
+    static void cnorm_set_adaptive(int on) { cnorm_adaptive = on; }
+    static int cnorm_get_adaptive(void) { return cnorm_adaptive; }
+    static long cnorm_get_stalls(void) { return cnorm_stalls; }
+    static double cnorm_get_backoff_len(void) { return cnorm_backoff_len; }
+    static void cnorm_reset_adaptive(void) {
+        int k;
+        for (k = 0; k < CNORM_KINDS; k++)
+            cnorm_per_value[k] = 0.0;
+        cnorm_backoff_until = 0.0;
+        cnorm_backoff_len = 0.0;
+        cnorm_last_change = 0.0;
+        cnorm_stalls = 0;
+    }
     """
     int cnorm_get_explicit() noexcept nogil
     void cnorm_set_explicit(int n) noexcept nogil
     int cnorm_get_local() noexcept nogil
+    int cnorm_default_cap
     void cnorm_set_local(int n) noexcept nogil
+    double cnorm_now() noexcept nogil
+    bint cnorm_backing_off() noexcept nogil
+    void cnorm_record(int kind, long long work, double dt) noexcept nogil
+    void cnorm_reset_adaptive() noexcept nogil
+    void cnorm_start_call() noexcept nogil
+    double cnorm_call_time() noexcept nogil
+    void cnorm_set_adaptive(int on) noexcept nogil
+    int cnorm_get_adaptive() noexcept nogil
+    long cnorm_get_stalls() noexcept nogil
+    double cnorm_get_backoff_len() noexcept nogil
 
 
 cdef inline int current_threads() noexcept nogil:
@@ -48,6 +137,8 @@ cdef inline int current_threads() noexcept nogil:
     if n > 0:
         return n
     n = omp_get_max_threads()
+    if 0 < cnorm_default_cap < n:
+        n = cnorm_default_cap
     return n if n > 0 else 1
 
 
@@ -163,7 +254,101 @@ cdef int threads_for(Py_ssize_t work) noexcept nogil:
     cap = work // MIN_WORK_PER_THREAD
     if cap < 1:
         return 1
-    return <int>cap if cap < n else n
+    if cap < n:
+        n = <int>cap
+    if n > 1 and cnorm_backing_off():
+        n -= 1
+    if n > 1:
+        cnorm_start_call()      # thread-local: call_done times this call
+    return n
+
+
+cdef void call_done(int kind, int nt, Py_ssize_t work) noexcept nogil:
+    """Report the end of a kernel call that threads_for gave nt threads, started by
+    this thread (kind: which shim, so that each learns its own usual time)."""
+    if nt > 1:
+        cnorm_record(kind, work, cnorm_call_time())
+
+
+def adaptive_state():
+    """(enabled, stalls seen, current back-off window in seconds, backing off now)."""
+    return bool(cnorm_get_adaptive()), int(cnorm_get_stalls()), float(cnorm_get_backoff_len()), \
+        bool(cnorm_backing_off())
+
+
+def set_adaptive(enabled):
+    """Turn backing off from busy cores on or off (CNORM_ADAPTIVE_THREADS=0 turns it
+    off at import); either way the learnt times and any back-off are forgotten."""
+    cnorm_set_adaptive(1 if enabled else 0)
+    cnorm_reset_adaptive()
+
+
+def record_call(int kind, int nt, Py_ssize_t work, double seconds):
+    """Feed the back-off logic a call of `kind` on nt threads over work values that took
+    seconds (for tests: a held-up call without a busy neighbour)."""
+    if nt > 1:
+        cnorm_record(kind, work, seconds)
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """The CPUs this process's cgroup CPU quota allows, rounded up (cgroup v2's cpu.max,
+    or v1's cpu.cfs_quota_us over cpu.cfs_period_us), or None where there is no quota
+    or it cannot be read.  A container limited to 1.5 CPUs on a 16-core machine gets 2."""
+    import math
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        path = path.lstrip("/")
+        if controllers == "":                                   # v2
+            candidates = [(os.path.join(root, path, "cpu.max"), None)]
+        elif "cpu" in controllers.split(","):                   # v1
+            for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                d = os.path.join(root, name, path)
+                if os.path.isdir(d):
+                    break
+            candidates = [(os.path.join(d, "cpu.cfs_quota_us"),
+                           os.path.join(d, "cpu.cfs_period_us"))]
+        else:
+            continue
+        for quota_file, period_file in candidates:
+            try:
+                with open(quota_file) as f:
+                    fields = f.read().split()
+                if period_file is not None:
+                    with open(period_file) as f:
+                        fields = fields[:1] + f.read().split()[:1]
+                quota, period = fields[0], float(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if quota == "max" or float(quota) <= 0 or period <= 0:
+                continue
+            n = max(1, math.ceil(float(quota) / period))
+            best = n if best is None else min(best, n)
+    return best
+
+
+def _set_default_cap(n=False):
+    """Cap OpenMP's default at the cgroup quota unless OMP_NUM_THREADS says otherwise (the
+    user's word); n: that cap instead (None: none), for tests."""
+    global cnorm_default_cap
+    if n is False:
+        n = None if "OMP_NUM_THREADS" in os.environ else cgroup_cpu_limit()
+    cnorm_default_cap = n if n is not None else 0
+
+
+_set_default_cap()
+
+
+if os.environ.get("CNORM_ADAPTIVE_THREADS", "1").strip() in ("0", "false", "no", "off"):
+    cnorm_set_adaptive(0)
 
 
 def planned_threads(Py_ssize_t work):

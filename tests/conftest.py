@@ -75,7 +75,9 @@ def rng(request):
 
 @pytest.fixture(autouse=True)
 def _restore_num_threads():
-    """No test leaks a thread-count change into the next one."""
+    """No test leaks a thread-count change into the next one, nor a back-off from a core
+    that was busy during an earlier test (see tests/test_threads.py)."""
+    _openmp.set_adaptive(_openmp.adaptive_state()[0])     # forget learnt times and back-off
     previous = _openmp.explicit_threads()
     yield
     cnorm.set_num_threads(previous)

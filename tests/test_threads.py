@@ -105,3 +105,116 @@ def test_set_num_threads_none_and_errors():
         with pytest.raises(exc, match="n must"):
             cnorm.set_num_threads(bad)
         assert _openmp.explicit_threads() == before
+
+
+# ---------------------------------------------------------------------------
+# Backing off from a busy core (a thread that lost its core holds up a parallel call)
+# ---------------------------------------------------------------------------
+
+KIND = 15       # a kind no kernel reports: each kind learns its own usual time
+
+
+@pytest.fixture
+def adaptive():
+    was = _openmp.adaptive_state()[0]
+    _openmp.set_adaptive(True)
+    yield
+    _openmp.set_adaptive(was)
+
+
+@needs_openmp
+def test_a_held_up_call_makes_the_next_ones_use_a_thread_fewer(adaptive):
+    x = np.random.default_rng(1).standard_normal((16, 4096)).astype(np.float32)
+    reference = cnorm.layer_norm(x, 4096)
+    with threads(2):
+        work = 1 << 20
+        for _ in range(5):                                  # usual: 0.1 ms
+            _openmp.record_call(KIND, 2, work, 1e-4)
+        assert _openmp.planned_threads(work) == 2
+        _openmp.record_call(KIND, 2, work, 4e-3)            # held up 40 times as long
+        enabled, stalls, window, now = _openmp.adaptive_state()
+        assert (enabled, stalls, now) == (True, 1, True) and window == pytest.approx(1e-3)
+        assert _openmp.planned_threads(work) == 1
+        assert cnorm.get_num_threads() == 2                 # the setting itself is unchanged
+        np.testing.assert_array_equal(cnorm.layer_norm(x, 4096), reference)
+        # a second stall doubles the window; it ends, and calls use both threads again
+        _openmp.record_call(KIND, 2, work, 4e-3)
+        assert _openmp.adaptive_state()[1:3] == (2, pytest.approx(2e-3))
+        import time
+        time.sleep(3e-3)
+        assert _openmp.planned_threads(work) == 2
+
+
+@needs_openmp
+def test_ordinary_calls_do_not_back_off(adaptive):
+    with threads(2):
+        work = 1 << 20
+        rng = np.random.default_rng(2)
+        for t in 1e-4 * (1 + 0.5 * rng.random(50)):          # noisy, but never 4x the usual
+            _openmp.record_call(KIND, 2, work, float(t))
+        _openmp.record_call(KIND, 2, work, 3e-4)           # 3x: not a stall
+        _openmp.record_call(KIND, 2, 1 << 10, 4e-4)        # short calls: under 0.5 ms
+        assert _openmp.adaptive_state()[1] == 0
+        assert _openmp.planned_threads(work) == 2
+
+
+@needs_openmp
+def test_back_off_can_be_turned_off(adaptive):
+    _openmp.set_adaptive(False)
+    with threads(2):
+        _openmp.record_call(KIND, 2, 1 << 20, 1e-4)
+        _openmp.record_call(KIND, 2, 1 << 20, 1e-2)
+        assert _openmp.adaptive_state() == (False, 0, 0.0, False)
+        assert _openmp.planned_threads(1 << 20) == 2
+    env = dict(os.environ, CNORM_ADAPTIVE_THREADS="0")
+    out = subprocess.run([sys.executable, "-c", "from cnorm import _openmp; "
+                          "print(_openmp.adaptive_state()[0])"], env=env, capture_output=True,
+                         text=True, check=True, cwd=os.path.dirname(__file__))
+    assert out.stdout.strip() == "False"
+
+
+@needs_openmp
+def test_a_real_kernel_call_is_timed(adaptive):
+    # the shims report their calls: a usual time is learnt, and no stall on a quiet call
+    with threads(2):
+        x = np.random.default_rng(3).standard_normal((64, 64, 64)).astype(np.float32)
+        for _ in range(3):
+            cnorm.batch_norm(x, training=True)
+        before = _openmp.adaptive_state()[1]
+        _openmp.record_call(0, 2, x.size, 1.0)           # batch-norm training's kind: 1 s
+        assert _openmp.adaptive_state()[1] == before + 1
+
+
+def _cgroup(tmp_path, v2=None, v1=None):
+    proc = tmp_path / "cgroup"
+    if v2 is not None:
+        (tmp_path / "fs" / "job").mkdir(parents=True)
+        (tmp_path / "fs" / "job" / "cpu.max").write_text(v2)
+        proc.write_text("0::/job\n")
+    else:
+        d = tmp_path / "fs" / "cpu,cpuacct" / "job"
+        d.mkdir(parents=True)
+        (d / "cpu.cfs_quota_us").write_text(v1[0])
+        (d / "cpu.cfs_period_us").write_text(v1[1])
+        proc.write_text("4:memory:/job\n2:cpu,cpuacct:/job\n")
+    return _openmp.cgroup_cpu_limit(str(tmp_path / "fs"), str(proc))
+
+
+def test_cgroup_cpu_quota_is_read(tmp_path):
+    assert _cgroup(tmp_path / "a", v2="150000 100000\n") == 2
+    assert _cgroup(tmp_path / "b", v2="max 100000\n") is None
+    assert _cgroup(tmp_path / "c", v1=("50000\n", "100000\n")) == 1
+    assert _cgroup(tmp_path / "d", v1=("-1\n", "100000\n")) is None
+    assert _openmp.cgroup_cpu_limit(str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+@needs_openmp
+def test_default_threads_follow_the_quota_unless_set():
+    cnorm.set_num_threads(None)
+    try:
+        _openmp._set_default_cap(1)
+        assert cnorm.get_num_threads() == 1 and _openmp.planned_threads(BIG) == 1
+        with threads(2):
+            assert cnorm.get_num_threads() == 2             # an explicit count wins
+    finally:
+        _openmp._set_default_cap()
