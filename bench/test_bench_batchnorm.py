@@ -2,14 +2,15 @@
 
 import pytest
 
-from cnorm.bench import BN_CASES, BN_INFER_ONLY, DTYPES, _bn_case
+from cnorm.bench import BN_CASES, BN_INFER_ONLY, BN_TRAIN_ONLY, DTYPES, _bn_case
 from conftest import case_dtype
 
 IMPLS = ["cnorm", "numpy", "torch"]
 CASES = [(op, shape, axis, dtype)
          for dtype in DTYPES
          for op in ("bn_train", "bn_infer", "bn_backward")
-         for shape, axis in BN_CASES + (BN_INFER_ONLY if op == "bn_infer" else [])]
+         for shape, axis in BN_CASES + {"bn_infer": BN_INFER_ONLY,
+                                        "bn_train": BN_TRAIN_ONLY}.get(op, [])]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

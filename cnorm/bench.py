@@ -61,6 +61,7 @@ BN_CASES = [
     ((32, 56, 56, 64), -1),
 ]
 BN_INFER_ONLY = [((1, 64, 56, 56), 1)]
+BN_TRAIN_ONLY = [((1, 64, 7, 7), 1)]     # the whole-call cost of a batch-1 training step
 LN_CASES = [(4096, 768), (4096, 1024), (16384, 128), (64, 4096)]
 LN_FORWARD_ONLY = [(1, 768)]   # the whole-call cost of a tiny input
 
@@ -247,7 +248,8 @@ def cases(ops, dtypes):
     for dtype in dtypes:
         for op in ops:
             if op.startswith("bn_"):
-                shapes = BN_CASES + (BN_INFER_ONLY if op == "bn_infer" else [])
+                shapes = BN_CASES + {"bn_infer": BN_INFER_ONLY,
+                                     "bn_train": BN_TRAIN_ONLY}.get(op, [])
             elif op.startswith("ln_"):
                 shapes = [(s, -1) for s in LN_CASES + (LN_FORWARD_ONLY if op == "ln_forward"
                                                        else [])]

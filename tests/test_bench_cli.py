@@ -12,6 +12,7 @@ from cnorm import bench
 def tiny(monkeypatch):
     monkeypatch.setattr(bench, "BN_CASES", [((4, 3, 8, 8), 1), ((16, 5), -1)])
     monkeypatch.setattr(bench, "BN_INFER_ONLY", [])
+    monkeypatch.setattr(bench, "BN_TRAIN_ONLY", [])
     monkeypatch.setattr(bench, "LN_CASES", [(16, 32)])
     monkeypatch.setattr(bench, "LN_FORWARD_ONLY", [(1, 32)])
     monkeypatch.setattr(bench.ops_new, "GN_CASES", [((2, 32, 3, 3), 1), ((2, 3, 3, 32), -1)])
