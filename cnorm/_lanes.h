@@ -3,6 +3,7 @@
  * cnorm_row_grad_sums_*: the one pass over a row of layer-norm backward,
  *   sums[0] = sum(g*w), sums[1] = sum(g*w*(x - m))   (8 lanes, fixed tree)
  *   dw[i] += g*(x - m)*r, db[i] += g                  (column partials)
+ * cnorm_row_grad_sums2_*: the same for two rows in one pass (the same bits)
  * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
  * cnorm_sumsq_*: RMS norm's sum of squares, in the 16 lanes of cnorm_sum2_*
@@ -212,6 +213,58 @@ static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, 
     CNORM_ROW_GRAD_FINISH                                                          \
 }
 
+/* Two rows, r0 then r1, in one pass: each row's sums in its own lanes, as the one-row
+ * loop computes them, and for every i dw[i] += (row 0's term), then (row 1's), in
+ * that order: the same bits as two one-row calls, with dw and db read and written
+ * once per pair of rows instead of once per row. */
+#define CNORM_DEFINE_ROW_GRAD_SUMS2(S, T, PT)                                   \
+static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1,           \
+                        const T *x_1, const PT *w, ptrdiff_t n, double m, double r,          \
+                        double m_1, double r_1, double *sums, double *sums_1,                \
+                        double *dw, double *db)                                              \
+{                                                                                  \
+    cnorm_v4d a0 = {0}, a1 = {0}, c0 = {0}, c1 = {0};                              \
+    cnorm_v4d e0 = {0}, e1 = {0}, f0 = {0}, f1 = {0};                              \
+    double a[8], c[8];                                                             \
+    ptrdiff_t nb = n - n % 8, i;                                                   \
+    for (i = 0; i < nb; i += 8) {                                                  \
+        cnorm_v4d wa = CNORM_LOAD4_CAST(w + i), wb = CNORM_LOAD4_CAST(w + i + 4);  \
+        cnorm_v4d g0 = CNORM_LOAD4_##S(g + i), g1 = CNORM_LOAD4_##S(g + i + 4);    \
+        cnorm_v4d x0 = CNORM_LOAD4_##S(x + i) - m, x1 = CNORM_LOAD4_##S(x + i + 4) - m; \
+        cnorm_v4d h0 = CNORM_LOAD4_##S(g_1 + i), h1 = CNORM_LOAD4_##S(g_1 + i + 4); \
+        cnorm_v4d y0 = CNORM_LOAD4_##S(x_1 + i) - m_1;                             \
+        cnorm_v4d y1 = CNORM_LOAD4_##S(x_1 + i + 4) - m_1;                         \
+        cnorm_v4d w0 = g0 * wa, w1 = g1 * wb, v0 = h0 * wa, v1 = h1 * wb;          \
+        cnorm_v4d d0, d1, b0, b1;                                                  \
+        a0 += w0; a1 += w1;                                                        \
+        c0 += w0 * x0; c1 += w1 * x1;                                              \
+        e0 += v0; e1 += v1;                                                        \
+        f0 += v0 * y0; f1 += v1 * y1;                                              \
+        memcpy(&d0, dw + i, 32); memcpy(&d1, dw + i + 4, 32);                      \
+        memcpy(&b0, db + i, 32); memcpy(&b1, db + i + 4, 32);                      \
+        d0 += g0 * (x0 * r); d1 += g1 * (x1 * r);                                  \
+        b0 += g0; b1 += g1;                                                        \
+        d0 += h0 * (y0 * r_1); d1 += h1 * (y1 * r_1);                              \
+        b0 += h0; b1 += h1;                                                        \
+        memcpy(dw + i, &d0, 32); memcpy(dw + i + 4, &d1, 32);                      \
+        memcpy(db + i, &b0, 32); memcpy(db + i + 4, &b1, 32);                      \
+    }                                                                              \
+    memcpy(a, &a0, 32); memcpy(a + 4, &a1, 32);                                    \
+    memcpy(c, &c0, 32); memcpy(c + 4, &c1, 32);                                    \
+    for (i = nb; i < n; i++)                                                       \
+        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                       \
+    CNORM_ROW_GRAD_FINISH                                                          \
+    {                                                                              \
+        const T *g = g_1, *x = x_1;                                                \
+        double m = m_1, r = r_1, *sums = sums_1;                                   \
+        memcpy(a, &e0, 32); memcpy(a + 4, &e1, 32);                                \
+        memcpy(c, &f0, 32); memcpy(c + 4, &f1, 32);                                \
+        for (i = nb; i < n; i++)                                                   \
+            CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                   \
+        CNORM_ROW_GRAD_FINISH                                                      \
+    }                                                                              \
+}
+
 #else
 
 #define CNORM_DEFINE_WELFORD(S, T, PT)                                          \
@@ -278,6 +331,16 @@ static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, 
     for (i = nb; i < n; i++)                                                       \
         CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                          \
     CNORM_ROW_GRAD_FINISH                                                          \
+}
+
+#define CNORM_DEFINE_ROW_GRAD_SUMS2(S, T, PT)                                   \
+static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1,           \
+                        const T *x_1, const PT *w, ptrdiff_t n, double m, double r,          \
+                        double m_1, double r_1, double *sums, double *sums_1,                \
+                        double *dw, double *db)                                              \
+{                                                                                  \
+    cnorm_row_grad_sums_##S(g, x, w, n, m, r, sums, dw, db);                       \
+    cnorm_row_grad_sums_##S(g_1, x_1, w, n, m_1, r_1, sums_1, dw, db);             \
 }
 
 #endif
@@ -367,7 +430,8 @@ static inline void cnorm_col_dot2_x4_##S(const T *restrict g, const T *restrict 
     CNORM_DEFINE_DOT2(S, T, PT)                                                \
     CNORM_DEFINE_SUM2(S, T, PT)                                                \
     CNORM_DEFINE_SUMSQ(S, T, PT)                                               \
-    CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)
+    CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)                                       \
+    CNORM_DEFINE_ROW_GRAD_SUMS2(S, T, PT)
 CNORM_DEFINE_LANES(f32, float, float)
 CNORM_DEFINE_LANES(f64, double, double)
 CNORM_DEFINE_LANES(f16, cnorm_f16, float)
@@ -383,5 +447,6 @@ CNORM_DEFINE_LANES(bf16, cnorm_bf16, float)
 #define cnorm_sum2(x, ...) CNORM_BY_TYPE(cnorm_sum2, x)(x, __VA_ARGS__)
 #define cnorm_sumsq(x, ...) CNORM_BY_TYPE(cnorm_sumsq, x)(x, __VA_ARGS__)
 #define cnorm_row_grad_sums(g, ...) CNORM_BY_TYPE(cnorm_row_grad_sums, g)(g, __VA_ARGS__)
+#define cnorm_row_grad_sums2(g, ...) CNORM_BY_TYPE(cnorm_row_grad_sums2, g)(g, __VA_ARGS__)
 
 #endif

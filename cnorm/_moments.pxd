@@ -96,6 +96,11 @@ cdef extern from "_lanes.h":
     void cnorm_row_grad_sums(const void* g, const void* x, const void* w, Py_ssize_t n,
                              double m, double r, double* sums, double* dw,
                              double* db) noexcept nogil
+    # two rows in one pass, bit for bit two calls of cnorm_row_grad_sums
+    void cnorm_row_grad_sums2(const void* g, const void* x, const void* g1, const void* x1,
+                              const void* w, Py_ssize_t n, double m, double r, double m1,
+                              double r1, double* sums, double* sums1, double* dw,
+                              double* db) noexcept nogil
 
 
 # ---------------------------------------------------------------------------

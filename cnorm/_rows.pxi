@@ -275,23 +275,40 @@ cdef inline void backward_row(const real* g, const real* x, real* dx, Py_ssize_t
     """dx of one row with a parameter per position, and its terms of dweight and
     dbias (w: the weight, or ones)."""
     cdef double sums[2]
-    cdef double sum_g, sum_gx
-    cdef double hi = pround(mean, x)
-    cdef double lo = pround(mean - hi, x)
-    cdef double ra, rb, rc
     # As in forward_row, only a short row asks for dx's lines before its sums pass:
     # longer rows were slower with it (dx likely evicting g and x from L1).
     if not stream and H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX:
         cnorm_prefetch_write(dx, H * sizeof(real))
     # every sum before any dx: dx may be the very buffer of g or x
     cnorm_row_grad_sums(g, x, w, H, mean, rstd, sums, dw, db)
-    sum_g = sums[0]
-    sum_gx = sums[1]
-    # dx = rstd * (g*w - sum_g / H - (x - mean) * rstd**2 * sum_gx / H)
-    ra = rstd
-    rb = rstd * rstd * rstd * sum_gx / H
-    rc = rstd * sum_g / H if centred else 0.0
-    cnorm_ln_dx(g, x, w, dx, H, hi, lo, ra, rb, rc, stream)
+    row_dx(g, x, dx, H, mean, rstd, sums, w, centred, stream)
+
+
+cdef inline void row_dx(const real* g, const real* x, real* dx, Py_ssize_t H, double mean,
+                        double rstd, const double* sums, const void* w, bint centred,
+                        bint stream) noexcept nogil:
+    """dx = rstd * (g*w - sum_g / H - (x - mean) * rstd**2 * sum_gx / H) of one row,
+    from its sums (sum_g, sum_gx)."""
+    cdef double hi = pround(mean, x)
+    cdef double lo = pround(mean - hi, x)
+    cdef double rb = rstd * rstd * rstd * sums[1] / H
+    cdef double rc = rstd * sums[0] / H if centred else 0.0
+    cnorm_ln_dx(g, x, w, dx, H, hi, lo, rstd, rb, rc, stream)
+
+
+cdef inline void backward_row_pair(const real* g, const real* x, real* dx, Py_ssize_t H,
+                                   double mean0, double rstd0, double mean1, double rstd1,
+                                   const void* w, double* dw, double* db, bint centred,
+                                   bint stream) noexcept nogil:
+    """backward_row of two consecutive rows, bit for bit: both rows' sums in one pass
+    (dw and db read and written once for the two), then each row's dx."""
+    cdef double s0[2]
+    cdef double s1[2]
+    if not stream and 2 * H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX:
+        cnorm_prefetch_write(dx, 2 * H * sizeof(real))
+    cnorm_row_grad_sums2(g, x, g + H, x + H, w, H, mean0, rstd0, mean1, rstd1, s0, s1, dw, db)
+    row_dx(g, x, dx, H, mean0, rstd0, s0, w, centred, stream)
+    row_dx(g + H, x + H, dx + H, H, mean1, rstd1, s1, w, centred, stream)
 
 
 cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize_t R,
@@ -306,7 +323,13 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
     cdef double* db = part + (2 * k + 1) * H
     for i in range(2 * H):
         dw[i] = 0.0
-    for r in range(k * rb, r1):
+    r = k * rb
+    while r + 2 <= r1:
+        backward_row_pair(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
+                          pget(rstd, r, 0.0, x), pget(mean, r + 1, 0.0, x),
+                          pget(rstd, r + 1, 0.0, x), w, dw, db, mean != NULL, stream)
+        r += 2
+    if r < r1:
         backward_row(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
                      pget(rstd, r, 0.0, x), w, dw, db, mean != NULL, stream)
     if stream:

@@ -38,6 +38,11 @@ void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, const T *w, ptrdiff_t n,  
                               double m, double r, double *sums, double *dw,          \
                               double *db)                                            \
 { cnorm_row_grad_sums_##S(g, x, w, n, m, r, sums, dw, db); }                        \
+void CAT(grad2_##S##_, SUFFIX)(const T *g, const T *x, const T *g1, const T *x1,     \
+                               const T *w, ptrdiff_t n, double m, double r,          \
+                               double m1, double r1, double *sums, double *sums1,    \
+                               double *dw, double *db)                               \
+{ cnorm_row_grad_sums2_##S(g, x, g1, x1, w, n, m, r, m1, r1, sums, sums1, dw, db); } \
 void CAT(col_sum2_x4_##S##_, SUFFIX)(const T *x, ptrdiff_t ld, const double *f,      \
                                      double *s, double *q, ptrdiff_t n)              \
 { cnorm_col_sum2_x4_##S(x, ld, f, s, q, n); }                                        \
@@ -145,6 +150,29 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
     d = x.astype(np.float64) - 1e4
     np.testing.assert_allclose(out["vec"][5].sum(), np.arange(16.0).sum() + d.sum(), rtol=1e-12)
     np.testing.assert_allclose(out["vec"][6].sum(), 16.0 + (d * d).sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64")])
+@pytest.mark.parametrize("n", [0, 3, 8, 37, 128, 1000])
+def test_two_row_grad_sums_are_two_one_row_calls(lib, dtype, tag, n):
+    # layer-norm backward takes rows in pairs: each row's sums, and dw and db with row 0's
+    # term added before row 1's, bit for bit what two one-row calls give, in every build
+    rng = np.random.default_rng(n + 1)
+    g = rng.standard_normal((2, n)).astype(dtype)
+    x = (rng.standard_normal((2, n)) * 1e-2 + 1e4).astype(dtype)
+    w = rng.standard_normal(n).astype(dtype)
+    for suffix in [b for b, _ in LANE_BUILDS]:
+        s0, s1, dw, db = np.zeros(2), np.zeros(2), rng.standard_normal(n), np.ones(n)
+        t0, t1, dw2, db2 = np.zeros(2), np.zeros(2), dw.copy(), db.copy()
+        _run(lib, f"grad_{tag}", suffix, g[0].copy(), x[0].copy(), w, n, 1e4, 0.5, s0, dw, db)
+        _run(lib, f"grad_{tag}", suffix, g[1].copy(), x[1].copy(), w, n, 1e4 + 1e-3, 0.25, s1,
+             dw, db)
+        _run(lib, f"grad2_{tag}", suffix, g[0].copy(), x[0].copy(), g[1].copy(), x[1].copy(), w,
+             n, 1e4, 0.5, 1e4 + 1e-3, 0.25, t0, t1, dw2, db2)
+        for a, b in ((s0, t0), (s1, t1), (dw, dw2), (db, db2)):
+            np.testing.assert_array_equal(a.view(np.int64), b.view(np.int64), err_msg=suffix)
+        if n:
+            assert s0[0] != 0 and s1[0] != 0 and not np.array_equal(s0, s1)
 
 
 @pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64")])
