@@ -185,29 +185,39 @@ static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)          
     }                                                                              \
 }
 
+/* The 8 lanes of the row loops: CNORM_R8 vectors of CNORM_LW lanes (one AVX-512
+ * vector in the x86-64-v4 build, two AVX2 vectors elsewhere); element i goes to
+ * lane i % 8 either way. */
+#define CNORM_R8 (8 / CNORM_LW)
+#define CNORM_LOADW_CAST CNORM_LOADW
+
 #define CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)                                    \
 static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
-    cnorm_v4d a0 = {0}, a1 = {0}, c0 = {0}, c1 = {0};                              \
+    cnorm_vwd A[CNORM_R8] = {{0}}, C[CNORM_R8] = {{0}};                            \
     double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
+    int q;                                                                         \
     for (i = 0; i < nb; i += 8) {                                                  \
-        cnorm_v4d g0 = CNORM_LOAD4_##S(g + i), g1 = CNORM_LOAD4_##S(g + i + 4);    \
-        cnorm_v4d x0 = CNORM_LOAD4_##S(x + i) - m, x1 = CNORM_LOAD4_##S(x + i + 4) - m; \
-        cnorm_v4d w0 = g0 * CNORM_LOAD4_CAST(w + i), w1 = g1 * CNORM_LOAD4_CAST(w + i + 4); \
-        cnorm_v4d d0, d1, b0, b1;                                                  \
-        a0 += w0; a1 += w1;                                                        \
-        c0 += w0 * x0; c1 += w1 * x1;                                              \
-        memcpy(&d0, dw + i, 32); memcpy(&d1, dw + i + 4, 32);                      \
-        memcpy(&b0, db + i, 32); memcpy(&b1, db + i + 4, 32);                      \
-        d0 += g0 * (x0 * r); d1 += g1 * (x1 * r);                                  \
-        b0 += g0; b1 += g1;                                                        \
-        memcpy(dw + i, &d0, 32); memcpy(dw + i + 4, &d1, 32);                      \
-        memcpy(db + i, &b0, 32); memcpy(db + i + 4, &b1, 32);                      \
+        for (q = 0; q < CNORM_R8; q++) {                                           \
+            ptrdiff_t o = i + CNORM_LW * q;                                        \
+            cnorm_vwd g0 = CNORM_LOADW_##S(g + o);                                 \
+            cnorm_vwd x0 = CNORM_LOADW_##S(x + o) - m;                             \
+            cnorm_vwd w0 = g0 * CNORM_LOADW_CAST(w + o);                           \
+            cnorm_vwd d0, b0;                                                      \
+            A[q] += w0;                                                            \
+            C[q] += w0 * x0;                                                       \
+            memcpy(&d0, dw + o, sizeof d0);                                        \
+            memcpy(&b0, db + o, sizeof b0);                                        \
+            d0 += g0 * (x0 * r);                                                   \
+            b0 += g0;                                                              \
+            memcpy(dw + o, &d0, sizeof d0);                                        \
+            memcpy(db + o, &b0, sizeof b0);                                        \
+        }                                                                          \
     }                                                                              \
-    memcpy(a, &a0, 32); memcpy(a + 4, &a1, 32);                                    \
-    memcpy(c, &c0, 32); memcpy(c + 4, &c1, 32);                                    \
+    memcpy(a, A, sizeof a);                                                        \
+    memcpy(c, C, sizeof c);                                                        \
     for (i = nb; i < n; i++)                                                       \
         CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                          \
     CNORM_ROW_GRAD_FINISH                                                          \
@@ -223,42 +233,45 @@ static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1
                         double m_1, double r_1, double *sums, double *sums_1,                \
                         double *dw, double *db)                                              \
 {                                                                                  \
-    cnorm_v4d a0 = {0}, a1 = {0}, c0 = {0}, c1 = {0};                              \
-    cnorm_v4d e0 = {0}, e1 = {0}, f0 = {0}, f1 = {0};                              \
+    cnorm_vwd A[CNORM_R8] = {{0}}, C[CNORM_R8] = {{0}};                            \
+    cnorm_vwd E[CNORM_R8] = {{0}}, F[CNORM_R8] = {{0}};                            \
     double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
+    int q;                                                                         \
     for (i = 0; i < nb; i += 8) {                                                  \
-        cnorm_v4d wa = CNORM_LOAD4_CAST(w + i), wb = CNORM_LOAD4_CAST(w + i + 4);  \
-        cnorm_v4d g0 = CNORM_LOAD4_##S(g + i), g1 = CNORM_LOAD4_##S(g + i + 4);    \
-        cnorm_v4d x0 = CNORM_LOAD4_##S(x + i) - m, x1 = CNORM_LOAD4_##S(x + i + 4) - m; \
-        cnorm_v4d h0 = CNORM_LOAD4_##S(g_1 + i), h1 = CNORM_LOAD4_##S(g_1 + i + 4); \
-        cnorm_v4d y0 = CNORM_LOAD4_##S(x_1 + i) - m_1;                             \
-        cnorm_v4d y1 = CNORM_LOAD4_##S(x_1 + i + 4) - m_1;                         \
-        cnorm_v4d w0 = g0 * wa, w1 = g1 * wb, v0 = h0 * wa, v1 = h1 * wb;          \
-        cnorm_v4d d0, d1, b0, b1;                                                  \
-        a0 += w0; a1 += w1;                                                        \
-        c0 += w0 * x0; c1 += w1 * x1;                                              \
-        e0 += v0; e1 += v1;                                                        \
-        f0 += v0 * y0; f1 += v1 * y1;                                              \
-        memcpy(&d0, dw + i, 32); memcpy(&d1, dw + i + 4, 32);                      \
-        memcpy(&b0, db + i, 32); memcpy(&b1, db + i + 4, 32);                      \
-        d0 += g0 * (x0 * r); d1 += g1 * (x1 * r);                                  \
-        b0 += g0; b1 += g1;                                                        \
-        d0 += h0 * (y0 * r_1); d1 += h1 * (y1 * r_1);                              \
-        b0 += h0; b1 += h1;                                                        \
-        memcpy(dw + i, &d0, 32); memcpy(dw + i + 4, &d1, 32);                      \
-        memcpy(db + i, &b0, 32); memcpy(db + i + 4, &b1, 32);                      \
+        for (q = 0; q < CNORM_R8; q++) {                                           \
+            ptrdiff_t o = i + CNORM_LW * q;                                        \
+            cnorm_vwd wq = CNORM_LOADW_CAST(w + o);                                \
+            cnorm_vwd g0 = CNORM_LOADW_##S(g + o);                                 \
+            cnorm_vwd x0 = CNORM_LOADW_##S(x + o) - m;                             \
+            cnorm_vwd h0 = CNORM_LOADW_##S(g_1 + o);                               \
+            cnorm_vwd y0 = CNORM_LOADW_##S(x_1 + o) - m_1;                         \
+            cnorm_vwd w0 = g0 * wq, v0 = h0 * wq;                                  \
+            cnorm_vwd d0, b0;                                                      \
+            A[q] += w0;                                                            \
+            C[q] += w0 * x0;                                                       \
+            E[q] += v0;                                                            \
+            F[q] += v0 * y0;                                                       \
+            memcpy(&d0, dw + o, sizeof d0);                                        \
+            memcpy(&b0, db + o, sizeof b0);                                        \
+            d0 += g0 * (x0 * r);                                                   \
+            b0 += g0;                                                              \
+            d0 += h0 * (y0 * r_1);                                                 \
+            b0 += h0;                                                              \
+            memcpy(dw + o, &d0, sizeof d0);                                        \
+            memcpy(db + o, &b0, sizeof b0);                                        \
+        }                                                                          \
     }                                                                              \
-    memcpy(a, &a0, 32); memcpy(a + 4, &a1, 32);                                    \
-    memcpy(c, &c0, 32); memcpy(c + 4, &c1, 32);                                    \
+    memcpy(a, A, sizeof a);                                                        \
+    memcpy(c, C, sizeof c);                                                        \
     for (i = nb; i < n; i++)                                                       \
         CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                       \
     CNORM_ROW_GRAD_FINISH                                                          \
     {                                                                              \
         const T *g = g_1, *x = x_1;                                                \
         double m = m_1, r = r_1, *sums = sums_1;                                   \
-        memcpy(a, &e0, 32); memcpy(a + 4, &e1, 32);                                \
-        memcpy(c, &f0, 32); memcpy(c + 4, &f1, 32);                                \
+        memcpy(a, E, sizeof a);                                                    \
+        memcpy(c, F, sizeof c);                                                    \
         for (i = nb; i < n; i++)                                                   \
             CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                   \
         CNORM_ROW_GRAD_FINISH                                                      \
