@@ -191,36 +191,55 @@ static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)          
 #define CNORM_R8 (8 / CNORM_LW)
 #define CNORM_LOADW_CAST CNORM_LOADW
 
+/* One row's share of a step over the CNORM_LW lanes at o: its lane sums A and C,
+ * and its terms added to the dw and db lanes d and b (wq: the weights' lanes). */
+#define CNORM_GRAD_STEP(S, gp, xp, mv, rv, wq, A, C, d, b, q, o)                \
+    do {                                                                       \
+        cnorm_vwd g_ = CNORM_LOADW_##S((gp) + (o));                            \
+        cnorm_vwd x_ = CNORM_LOADW_##S((xp) + (o)) - (mv);                     \
+        cnorm_vwd w_ = g_ * (wq);                                              \
+        A[q] += w_;                                                            \
+        C[q] += w_ * x_;                                                       \
+        d += g_ * (x_ * (rv));                                                 \
+        b += g_;                                                               \
+    } while (0)
+
+/* A row's tail after the vector steps (elements nb..n, into lanes 0..), then its sums
+ * from its 8 lanes (A and C of the steps). */
+#define CNORM_DEFINE_GRAD_TAIL(S, T, PT)                                        \
+static inline void cnorm_grad_tail_##S(const T *g, const T *x, const PT *w, ptrdiff_t n,      \
+                        ptrdiff_t nb, double m, double r, const void *lanes_a,              \
+                        const void *lanes_c, double *sums, double *dw, double *db)          \
+{                                                                                  \
+    double a[8], c[8];                                                             \
+    ptrdiff_t i;                                                                   \
+    memcpy(a, lanes_a, sizeof a);                                                  \
+    memcpy(c, lanes_c, sizeof c);                                                  \
+    for (i = nb; i < n; i++)                                                       \
+        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                       \
+    CNORM_ROW_GRAD_FINISH                                                          \
+}
+
 #define CNORM_DEFINE_ROW_GRAD_SUMS(S, T, PT)                                    \
+CNORM_DEFINE_GRAD_TAIL(S, T, PT)                                                \
 static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, ptrdiff_t n,           \
                         double m, double r, double *sums, double *dw, double *db)  \
 {                                                                                  \
     cnorm_vwd A[CNORM_R8] = {{0}}, C[CNORM_R8] = {{0}};                            \
-    double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     int q;                                                                         \
     for (i = 0; i < nb; i += 8) {                                                  \
         for (q = 0; q < CNORM_R8; q++) {                                           \
             ptrdiff_t o = i + CNORM_LW * q;                                        \
-            cnorm_vwd g0 = CNORM_LOADW_##S(g + o);                                 \
-            cnorm_vwd x0 = CNORM_LOADW_##S(x + o) - m;                             \
-            cnorm_vwd w0 = g0 * CNORM_LOADW_CAST(w + o);                           \
-            cnorm_vwd d0, b0;                                                      \
-            A[q] += w0;                                                            \
-            C[q] += w0 * x0;                                                       \
-            memcpy(&d0, dw + o, sizeof d0);                                        \
-            memcpy(&b0, db + o, sizeof b0);                                        \
-            d0 += g0 * (x0 * r);                                                   \
-            b0 += g0;                                                              \
-            memcpy(dw + o, &d0, sizeof d0);                                        \
-            memcpy(db + o, &b0, sizeof b0);                                        \
+            cnorm_vwd wq = CNORM_LOADW_CAST(w + o), d, b;                          \
+            memcpy(&d, dw + o, sizeof d);                                          \
+            memcpy(&b, db + o, sizeof b);                                          \
+            CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o);                  \
+            memcpy(dw + o, &d, sizeof d);                                          \
+            memcpy(db + o, &b, sizeof b);                                          \
         }                                                                          \
     }                                                                              \
-    memcpy(a, A, sizeof a);                                                        \
-    memcpy(c, C, sizeof c);                                                        \
-    for (i = nb; i < n; i++)                                                       \
-        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                          \
-    CNORM_ROW_GRAD_FINISH                                                          \
+    cnorm_grad_tail_##S(g, x, w, n, nb, m, r, A, C, sums, dw, db);                 \
 }
 
 /* Two rows, r0 then r1, in one pass: each row's sums in its own lanes, as the one-row
@@ -235,47 +254,22 @@ static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1
 {                                                                                  \
     cnorm_vwd A[CNORM_R8] = {{0}}, C[CNORM_R8] = {{0}};                            \
     cnorm_vwd E[CNORM_R8] = {{0}}, F[CNORM_R8] = {{0}};                            \
-    double a[8], c[8];                                                             \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     int q;                                                                         \
     for (i = 0; i < nb; i += 8) {                                                  \
         for (q = 0; q < CNORM_R8; q++) {                                           \
             ptrdiff_t o = i + CNORM_LW * q;                                        \
-            cnorm_vwd wq = CNORM_LOADW_CAST(w + o);                                \
-            cnorm_vwd g0 = CNORM_LOADW_##S(g + o);                                 \
-            cnorm_vwd x0 = CNORM_LOADW_##S(x + o) - m;                             \
-            cnorm_vwd h0 = CNORM_LOADW_##S(g_1 + o);                               \
-            cnorm_vwd y0 = CNORM_LOADW_##S(x_1 + o) - m_1;                         \
-            cnorm_vwd w0 = g0 * wq, v0 = h0 * wq;                                  \
-            cnorm_vwd d0, b0;                                                      \
-            A[q] += w0;                                                            \
-            C[q] += w0 * x0;                                                       \
-            E[q] += v0;                                                            \
-            F[q] += v0 * y0;                                                       \
-            memcpy(&d0, dw + o, sizeof d0);                                        \
-            memcpy(&b0, db + o, sizeof b0);                                        \
-            d0 += g0 * (x0 * r);                                                   \
-            b0 += g0;                                                              \
-            d0 += h0 * (y0 * r_1);                                                 \
-            b0 += h0;                                                              \
-            memcpy(dw + o, &d0, sizeof d0);                                        \
-            memcpy(db + o, &b0, sizeof b0);                                        \
+            cnorm_vwd wq = CNORM_LOADW_CAST(w + o), d, b;                          \
+            memcpy(&d, dw + o, sizeof d);                                          \
+            memcpy(&b, db + o, sizeof b);                                          \
+            CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o);                  \
+            CNORM_GRAD_STEP(S, g_1, x_1, m_1, r_1, wq, E, F, d, b, q, o);          \
+            memcpy(dw + o, &d, sizeof d);                                          \
+            memcpy(db + o, &b, sizeof b);                                          \
         }                                                                          \
     }                                                                              \
-    memcpy(a, A, sizeof a);                                                        \
-    memcpy(c, C, sizeof c);                                                        \
-    for (i = nb; i < n; i++)                                                       \
-        CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                       \
-    CNORM_ROW_GRAD_FINISH                                                          \
-    {                                                                              \
-        const T *g = g_1, *x = x_1;                                                \
-        double m = m_1, r = r_1, *sums = sums_1;                                   \
-        memcpy(a, E, sizeof a);                                                    \
-        memcpy(c, F, sizeof c);                                                    \
-        for (i = nb; i < n; i++)                                                   \
-            CNORM_ROW_GRAD_SCALAR(S, i, i - nb);                                   \
-        CNORM_ROW_GRAD_FINISH                                                      \
-    }                                                                              \
+    cnorm_grad_tail_##S(g, x, w, n, nb, m, r, A, C, sums, dw, db);                 \
+    cnorm_grad_tail_##S(g_1, x_1, w, n, nb, m_1, r_1, E, F, sums_1, dw, db);       \
 }
 
 #else

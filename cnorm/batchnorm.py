@@ -54,6 +54,24 @@ def plan(x, axis):
     return Plan(x, axis, *channel_geometry(x.shape, axis))
 
 
+def _fast_view(x, axis):
+    """The (N, C, M) view of x when x is what every fast path takes (a C-contiguous
+    float32 or float64 ndarray of 2 or more dimensions, axis a Python int in range),
+    else None."""
+    if type(x) is not np.ndarray or type(axis) is not int:
+        return None
+    dt = x.dtype
+    nd = x.ndim
+    if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
+        return channel_geometry(x.shape, axis % nd)
+    return None
+
+
+def _fast_scalars(eps, momentum):
+    return (type(eps) is float and 0.0 <= eps < INF and type(momentum) is float
+            and 0.0 <= momentum <= 1.0)
+
+
 def _writeable(v, dtype, n):
     """ready(v, dtype, n), and writeable (a running statistic the kernel updates)."""
     return v is None or (ready(v, dtype, n) and v.flags.writeable)
@@ -65,16 +83,13 @@ def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
     activation or method): (y, mean, invstd) from the kernel after only the checks it
     needs, bitwise what _forward gives; None for anything else, errors included, which
     then goes the general way."""
-    if not (type(x) is np.ndarray and type(axis) is int and type(eps) is float
-            and 0.0 <= eps < INF and type(momentum) is float and 0.0 <= momentum <= 1.0
-            and (running_mean is None) == (running_var is None)):
+    if not (_fast_scalars(eps, momentum) and (running_mean is None) == (running_var is None)):
         return None
+    view = _fast_view(x, axis)
+    if view is None or x.size == 0:
+        return None
+    n, c, m = view
     dt = x.dtype
-    nd = x.ndim
-    if not ((dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous
-            and x.size > 0):
-        return None
-    n, c, m = channel_geometry(x.shape, axis % nd)
     if not (n * m > 1 and ready(weight, dt, c) and ready(bias, dt, c)
             and _writeable(running_mean, dt, c) and _writeable(running_var, dt, c)):
         return None
@@ -220,14 +235,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # the cost, so that small calls are not dominated by Python.  Anything else, errors
     # included, goes the general way.
     if (training is False and out is None and relu is False and activation is None
-            and method is None
-            and type(x) is np.ndarray and type(axis) is int and type(eps) is float
-            and 0.0 <= eps < INF and type(momentum) is float and 0.0 <= momentum <= 1.0
+            and method is None and _fast_scalars(eps, momentum)
             and running_mean is not None and running_var is not None):
-        dt = x.dtype
-        nd = x.ndim
-        if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
-            n, c, m = channel_geometry(x.shape, axis % nd)
+        view = _fast_view(x, axis)
+        if view is not None:
+            n, c, m = view
+            dt = x.dtype
             if (ready(running_mean, dt, c) and ready(running_var, dt, c) and ready(weight, dt, c)
                     and ready(bias, dt, c)):
                 y = np.empty(x.shape, dt)
@@ -338,16 +351,14 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     """
     # Fast path: C-contiguous float32/float64 ndarrays of one dtype and shape, parameters
     # already right, no out= (bitwise the general path's result)
-    if (out is None and type(x) is np.ndarray and type(dy) is np.ndarray
-            and type(axis) is int and (training is True or training is False)):
-        dt = x.dtype
-        nd = x.ndim
-        if ((dt is F32 or dt is F64) and dy.dtype is dt and nd >= 2 and -nd <= axis < nd
-                and dy.shape == x.shape and x.flags.c_contiguous and dy.flags.c_contiguous
-                and x.size > 0):
-            n, c, m = channel_geometry(x.shape, axis % nd)
-            if ready(weight, dt, c) and mean is not None and invstd is not None and \
-                    ready(mean, dt, c) and ready(invstd, dt, c):
+    if out is None and type(dy) is np.ndarray and (training is True or training is False):
+        view = _fast_view(x, axis)
+        if (view is not None and dy.dtype is x.dtype and dy.shape == x.shape
+                and dy.flags.c_contiguous and x.size > 0):
+            n, c, m = view
+            dt = x.dtype
+            if (ready(weight, dt, c) and mean is not None and invstd is not None
+                    and ready(mean, dt, c) and ready(invstd, dt, c)):
                 dx = np.empty(x.shape, dt)
                 dweight = np.zeros(c, dt)
                 dbias = np.zeros(c, dt)

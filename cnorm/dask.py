@@ -369,21 +369,20 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
 # StandardScaler
 # ---------------------------------------------------------------------------
 
-def _scale_block(block, mean, scale):
+def _scale_block(block, mean, scale, inverse=False):
+    """(block - mean) / scale in a copy of the block's float dtype (scikit-learn's two
+    in-place steps, so the same bits), or with inverse, block * scale + mean."""
     out = np.array(block, dtype=block.dtype if block.dtype.kind == "f" else F64)
-    if mean is not None:
-        out -= mean
-    if scale is not None:
-        out /= scale
-    return out
-
-
-def _unscale_block(block, mean, scale):
-    out = np.array(block, dtype=block.dtype if block.dtype.kind == "f" else F64)
-    if scale is not None:
-        out *= scale
-    if mean is not None:
-        out += mean
+    if not inverse:
+        if mean is not None:
+            out -= mean
+        if scale is not None:
+            out /= scale
+    else:
+        if scale is not None:
+            out *= scale
+        if mean is not None:
+            out += mean
     return out
 
 
@@ -506,23 +505,24 @@ class StandardScaler:
         else:
             self.var_ = self.scale_ = None
 
-    def _apply(self, func, X, name):
-        X = self._data(X, name)
-        self._check_features(X, name)
+    def _apply(self, X, inverse):
+        X = self._data(X, "X")
+        self._check_features(X, "X")
         mean = self.mean_ if self.with_mean else None
         scale = self.scale_ if self.with_std else None
         if isinstance(X, da.Array):
             dt = X.dtype if np.dtype(X.dtype).kind == "f" else F64
-            return X.map_blocks(func, mean, scale, dtype=dt, meta=np.empty((0, 0), dtype=dt))
-        return func(X, mean, scale)
+            return X.map_blocks(_scale_block, mean, scale, inverse, dtype=dt,
+                                meta=np.empty((0, 0), dtype=dt))
+        return _scale_block(X, mean, scale, inverse)
 
     def transform(self, X):
         """(X - mean_) / scale_, in X's float dtype (lazily for dask X)."""
-        return self._apply(_scale_block, X, "X")
+        return self._apply(X, False)
 
     def inverse_transform(self, X):
         """X * scale_ + mean_, undoing `transform`."""
-        return self._apply(_unscale_block, X, "X")
+        return self._apply(X, True)
 
     def fit_transform(self, X, y=None):
         """fit(X), then transform(X)."""
