@@ -66,15 +66,25 @@ cdef inline void prefetch_write_runs(real* y, Py_ssize_t n0, Py_ssize_t n1, Py_s
 # Elementwise passes
 # ---------------------------------------------------------------------------
 
+cdef inline void affine_runs(const real* x, real* y, Py_ssize_t k0, Py_ssize_t k1,
+                             Py_ssize_t C, Py_ssize_t M, const Affine* aff, int act,
+                             bint stream) noexcept nogil:
+    """Runs k0 .. k1 - 1 of (N * C, M), run k with aff[k % C], then one fence."""
+    cdef Py_ssize_t k
+    for k in range(k0, k1):
+        run_affine(x + k * M, y + k * M, M, aff[k % C], act, stream)
+    if stream:
+        cnorm_stream_fence()
+
+
 cdef void normalize_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
                            const Affine* aff, int act, bint stream, int nt) noexcept nogil:
-    cdef Py_ssize_t k
+    cdef Py_ssize_t t
     if nt == 1:
-        for k in range(N * C):
-            run_affine(x + k * M, y + k * M, M, aff[k % C], act, stream)
+        affine_runs(x, y, 0, N * C, C, M, aff, act, stream)
         return
-    for k in prange(N * C, num_threads=nt, schedule='static'):
-        run_affine(x + k * M, y + k * M, M, aff[k % C], act, stream)
+    for t in prange(nt, num_threads=nt, schedule='static'):
+        affine_runs(x, y, share(N * C, t, nt), share(N * C, t + 1, nt), C, M, aff, act, stream)
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +190,8 @@ cdef inline void train_channel(const real* x, real* y, Py_ssize_t N, Py_ssize_t 
     for n in range(N - 1, -1, -1):
         prefetch_write_runs(y + c * M, n - pd, n - pd + 1, S, ybytes)
         run_affine(x + n * S + c * M, y + n * S + c * M, M, p, act, stream)
+    if stream:
+        cnorm_stream_fence()
 
 
 cdef int train_planar(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
@@ -310,6 +322,8 @@ cdef inline void grad_channel(const real* g, const real* x, real* dx, Py_ssize_t
         prefetch_write_runs(dx + c * M, n - pd, n - pd + 1, S, ybytes)
         off = n * S + c * M
         run_grad(g + off, x + off, dx + off, M, q, training, stream)
+    if stream:
+        cnorm_stream_fence()
 
 
 cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N,
@@ -318,7 +332,7 @@ cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N,
                          bint stream, int nt) noexcept nogil:
     cdef Py_ssize_t S = C * M, count = N * M
     cdef Py_ssize_t nchunk = (count + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t c, k, i0
+    cdef Py_ssize_t c, k, i0, t
     cdef double sg, sgx
     cdef double* part
     cdef Grad* qs
@@ -349,8 +363,11 @@ cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N,
             sgx += part[2 * k + 1]
         qs[c] = finish_grad(sg, sgx, c, <double>count, mean, invstd, w, dweight, dbias, training,
                             x)
-    for k in prange(N * C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        run_grad(g + k * M, x + k * M, dx + k * M, M, qs[k % C], training, stream)
+    for t in prange(nt, num_threads=nt, schedule='static'):   # a share of the runs each
+        for k in range(share(N * C, t, nt), share(N * C, t + 1, nt)):
+            run_grad(g + k * M, x + k * M, dx + k * M, M, qs[k % C], training, stream)
+        if stream:
+            cnorm_stream_fence()
     free(part)
     return 0
 
