@@ -182,6 +182,22 @@ def output_buffer(out, x, inputs, name="out"):
     return out, np.empty(x.shape, dtype=x.dtype)
 
 
+def fast_out(out, x, inputs=()):
+    """Where a fast path writes: a new array for out None; out itself when it needs no
+    check beyond these (an ndarray of x's dtype and shape, C-contiguous, writeable, and
+    x or one of `inputs` exactly, or apart from all of them); else None, and the general
+    path, which raises any error, takes the call."""
+    if out is None:
+        return np.empty(x.shape, x.dtype)
+    if not (type(out) is np.ndarray and out.dtype is x.dtype and out.shape == x.shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        return None
+    for a in (x, *inputs):
+        if out is not a and np.may_share_memory(out, a):
+            return None
+    return out
+
+
 def deliver(out, buf):
     """The result of a call that wrote into buf (see output_buffer)."""
     if out is None or out is buf:

@@ -72,16 +72,41 @@ cdef inline bint _param_ok(object v, int ptype, Py_ssize_t H) noexcept:
             and cnp.PyArray_ISNOTSWAPPED(a))
 
 
+cdef inline bint _out_ok(object out, cnp.ndarray a) noexcept:
+    """out is a C-contiguous, writeable, native-byte-order ndarray of a's type and shape
+    that is a itself or shares no memory with it (a is C-contiguous)."""
+    cdef cnp.ndarray o
+    cdef char* p
+    cdef char* q
+    cdef int nd = cnp.PyArray_NDIM(a)
+    if type(out) is not cnp.ndarray:
+        return False
+    o = <cnp.ndarray>out
+    if (cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(a) or cnp.PyArray_NDIM(o) != nd
+            or not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
+            or not cnp.PyArray_ISNOTSWAPPED(o)):
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(o)[i] != cnp.PyArray_DIMS(a)[i]:
+            return False
+    if o is a:
+        return True
+    p = <char*>cnp.PyArray_DATA(o)
+    q = <char*>cnp.PyArray_DATA(a)
+    return p + cnp.PyArray_NBYTES(o) <= q or q + cnp.PyArray_NBYTES(a) <= p
+
+
 def rows_fast(x, normalized_shape, weight, bias, eps, bint centred, double default_eps,
-              Py_ssize_t stream_bytes):
+              Py_ssize_t stream_bytes, out=None):
     """layer_norm's (centred) or rms_norm's common call, checked here in C: x a
     C-contiguous float32, float64 or float16 ndarray whose last dimension is
     normalized_shape (an int); weight and bias None or contiguous 1-D ndarrays of x's
     parameter type and that length; eps a float in [0, inf), or None for default_eps
-    (NaN when the op has no default).
-    Returns y, computed by the kernels exactly as the general path computes it, or
-    None when the call is not of that kind: the Python layer then takes its general
-    path, which also raises any error.  Outputs stream past stream_bytes moved."""
+    (NaN when the op has no default); out None or an array _out_ok takes.
+    Returns y (out when given), computed by the kernels exactly as the general path
+    computes it, or None when the call is not of that kind: the Python layer then
+    takes its general path, which also raises any error.  Outputs stream past
+    stream_bytes moved."""
     cdef cnp.ndarray a, y
     cdef int t, pt, code
     cdef Py_ssize_t H, R, nd
@@ -114,7 +139,12 @@ def rows_fast(x, normalized_shape, weight, bias, eps, bint centred, double defau
             or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)
             or not _param_ok(weight, pt, H) or not _param_ok(bias, pt, H)):
         return None
-    y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), t, 0)
+    if out is None:
+        y = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), t, 0)
+    elif _out_ok(out, a):
+        y = <cnp.ndarray>out
+    else:
+        return None
     R = cnp.PyArray_SIZE(a) // H
     if R:
         _rows_call(code, cnp.PyArray_DATA(a), cnp.PyArray_DATA(y), R, H,

@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, axis_value, bool_value, deliver, grad_array, eps_value, float_array, inplace_array,
+    F32, F64, INF, activation_value, axis_value, bool_value, deliver, fast_out, grad_array, eps_value, float_array, inplace_array,
     like_array, method_value, momentum_value, output_buffer, param_dtype, ready,
 )
 from cnorm._dispatch import kernels, stream_stores
@@ -77,12 +77,13 @@ def _writeable(v, dtype, n):
     return v is None or (ready(v, dtype, n) and v.flags.writeable)
 
 
-def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, want_stats):
+def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, want_stats,
+                out=None):
     """The common training call (a C-contiguous float32 or float64 ndarray with at least
-    2 values per channel, parameters and running statistics already right, no out=,
-    activation or method): (y, mean, invstd) from the kernel after only the checks it
-    needs, bitwise what _forward gives; None for anything else, errors included, which
-    then goes the general way."""
+    2 values per channel, parameters and running statistics already right, out= None
+    or a buffer fast_out takes, no activation or method): (y, mean, invstd) from the
+    kernel after only the checks it needs, bitwise what _forward gives; None for
+    anything else, errors included, which then goes the general way."""
     if not (_fast_scalars(eps, momentum) and (running_mean is None) == (running_var is None)):
         return None
     view = _fast_view(x, axis)
@@ -93,7 +94,9 @@ def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
     if not (n * m > 1 and ready(weight, dt, c) and ready(bias, dt, c)
             and _writeable(running_mean, dt, c) and _writeable(running_var, dt, c)):
         return None
-    y = np.empty(x.shape, dt)
+    y = fast_out(out, x)
+    if y is None:
+        return None
     mean = invstd = None
     if want_stats:
         mean = np.empty(c, dt)
@@ -234,7 +237,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # that are already right, no out=): the same checks as _forward, at a fraction of
     # the cost, so that small calls are not dominated by Python.  Anything else, errors
     # included, goes the general way.
-    if (training is False and out is None and relu is False and activation is None
+    if (training is False and relu is False and activation is None
             and method is None and _fast_scalars(eps, momentum)
             and running_mean is not None and running_var is not None):
         view = _fast_view(x, axis)
@@ -243,15 +246,15 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
             dt = x.dtype
             if (ready(running_mean, dt, c) and ready(running_var, dt, c) and ready(weight, dt, c)
                     and ready(bias, dt, c)):
-                y = np.empty(x.shape, dt)
-                if x.size:
-                    _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean, running_var,
-                                         eps, False, stream_stores(2 * x.nbytes))
-                return y
-    if (training is True and out is None and relu is False and activation is None
-            and method is None):
+                y = fast_out(out, x)
+                if y is not None:
+                    if x.size:
+                        _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean,
+                                          running_var, eps, False, stream_stores(2 * x.nbytes))
+                    return y
+    if training is True and relu is False and activation is None and method is None:
         fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
-                           False)
+                           False, out)
         if fast is not None:
             return fast[0]
     act = activation_value(activation, relu)
@@ -288,8 +291,9 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     >>> res.mean, res.invstd
     (array([ 2., 20.]), array([1. , 0.1]))
     """
-    if out is None and method is None:
-        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, True)
+    if method is None:
+        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, True,
+                           out)
         if fast is not None:
             return BatchNormOutput(*fast)
     return BatchNormOutput(*_forward(plan(x, axis), weight, bias, running_mean, running_var, True,
@@ -350,8 +354,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     (array([0., 0.]), array([-1.]), array([1.]))
     """
     # Fast path: C-contiguous float32/float64 ndarrays of one dtype and shape, parameters
-    # already right, no out= (bitwise the general path's result)
-    if out is None and type(dy) is np.ndarray and (training is True or training is False):
+    # already right, out= None or a buffer fast_out takes (bitwise the general path's result)
+    if type(dy) is np.ndarray and (training is True or training is False):
         view = _fast_view(x, axis)
         if (view is not None and dy.dtype is x.dtype and dy.shape == x.shape
                 and dy.flags.c_contiguous and x.size > 0):
@@ -359,12 +363,13 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
             dt = x.dtype
             if (ready(weight, dt, c) and mean is not None and invstd is not None
                     and ready(mean, dt, c) and ready(invstd, dt, c)):
-                dx = np.empty(x.shape, dt)
-                dweight = np.zeros(c, dt)
-                dbias = np.zeros(c, dt)
-                _kernels.bn_backward(dy, x, dx, n, c, m, mean, invstd, weight, dweight, dbias,
-                                     training, stream_stores(3 * x.nbytes))
-                return BatchNormGrads(dx, dweight, dbias)
+                dx = fast_out(out, x, (dy,))
+                if dx is not None:
+                    dweight = np.zeros(c, dt)
+                    dbias = np.zeros(c, dt)
+                    _kernels.bn_backward(dy, x, dx, n, c, m, mean, invstd, weight, dweight,
+                                         dbias, training, stream_stores(3 * x.nbytes))
+                    return BatchNormGrads(dx, dweight, dbias)
     x = float_array(x, "x")
     dy = float_array(dy, "dy")
     if x.ndim < 2:

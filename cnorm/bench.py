@@ -155,7 +155,9 @@ def copy_bandwidth(nbytes=64 << 20, min_time=0.02, rounds=7):
     return 2 * src.nbytes / t
 
 
-def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
+def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1, given_out=False):
+    """given_out: cnorm and torch write into outputs allocated once (cnorm's out=,
+    torch's .out overloads), as a loop that reuses its buffers calls them."""
     x = rng.standard_normal(shape).astype(dtype)
     c = shape[axis]
     w = (1 + 0.1 * rng.standard_normal(c)).astype(dtype)
@@ -163,20 +165,21 @@ def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
     rm = np.zeros(c, ops_new.own(w).dtype)       # float32 for half-precision x, as torch keeps
     rv = np.ones(c, rm.dtype)
     cw, cb = ops_new.own(w), ops_new.own(b)
+    y = np.empty_like(x) if given_out else None
     funcs = {}
     if op == "bn_train":
-        funcs["cnorm"] = lambda: cnorm.batch_norm_forward(x, cw, cb, rm, rv, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.batch_norm_forward(x, cw, cb, rm, rv, axis=axis, out=y)
         funcs["numpy"] = lambda: nb.batch_norm_train(x, w, b, axis=axis)
         nbytes = 2 * x.nbytes
     elif op == "bn_infer":
-        funcs["cnorm"] = lambda: cnorm.batch_norm(x, cw, cb, rm, rv, axis=axis)
+        funcs["cnorm"] = lambda: cnorm.batch_norm(x, cw, cb, rm, rv, axis=axis, out=y)
         funcs["numpy"] = lambda: nb.batch_norm_infer(x, w, b, rm, rv, axis=axis)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
         fwd = cnorm.batch_norm_forward(x, cw, cb, axis=axis)
         funcs["cnorm"] = lambda: cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, cw,
-                                                           axis=axis)
+                                                           axis=axis, out=y)
         funcs["numpy"] = lambda: nb.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
         nbytes = 3 * x.nbytes
     if torch is not None:
@@ -188,54 +191,79 @@ def _bn_case(op, shape, axis, dtype, torch, rng, ort=None, threads=1):
             perm = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
             t["x"] = t["x"].permute(*perm)
         native = torch.ops.aten.native_batch_norm
-        if op == "bn_train":
-            funcs["torch"] = lambda: native(t["x"], t["w"], t["b"], t["rm"], t["rv"], True, 0.1, 1e-5)
-        elif op == "bn_infer":
-            funcs["torch"] = lambda: native(t["x"], t["w"], t["b"], t["rm"], t["rv"], False, 0.1, 1e-5)
+        kw = {}
+        if given_out:   # y's memory, seen as torch sees x; statistics of the parameters' dtype
+            ty = ops_new.tensor(torch, y)
+            ty = ty.permute(*perm) if axis % len(shape) != 1 else ty
+            stats = [torch.empty(c, dtype=t["w"].dtype) for _ in range(2)]
+            if op == "bn_backward":
+                kw = dict(out0=ty, out1=stats[0], out2=stats[1])
+            else:
+                kw = dict(out=ty, save_mean=stats[0], save_invstd=stats[1])
+            native = native.out
+        if op in ("bn_train", "bn_infer"):
+            training = op == "bn_train"
+            funcs["torch"] = lambda: native(t["x"], t["w"], t["b"], t["rm"], t["rv"], training,
+                                            0.1, 1e-5, **kw)
         else:
             tdy = ops_new.tensor(torch, dy)
             if axis % len(shape) != 1:
                 tdy = tdy.permute(*perm)
             sm, si = torch.from_numpy(fwd.mean), torch.from_numpy(fwd.invstd)
-            funcs["torch"] = lambda: torch.ops.aten.native_batch_norm_backward(
-                tdy, t["x"], t["w"], t["rm"], t["rv"], sm, si, True, 1e-5, [True, True, True])
-    if ort is not None and op == "bn_infer":
+            bwd = torch.ops.aten.native_batch_norm_backward
+            bwd = bwd.out if given_out else bwd
+            funcs["torch"] = lambda: bwd(tdy, t["x"], t["w"], t["rm"], t["rv"], sm, si, True,
+                                         1e-5, [True, True, True], **kw)
+    if ort is not None and op == "bn_infer" and not given_out:   # ORT allocates its outputs
         s = ops_new.bn_ort(ort, x, w, b, rm, rv, axis, dtype, threads)
         if s is not None:
             funcs["ort"] = s
     return funcs, nbytes
 
 
-def _ln_case(op, shape, dtype, torch, rng, ort=None, threads=1):
+def _ln_case(op, shape, dtype, torch, rng, ort=None, threads=1, given_out=False):
+    """given_out: as in _bn_case."""
     x = rng.standard_normal(shape).astype(dtype)
     h = shape[-1]
     w = (1 + 0.1 * rng.standard_normal(h)).astype(dtype)
     b = (0.1 * rng.standard_normal(h)).astype(dtype)
     cw, cb = ops_new.own(w), ops_new.own(b)
+    y = np.empty_like(x) if given_out else None
     funcs = {}
     if op == "ln_forward":
-        funcs["cnorm"] = lambda: cnorm.layer_norm(x, h, cw, cb)
+        funcs["cnorm"] = lambda: cnorm.layer_norm(x, h, cw, cb, out=y)
         funcs["numpy"] = lambda: nb.layer_norm(x, (h,), w, b)
         nbytes = 2 * x.nbytes
     else:
         dy = rng.standard_normal(shape).astype(dtype)
         fwd = cnorm.layer_norm_forward(x, h, cw, cb)
-        funcs["cnorm"] = lambda: cnorm.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, cw)
+        funcs["cnorm"] = lambda: cnorm.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, cw, out=y)
         funcs["numpy"] = lambda: nb.layer_norm_backward(dy, x, fwd.mean, fwd.rstd, w)
         nbytes = 3 * x.nbytes
     if torch is not None:
         tx, tw, tb = (ops_new.tensor(torch, v) for v in (x, w, b))
-        if op == "ln_forward" and shape[0] == 1:   # tiny input: the whole functional call
-            import torch.nn.functional as F
+        kw = {}
+        if given_out:
+            rows = (x.size // h, 1)
+            kw = dict(out0=ops_new.tensor(torch, y))
+            if op == "ln_forward":   # the statistics: (rows, 1), float32 for half x
+                kw.update(out1=torch.empty(rows, dtype=tw.dtype), out2=torch.empty(rows, dtype=tw.dtype))
+            else:
+                kw.update(out1=torch.empty_like(tw), out2=torch.empty_like(tb))
+        if op == "ln_forward" and shape[0] == 1 and not given_out:
+            import torch.nn.functional as F   # tiny input: the whole functional call
             funcs["torch"] = lambda: F.layer_norm(tx, (h,), tw, tb)
         elif op == "ln_forward":
-            funcs["torch"] = lambda: torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
+            fwd_op = torch.ops.aten.native_layer_norm
+            fwd_op = fwd_op.out if given_out else fwd_op
+            funcs["torch"] = lambda: fwd_op(tx, [h], tw, tb, 1e-5, **kw)
         else:
             tdy = ops_new.tensor(torch, dy)
             _, tm, tr = torch.ops.aten.native_layer_norm(tx, [h], tw, tb, 1e-5)
-            funcs["torch"] = lambda: torch.ops.aten.native_layer_norm_backward(
-                tdy, tx, [h], tm, tr, tw, tb, [True, True, True])
-    if ort is not None and op == "ln_forward":
+            bwd = torch.ops.aten.native_layer_norm_backward
+            bwd = bwd.out if given_out else bwd
+            funcs["torch"] = lambda: bwd(tdy, tx, [h], tm, tr, tw, tb, [True, True, True], **kw)
+    if ort is not None and op == "ln_forward" and not given_out:
         s = ops_new.ln_ort(ort, x, w, b, dtype, threads)
         if s is not None:
             funcs["ort"] = s
@@ -293,13 +321,17 @@ def _probe(funcs):
     return out
 
 
-def _case(op, shape, axis, dtype, torch, ort, threads, rng):
-    """The callables to time for one case, and the bytes it moves."""
+OUT_OPS = ("bn_train", "bn_infer", "bn_backward", "ln_forward", "ln_backward")
+
+
+def _case(op, shape, axis, dtype, torch, ort, threads, rng, given_out=False):
+    """The callables to time for one case, and the bytes it moves.  given_out: the
+    outputs of the OUT_OPS are allocated once and passed in (other ops ignore it)."""
     dtype = np_dtype(dtype)
     if op.startswith("bn_"):
-        return _bn_case(op, shape, axis, dtype, torch, rng, ort, threads)
+        return _bn_case(op, shape, axis, dtype, torch, rng, ort, threads, given_out)
     if op.startswith("ln_"):
-        return _ln_case(op, shape, dtype, torch, rng, ort, threads)
+        return _ln_case(op, shape, dtype, torch, rng, ort, threads, given_out)
     if op.startswith("gn_"):
         return ops_new.gn_case(op, shape, axis, dtype, torch, ort, threads, rng)
     if op.startswith("in_"):
@@ -309,9 +341,10 @@ def _case(op, shape, axis, dtype, torch, ort, threads, rng):
     return ops_new.rms_case(op, shape, dtype, torch, ort, threads, rng)
 
 
-def _fmt_case(op, shape, axis, dtype):
+def _fmt_case(op, shape, axis, dtype, given_out=False):
     channels = op.startswith(("bn_", "gn_", "in_"))
     layout = "x".join(map(str, shape)) + (f" ax{axis}" if channels and axis != 1 else "")
+    layout += " out=" if given_out and op in OUT_OPS else ""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
     return f"{op:<12} {name:<8} {layout:<20}"
 
@@ -397,13 +430,15 @@ def _fmt_spread(x):
 
 
 def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="default", json_path=None,
-        plot_path=None, out=None, progress="stderr"):
+        plot_path=None, out=None, progress="stderr", given_out=False):
     """Run the benchmark and print the table; returns the list of result dicts.
 
     mode is "quick" (a smoke run), "default" (about two minutes on 2 cores) or
     "full" (longer samples, more rounds: steadier numbers).  The table goes to
     out (default sys.stdout), progress lines to progress (default sys.stderr;
-    None for none).
+    None for none).  given_out: cnorm and torch write the outputs of the OUT_OPS
+    cases into arrays allocated once (``out=``, torch's ``.out`` overloads);
+    otherwise every call allocates its outputs, as a plain call does.
     """
     out = sys.stdout if out is None else out
     progress = sys.stderr if progress == "stderr" else progress
@@ -419,6 +454,9 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
     bandwidth = copy_bandwidth(min_time=min_time, rounds=rounds)
     llc = _cache_bytes() or 32 << 20  # unknown: a common per-core L3
     print(_header(torch, threads, bandwidth, load, cpus, ort), file=out)
+    print("outputs: " + (f"given (out=), allocated once, in the {', '.join(OUT_OPS)} cases; "
+                         f"allocated by each call elsewhere" if given_out
+                         else "allocated by each call (--out: given)"), file=out)
     print(file=out)
     head = (f"{'case':<42} {'cnorm ms':>9} {'numpy ms':>9} {'vs numpy':>9} {'vs torch':>9} "
             f"{'vs ORT':>8} "
@@ -432,7 +470,7 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
     for i, (op, shape, axis, dtype) in enumerate(todo):
         if progress is not None:
             print(f"[{i + 1}/{len(todo)}] {op} {shape} {dtype}", file=progress, flush=True)
-        funcs, nbytes = _case(op, shape, axis, dtype, torch, ort, threads, rng)
+        funcs, nbytes = _case(op, shape, axis, dtype, torch, ort, threads, rng, given_out)
         funcs = _probe(funcs)
         before = _cpu_snapshot()
         with np.errstate(all="ignore"):
@@ -440,7 +478,8 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
         other = _other_cpus(before, _cpu_snapshot())
         t = {k: float(np.median(v)) for k, v in samples.items()}
         r = dict(op=op, shape=list(shape), axis=axis, dtype=dtype, nbytes=nbytes,
-                 threads=threads, **{f"{k}_s": v for k, v in t.items()})
+                 threads=threads, given_out=given_out and op in OUT_OPS,
+                 **{f"{k}_s": v for k, v in t.items()})
         for k, v in samples.items():
             r.update({f"{k}_min_s": min(v), f"{k}_max_s": max(v), f"{k}_spread": spread(v),
                       f"{k}_samples_s": list(v)})
@@ -463,7 +502,7 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
             flags.append(f"busy ({other:.1f} CPU elsewhere)")
         np_ms = f"{t['numpy'] * 1e3:9.3f}" if "numpy" in t else f"{'-':>9}"
         vs_np = f"{r['speedup_numpy']:8.1f}x" if "numpy" in t else f"{'-':>9}"
-        print(f"{_fmt_case(op, shape, axis, dtype):<42} {t['cnorm'] * 1e3:9.3f} "
+        print(f"{_fmt_case(op, shape, axis, dtype, given_out):<42} {t['cnorm'] * 1e3:9.3f} "
               f"{np_ms} {vs_np} {vs_torch} {vs_ort} "
               f"{_fmt_spread(r['cnorm_spread'])} {r['gbps']:6.1f} {pct}"
               f"{'  ' + ', '.join(flags) if flags else ''}", file=out, flush=True)
@@ -507,7 +546,8 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
                     openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_kernels),
                     copy_bandwidth=bandwidth, copy_bandwidth_end=bandwidth_end,
                     load_average=load, cpus_available=cpus, other_cpus=other_run, busy=busy,
-                    llc_bytes=llc, rounds=rounds, unstable_spread=UNSTABLE_SPREAD)
+                    llc_bytes=llc, rounds=rounds, unstable_spread=UNSTABLE_SPREAD,
+                    given_out=given_out)
         with open(json_path, "w") as f:
             json.dump(dict(meta=meta, results=results), f, indent=1)
     if plot_path:
@@ -522,7 +562,8 @@ def _plot(results, path):
         raise SystemExit("--plot needs matplotlib: pip install 'cnorm[plot]' (or matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [_fmt_case(r["op"], r["shape"], r["axis"], r["dtype"]).strip() for r in results]
+    labels = [_fmt_case(r["op"], r["shape"], r["axis"], r["dtype"], r["given_out"]).strip()
+              for r in results]
     y = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
     ax.barh(y - 0.2, [r["speedup_numpy"] or 0 for r in results], 0.4, label="vs NumPy")
@@ -553,6 +594,10 @@ def main(argv=None):
                         "all; bfloat16 needs ml_dtypes)")
     p.add_argument("--op", default="all",
                    help=f"comma-separated subset of {','.join(OPS)} (default: all)")
+    p.add_argument("--out", action="store_true",
+                   help=f"cnorm and torch write into outputs allocated once (out=) in the "
+                        f"{', '.join(OUT_OPS)} cases; the ORT column is left out there "
+                        f"(default: every call allocates its outputs)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart (needs matplotlib)")
     a = p.parse_args(argv)
@@ -573,7 +618,7 @@ def main(argv=None):
     if a.quick and a.full:
         p.error("--quick and --full exclude each other")
     run(ops, dtypes, a.threads, "quick" if a.quick else "full" if a.full else "default", a.json,
-        a.plot)
+        a.plot, given_out=a.out)
 
 
 class _CallableModule(type(sys)):

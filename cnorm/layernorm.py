@@ -137,13 +137,13 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     array([[-1.22474487,  0.        ,  1.22474487]])
     """
     # Fast paths for the common call (ndarray input, int normalized_shape, parameters that
-    # are already right): the same checks as _forward, at a fraction of the cost, so that
-    # small calls are not dominated by Python.  rows_fast makes them in C for float32,
+    # are already right, out= None or a plain buffer): the same checks as _forward, at a
+    # fraction of the cost, so that small calls are not dominated by Python.  rows_fast makes them in C for float32,
     # float64 and float16; the Python one below covers bfloat16.  Anything else goes the
     # general way, which raises any error.
-    if out is None and method is None and activation is None:
+    if method is None and activation is None:
         y = _kernels.rows_fast(x, normalized_shape, weight, bias, eps, True, NAN,
-                               dispatch.STREAM_BYTES)
+                               dispatch.STREAM_BYTES, out)
         if y is not None:
             return y
     if (out is None and method is None and activation is None and type(x) is np.ndarray

@@ -104,10 +104,10 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     """
     # Fast paths for the common call: the same checks as _forward, at a fraction of the cost
     # (rows_fast in C for float32, float64 and float16; the Python one for bfloat16).
-    if out is None and activation is None:
+    if activation is None:
         y = _kernels.rows_fast(x, normalized_shape, weight, None, eps, False,
                                _X_EPS.get(type(x) is np.ndarray and x.dtype, 0.0),
-                               dispatch.STREAM_BYTES)
+                               dispatch.STREAM_BYTES, out)
         if y is not None:
             return y
     if (out is None and activation is None and type(x) is np.ndarray

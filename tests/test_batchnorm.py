@@ -180,9 +180,17 @@ def test_inference_fast_path_matches_general_path(rng, monkeypatch, name, shape,
     with threads(nt):
         fast = cnorm.batch_norm(x, w, b, rm, rv, axis=axis)
         plain = cnorm.batch_norm(x, None, None, rm, rv, axis=axis, eps=1e-3)
-        assert not calls, "the common inference call should take the fast path"
+        buf, inplace = np.empty_like(x), x.copy()
+        assert cnorm.batch_norm(x, w, b, rm, rv, axis=axis, out=buf) is buf
+        assert cnorm.batch_norm(inplace, w, b, rm, rv, axis=axis, out=inplace) is inplace
+        assert not calls, "the common inference call, out= included, should take the fast path"
+        np.testing.assert_array_equal(buf, fast)
+        np.testing.assert_array_equal(inplace, fast)
         variants = {
-            "out": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis, out=np.empty_like(x)),
+            "fortran-out": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis,
+                                                    out=np.asfortranarray(np.empty_like(x))),
+            "view-of-x-out": lambda: (lambda xc: cnorm.batch_norm(xc, w, b, rm, rv, axis=axis,
+                                                                  out=xc[...]))(x.copy()),
             "method": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis, method="two_pass"),
             "np.int64-axis": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=np.int64(axis)),
             "np.float64-eps": lambda: cnorm.batch_norm(x, w, b, rm, rv, axis=axis,
@@ -237,9 +245,23 @@ def test_training_and_backward_fast_paths_match_general_path(rng, monkeypatch, n
         np.testing.assert_array_equal(general, fast)
         np.testing.assert_array_equal(rm_g, rm_f)
         np.testing.assert_array_equal(rv_g, rv_f)
+        calls.clear()
+        buf, inplace = np.empty_like(x), x.copy()
+        got = cnorm.batch_norm_forward(x, w, b, axis=axis, out=buf)
+        assert got.y is buf
+        got_inplace = cnorm.batch_norm_forward(inplace, w, b, axis=axis, out=inplace)
+        assert got_inplace.y is inplace
+        rm_o, rv_o = rm.copy(), rv.copy()
+        buf2 = np.empty_like(x)
+        assert cnorm.batch_norm(x, w, b, rm_o, rv_o, training=True, axis=axis, out=buf2) is buf2
+        assert not calls, "the common calls with out= should take the fast paths"
+        for g, f in [*zip(got, fwd), *zip(got_inplace, fwd), (buf2, fast), (rm_o, rm_f),
+                     (rv_o, rv_f)]:
+            np.testing.assert_array_equal(g, f)
         variants = {
             "method": lambda: cnorm.batch_norm_forward(x, w, b, axis=axis, method="two_pass"),
-            "out": lambda: cnorm.batch_norm_forward(x, w, b, axis=axis, out=np.empty_like(x)),
+            "fortran-out": lambda: cnorm.batch_norm_forward(
+                x, w, b, axis=axis, out=np.asfortranarray(np.empty_like(x))),
             "list-weight": lambda: cnorm.batch_norm_forward(x, w.tolist(), b, axis=axis),
             "np.int64-axis": lambda: cnorm.batch_norm_forward(x, w, b, axis=np.int64(axis)),
             "fortran-x": lambda: cnorm.batch_norm_forward(np.asfortranarray(x), w, b, axis=axis),
@@ -254,7 +276,14 @@ def test_training_and_backward_fast_paths_match_general_path(rng, monkeypatch, n
         readonly.flags.writeable = False
         with pytest.raises(ValueError, match="running_mean"):
             cnorm.batch_norm(x, w, b, readonly, rv.copy(), training=True, axis=axis)
-        for label, g in {"list-dy": cnorm.batch_norm_backward(dy.tolist(), x, fwd.mean,
+        dx_buf, dy_inplace = np.empty_like(x), dy.copy()
+        assert cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis,
+                                         out=dx_buf).dx is dx_buf
+        into_dy = cnorm.batch_norm_backward(dy_inplace, x, fwd.mean, fwd.invstd, w, axis=axis,
+                                            out=dy_inplace)
+        assert into_dy.dx is dy_inplace
+        for label, g in {"out": (dx_buf, *grads[1:]), "out-dy": into_dy,
+                         "list-dy": cnorm.batch_norm_backward(dy.tolist(), x, fwd.mean,
                                                               fwd.invstd, w, axis=axis),
                          "fortran-dy": cnorm.batch_norm_backward(np.asfortranarray(dy), x,
                                                                  fwd.mean, fwd.invstd, w,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import cnorm
@@ -256,3 +257,53 @@ def test_case_larger_than_the_cache_prints_a_percentage(quiet, monkeypatch, tmp_
     for row, r in zip(rows, data["results"]):
         assert "(cache)" not in row and row.endswith(f"{r['pct_copy']:6.0f}%")
         assert r["cache_resident"] is False
+
+
+def test_out_mode_labels_and_json(tiny, tmp_path, capsys):
+    """--out: the OUT_OPS cases give their outputs (labelled out=, given_out in the JSON);
+    the other ops still allocate."""
+    path = tmp_path / "out.json"
+    bench.main(["--quick", "--out", "--dtype", "float32", "--threads", "1", "--json", str(path),
+                "--op", ",".join(bench.OUT_OPS) + ",rms_forward"])
+    out = capsys.readouterr().out
+    assert "outputs: given (out=)" in out
+    data = json.loads(path.read_text())
+    assert data["meta"]["given_out"] is True
+    for r in data["results"]:
+        assert r["given_out"] == (r["op"] in bench.OUT_OPS), r["op"]
+    rows = [line for line in out.splitlines() if line.startswith(("bn_", "ln_", "rms_"))]
+    assert rows and all(("out=" in line) == (not line.startswith("rms_")) for line in rows)
+    bench.main(["--quick", "--dtype", "float32", "--threads", "1", "--op", "ln_forward"])
+    assert "out=" not in capsys.readouterr().out.split("outputs:")[1].split("\n", 1)[1]
+
+
+@pytest.mark.parametrize("op,shape,axis", [
+    (op, shape, axis) for op in bench.OUT_OPS
+    for shape, axis in ([((4, 3, 8, 8), 1), ((4, 8, 8, 3), -1), ((16, 32), -1)]
+                        if op.startswith("bn_") else [((16, 32), -1)])])
+def test_out_mode_callables_write_one_buffer(op, shape, axis):
+    """In out mode cnorm's call returns the same array each time, and torch's .out call
+    (when torch is installed) writes the same result into its given tensor."""
+    rng = np.random.default_rng(0)
+    mk = bench._bn_case if op.startswith("bn_") else bench._ln_case
+    args = (op, shape, axis, np.dtype(np.float32)) if op.startswith("bn_") else (op, shape,
+                                                                                  np.dtype(np.float32))
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    funcs, _ = mk(*args, torch, rng, given_out=True)
+    a, b = funcs["cnorm"](), funcs["cnorm"]()
+    first = (lambda r: r[0] if isinstance(r, tuple) else r)
+    assert first(a) is first(b)
+    alloc, _ = mk(*args, None, np.random.default_rng(0))
+    np.testing.assert_array_equal(first(alloc["cnorm"]()), first(a))
+    if torch is not None:       # cnorm and torch share the output buffer: keep cnorm's
+        want = first(a).copy()
+        first(a)[...] = np.nan
+        torch.set_num_threads(1)
+        got = funcs["torch"]()[0]
+        if axis != 1 and len(shape) == 4:       # torch's NCHW view of the channels-last y
+            got = got.permute(0, 2, 3, 1)
+        assert got.data_ptr() == first(a).ctypes.data   # written into the given buffer
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)

@@ -335,9 +335,9 @@ def test_fast_paths_take_half_data_with_float32_parameters(rng, monkeypatch, dt)
     b = rng.uniform(-1, 1, 768).astype(np.float32)
     for module, fast, general in [
             (cnorm.layernorm, lambda: cnorm.layer_norm(x, 768, w, b),
-             lambda: cnorm.layer_norm(x, 768, w, b, out=np.empty_like(x))),
+             lambda: cnorm.layer_norm(x, 768, w, b, out=np.asfortranarray(np.empty_like(x)))),
             (cnorm.rmsnorm, lambda: cnorm.rms_norm(x, 768, w),
-             lambda: cnorm.rms_norm(x, 768, w, out=np.empty_like(x)))]:
+             lambda: cnorm.rms_norm(x, 768, w, out=np.asfortranarray(np.empty_like(x))))]:
         calls = count_calls(monkeypatch, module)
         y = fast()
         assert not calls, f"{module.__name__}: the fast path was not taken"

@@ -107,13 +107,19 @@ def test_fast_path_matches_general_path(rng, monkeypatch, shape, nt, dtype, whic
         fast = cnorm.layer_norm(x, h, w, b)
         assert not calls, "the common call should take the fast path"
         fast_eps = cnorm.layer_norm(x, h, w, b, eps=1e-5)
-        assert not calls
+        buf, inplace = np.empty_like(x), x.copy()
+        assert cnorm.layer_norm(x, h, w, b, out=buf) is buf
+        assert cnorm.layer_norm(inplace, h, w, b, out=inplace) is inplace
+        assert not calls, "out= a plain buffer, or x itself, should take the fast path"
         variants = {
+            "fortran-out": lambda: cnorm.layer_norm(x, h, w, b,
+                                                    out=np.asfortranarray(np.empty_like(x))),
+            "view-of-x-out": lambda: (lambda xc: cnorm.layer_norm(xc, h, w, b, out=xc[...]))(
+                x.copy()),
             "tuple": lambda: cnorm.layer_norm(x, (h,), w, b),
             "np.int64": lambda: cnorm.layer_norm(x, np.int64(h), w, b),
             "eps-np.float64": lambda: cnorm.layer_norm(x, h, w, b, eps=np.float64(1e-5)),
             "method-two_pass": lambda: cnorm.layer_norm(x, h, w, b, method="two_pass"),
-            "out": lambda: cnorm.layer_norm(x, h, w, b, out=np.empty_like(x)),
             "forward": lambda: cnorm.layer_norm_forward(x, h, w, b).y,
             "fortran-x": lambda: cnorm.layer_norm(np.asfortranarray(x), h, w, b),
         }
@@ -133,6 +139,8 @@ def test_fast_path_matches_general_path(rng, monkeypatch, shape, nt, dtype, whic
             results[key] = fn()
             assert len(calls) == before + 1, f"{key} should take the general path"
     assert_same(fast_eps, fast, "eps=1e-5 given")
+    assert_same(buf, fast, "out=")
+    assert_same(inplace, fast, "out=x")
     for key, y in results.items():
         assert_same(y, fast, key)
     assert_close(fast, R.layer_norm(x, h, w, b)[0], dtype)
