@@ -459,7 +459,7 @@ def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
         with nogil:
             rc = _train_dispatch(t, planar, px, py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
                                  momentum, meth, act, stream, nt)
-    call_done(KIND_BN_TRAIN, nt, N * C * M)
+    call_done(KIND_BN_TRAIN, nt, N * C * M, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
@@ -494,7 +494,7 @@ def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     else:
         with nogil:
             rc = _infer_dispatch(t, px, py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
-    call_done(KIND_BN_INFER, nt, N * C * M)
+    call_done(KIND_BN_INFER, nt, N * C * M, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
 
@@ -541,6 +541,6 @@ def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
         with nogil:
             rc = _backward_dispatch(t, planar, pg, px, pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
                                     training, stream, nt)
-    call_done(KIND_BN_BACKWARD, nt, N * C * M)
+    call_done(KIND_BN_BACKWARD, nt, N * C * M, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm_backward")

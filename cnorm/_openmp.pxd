@@ -48,7 +48,7 @@ cdef enum:
     MIN_WORK_PER_THREAD = 32768
 
 cdef int threads_for(Py_ssize_t work) noexcept nogil
-cdef void call_done(int kind, int nt, Py_ssize_t work) noexcept nogil
+cdef void call_done(int kind, int nt, Py_ssize_t work, int dtype, int act) noexcept nogil
 
 cdef enum CallKind:      # which shim reports a call to call_done
     KIND_BN_TRAIN = 0

@@ -46,11 +46,14 @@ cdef extern from *:
        nothing but the time changes. */
     #include <time.h>
     #define CNORM_KINDS 16
+    #define CNORM_VARIANTS 16      /* per kind: dtype code * 4 + activation */
     #define CNORM_STALL_FACTOR 4.0
     #define CNORM_STALL_MIN 5e-4
     #define CNORM_BACKOFF_MIN 1e-3
     #define CNORM_BACKOFF_MAX 1.0
-    static double cnorm_per_value[CNORM_KINDS];   /* usual seconds per value, per kind */
+    /* usual seconds per value, per kind and variant: a float64 SiLU pass costs more
+       than 4x a float32 one per value, and must not look like a stall after it */
+    static double cnorm_per_value[CNORM_KINDS * CNORM_VARIANTS];
     static double cnorm_backoff_until = 0.0;
     static double cnorm_backoff_len = 0.0;        /* the window; 0: none */
     static double cnorm_last_change = 0.0;        /* of the window */
@@ -68,7 +71,7 @@ cdef extern from *:
     }
     static void cnorm_record(int kind, long long work, double dt) {
         double per, usual, now;
-        if (work <= 0 || kind < 0 || kind >= CNORM_KINDS)
+        if (work <= 0 || kind < 0 || kind >= CNORM_KINDS * CNORM_VARIANTS)
             return;
         per = dt / (double)work;
         usual = cnorm_per_value[kind];
@@ -100,7 +103,7 @@ cdef extern from *:
     static double cnorm_get_backoff_len(void) { return cnorm_backoff_len; }
     static void cnorm_reset_adaptive(void) {
         int k;
-        for (k = 0; k < CNORM_KINDS; k++)
+        for (k = 0; k < CNORM_KINDS * CNORM_VARIANTS; k++)
             cnorm_per_value[k] = 0.0;
         cnorm_backoff_until = 0.0;
         cnorm_backoff_len = 0.0;
@@ -263,11 +266,12 @@ cdef int threads_for(Py_ssize_t work) noexcept nogil:
     return n
 
 
-cdef void call_done(int kind, int nt, Py_ssize_t work) noexcept nogil:
+cdef void call_done(int kind, int nt, Py_ssize_t work, int dtype, int act) noexcept nogil:
     """Report the end of a kernel call that threads_for gave nt threads, started by
-    this thread (kind: which shim, so that each learns its own usual time)."""
-    if nt > 1:
-        cnorm_record(kind, work, cnorm_call_time())
+    this thread (kind: which shim; dtype: x's dtype code, act: the activation code, so
+    that each kind of call learns its own usual time)."""
+    if nt > 1 and 0 <= dtype < 4 and 0 <= act < 4:
+        cnorm_record(kind * 16 + dtype * 4 + act, work, cnorm_call_time())
 
 
 def adaptive_state():
@@ -283,11 +287,12 @@ def set_adaptive(enabled):
     cnorm_reset_adaptive()
 
 
-def record_call(int kind, int nt, Py_ssize_t work, double seconds):
-    """Feed the back-off logic a call of `kind` on nt threads over work values that took
-    seconds (for tests: a held-up call without a busy neighbour)."""
-    if nt > 1:
-        cnorm_record(kind, work, seconds)
+def record_call(int kind, int nt, Py_ssize_t work, double seconds, int dtype=0, int act=0):
+    """Feed the back-off logic a call of `kind` (of dtype code and activation code; 0, 0:
+    float32, none) on nt threads over work values that took seconds (for tests: a
+    held-up call without a busy neighbour)."""
+    if nt > 1 and 0 <= dtype < 4 and 0 <= act < 4:
+        cnorm_record(kind * 16 + dtype * 4 + act, work, seconds)
 
 
 def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):

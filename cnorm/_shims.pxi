@@ -54,7 +54,7 @@ cdef inline void _rows_call(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t 
         with nogil:
             _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres,
                            ph)
-    call_done(KIND_ROWS, nt, R * H)
+    call_done(KIND_ROWS, nt, R * H, t, m.act)
 
 
 cdef inline bint _param_ok(object v, int ptype, Py_ssize_t H) noexcept:
@@ -197,7 +197,7 @@ def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t
             else:
                 rc = rows_backward_runs(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, R, H,
                                         pm, pr, pw, pdw, pdb, m, stream, nt)
-    call_done(KIND_ROWS_BACKWARD, nt, R * H)
+    call_done(KIND_ROWS_BACKWARD, nt, R * H, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a backward pass")
 
@@ -230,7 +230,7 @@ def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ss
         else:
             rc = groups_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, N, HW, C, G, pw, pb, pm, pr, pv,
                                 eps, meth, act, stream, nt)
-    call_done(KIND_GROUPS, nt, N * HW * C)
+    call_done(KIND_GROUPS, nt, N * HW * C, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
 
@@ -262,7 +262,7 @@ def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize
         else:
             rc = groups_backward(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, HW, C, G,
                                  pm, pr, pw, pdw, pdb, stream, nt)
-    call_done(KIND_GROUPS_BACKWARD, nt, N * HW * C)
+    call_done(KIND_GROUPS_BACKWARD, nt, N * HW * C, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
 
@@ -303,6 +303,6 @@ def moment_stats(cnp.ndarray x, Py_ssize_t A, Py_ssize_t B, Py_ssize_t C, bint s
     else:
         with nogil:
             rc = _stats_dispatch(t, samples, px, A, B, C, meth, nt, pm, pq)
-    call_done(KIND_MOMENTS, nt, A * B * C)
+    call_done(KIND_MOMENTS, nt, A * B * C, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for moments")

@@ -159,6 +159,21 @@ def test_ordinary_calls_do_not_back_off(adaptive):
 
 
 @needs_openmp
+def test_each_dtype_and_activation_learns_its_own_usual_time(adaptive):
+    """A float64 SiLU pass costs more than 4x a float32 plain one per value: after
+    float32 calls it is no stall, while a float32 call held up as long is."""
+    with threads(2):
+        work = 1 << 20
+        for _ in range(5):
+            _openmp.record_call(KIND, 2, work, 1e-4)                 # float32, no activation
+        _openmp.record_call(KIND, 2, work, 6e-4, dtype=1, act=2)     # float64, SiLU
+        _openmp.record_call(KIND, 2, work, 6e-4, dtype=1, act=2)
+        assert _openmp.adaptive_state()[1] == 0
+        _openmp.record_call(KIND, 2, work, 6e-4)                     # float32 again: held up
+        assert _openmp.adaptive_state()[1] == 1
+
+
+@needs_openmp
 def test_back_off_can_be_turned_off(adaptive):
     _openmp.set_adaptive(False)
     with threads(2):
