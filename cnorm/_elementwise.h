@@ -23,6 +23,7 @@
 #ifndef CNORM_ELEMENTWISE_H
 #define CNORM_ELEMENTWISE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -221,9 +222,10 @@ CNORM_VECTORS(64)
 
 #define CNORM_SEL_S(m, a, b) ((m) ? (a) : (b))
 /* out = silu(v), as statements over the type FT (scalar or vector) and integer
- * types IT/UT of its width. */
-#define CNORM_SILU_STMTS(out, FT, IT, UT, v, SEL, CONST, LO, HI, LOG2E, MAGIC, LN2HI, LN2LO,   \
-                         ONE, BIAS, SHIFT, POLY)                                             \
+ * types IT/UT of its width.  MAD(a, b, c) is a * b + c: one fused multiply-add
+ * (one rounding) for float32, a product and a sum for float64 (see below). */
+#define CNORM_SILU_STMTS(out, FT, IT, UT, v, SEL, CONST, MAD, LO, HI, LOG2E, MAGIC, LN2HI,    \
+                         LN2LO, ONE, BIAS, SHIFT, POLY)                                      \
     do {                                                                                     \
         FT v_ = (v);                                                                         \
         FT a_ = -v_;                                                                         \
@@ -233,26 +235,34 @@ CNORM_VECTORS(64)
         UT e_;                                                                               \
         a_ = SEL(a_ < LO, CONST(LO), a_);                                                    \
         a_ = SEL(a_ > HI, CONST(HI), a_);                                                    \
-        t_ = a_ * LOG2E + MAGIC;                                                             \
+        t_ = MAD(a_, CONST(LOG2E), m_);                                                      \
         k_ = t_ - MAGIC;                                                                     \
-        r_ = (a_ - k_ * LN2HI) - k_ * LN2LO;                                                 \
-        p_ = POLY(r_);                                                                       \
+        r_ = MAD(-k_, CONST(LN2HI), a_);                                                     \
+        r_ = MAD(-k_, CONST(LN2LO), r_);                                                     \
+        p_ = POLY(r_, MAD, CONST);                                                           \
         memcpy(&kb_, &t_, sizeof kb_);                                                       \
         memcpy(&mb_, &m_, sizeof mb_);                                                       \
         e_ = (UT)(kb_ - mb_ + BIAS) << SHIFT;       /* 2**k, k = round(a / ln 2) */          \
         memcpy(&s_, &e_, sizeof s_);                                                         \
-        (out) = v_ / (p_ * s_ + ONE);                                                        \
+        (out) = v_ / MAD(p_, s_, CONST(ONE));                                                \
     } while (0)
 /* exp(r) for |r| <= ln(2)/2: Taylor to degree 7 (float32) and 13 (float64), whose
  * truncation errors are below half an ulp, by Horner's scheme. */
-#define CNORM_EXP_POLY_F32(r) (1.0f + (r) * (1.0f + (r) * (0.5f + (r) * (1.6666667163372e-1f   \
-    + (r) * (4.1666667908430e-2f + (r) * (8.3333337679505e-3f + (r) * (1.3888889225200e-3f  \
-    + (r) * 1.9841270113830e-4f)))))))
-#define CNORM_EXP_POLY_F64(r) (1.0 + (r) * (1.0 + (r) * (0.5 + (r) * (1.0 / 6 + (r) * (1.0 / 24 \
-    + (r) * (1.0 / 120 + (r) * (1.0 / 720 + (r) * (1.0 / 5040 + (r) * (1.0 / 40320           \
-    + (r) * (1.0 / 362880 + (r) * (1.0 / 3628800 + (r) * (1.0 / 39916800                     \
-    + (r) * (1.0 / 479001600 + (r) * (1.0 / 6227020800.0))))))))))))))
+#define CNORM_EXP_POLY_F32(r, MAD, C) MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, MAD(r,          \
+    C(1.9841270113830e-4f), C(1.3888889225200e-3f)), C(8.3333337679505e-3f)),                 \
+    C(4.1666667908430e-2f)), C(1.6666667163372e-1f)), C(0.5f)), C(1.0f)), C(1.0f))
+#define CNORM_EXP_POLY_F64(r, MAD, C) MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, MAD(r,   \
+    MAD(r, MAD(r, MAD(r, MAD(r, MAD(r, C(1.0 / 6227020800.0), C(1.0 / 479001600)),            \
+    C(1.0 / 39916800)), C(1.0 / 3628800)), C(1.0 / 362880)), C(1.0 / 40320)), C(1.0 / 5040)), \
+    C(1.0 / 720)), C(1.0 / 120)), C(1.0 / 24)), C(1.0 / 6)), C(0.5)), C(1.0)), C(1.0))
 #define CNORM_CONST_S(c) (c)
+/* float64's a * b + c stays a product and a sum (the kernels are built with
+ * -ffp-contract=off); float32's is one fused multiply-add: 30% fewer operations
+ * in SiLU, whose float32 output pass was bound by its arithmetic.  Hardware
+ * FMA in the x86-64-v3 and v4 builds, C's correctly rounded fmaf elsewhere
+ * (slow, but the same bits). */
+#define CNORM_MAD_f64(a, b, c) ((a) * (b) + (c))
+#define CNORM_MAD_f32_S(a, b, c) fmaf((a), (b), (c))
 #define CNORM_SILU_EXPAND(...) CNORM_SILU_STMTS(__VA_ARGS__)   /* expands the ARGS lists */
 #define CNORM_SILU_ARGS_F32 -87.0f, 89.0f, 1.44269504088896341f, 12582912.0f, 0.693145751953125f, \
     1.428606765330187045e-06f, 1.0f, 127, 23, CNORM_EXP_POLY_F32
@@ -262,14 +272,14 @@ static inline float cnorm_silu_f32(float v)
 {
     float out;
     CNORM_SILU_EXPAND(out, float, int32_t, uint32_t, v, CNORM_SEL_S, CNORM_CONST_S,
-                     CNORM_SILU_ARGS_F32);
+                      CNORM_MAD_f32_S, CNORM_SILU_ARGS_F32);
     return out;
 }
 static inline double cnorm_silu_f64(double v)
 {
     double out;
     CNORM_SILU_EXPAND(out, double, int64_t, uint64_t, v, CNORM_SEL_S, CNORM_CONST_S,
-                     CNORM_SILU_ARGS_F64);
+                      CNORM_MAD_f64, CNORM_SILU_ARGS_F64);
     return out;
 }
 #define CNORM_SILU_f32_S(v) cnorm_silu_f32(v)
@@ -296,12 +306,33 @@ typedef uint32_t cnorm_vu32_32 __attribute__((vector_size(32)));
 typedef uint64_t cnorm_vu64_32 __attribute__((vector_size(32)));
 typedef uint32_t cnorm_vu32_16 __attribute__((vector_size(16)));
 typedef uint64_t cnorm_vu64_16 __attribute__((vector_size(16)));
+/* float32 vector FMA: the instruction where the build has FMA, lane by lane fmaf
+ * (the same bits) where it does not */
+#if defined(__FMA__)
+#include <immintrin.h>
+#define CNORM_MAD_f32_32(a, b, c)                                               \
+    ((cnorm_vf32_32)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define CNORM_MAD_f32_16(a, b, c)                                               \
+    ((cnorm_vf32_16)_mm_fmadd_ps((__m128)(a), (__m128)(b), (__m128)(c)))
+#else
+#define CNORM_FMA_LANES(a, b, c) __extension__({                                \
+    __typeof__(a) a__ = (a), b__ = (b), c__ = (c), o__;                         \
+    for (size_t i__ = 0; i__ < sizeof a__ / sizeof a__[0]; i__++)               \
+        o__[i__] = fmaf(a__[i__], b__[i__], c__[i__]);                          \
+    o__; })
+#define CNORM_MAD_f32_32 CNORM_FMA_LANES
+#define CNORM_MAD_f32_16 CNORM_FMA_LANES
+#endif
+#ifdef CNORM_HAVE_V64
+#define CNORM_MAD_f32_64(a, b, c)                                               \
+    ((cnorm_vf32_64)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#endif
 #define CNORM_SILU_F32_V(W, v) __extension__({ cnorm_vf32_##W o_;                             \
     CNORM_SILU_EXPAND(o_, cnorm_vf32_##W, cnorm_vi32_##W, cnorm_vu32_##W, v, CNORM_SEL_i32_##W,  \
-                     CNORM_CONST_f32_##W, CNORM_SILU_ARGS_F32); o_; })
+                      CNORM_CONST_f32_##W, CNORM_MAD_f32_##W, CNORM_SILU_ARGS_F32); o_; })
 #define CNORM_SILU_F64_V(W, v) __extension__({ cnorm_vf64_##W o_;                             \
     CNORM_SILU_EXPAND(o_, cnorm_vf64_##W, cnorm_vi64_##W, cnorm_vu64_##W, v, CNORM_SEL_i64_##W,  \
-                     CNORM_CONST_f64_##W, CNORM_SILU_ARGS_F64); o_; })
+                      CNORM_CONST_f64_##W, CNORM_MAD_f64, CNORM_SILU_ARGS_F64); o_; })
 #ifdef CNORM_HAVE_V64
 #define CNORM_ID_f32_64 CNORM_ID_V
 #define CNORM_ID_f64_64 CNORM_ID_V

@@ -281,10 +281,61 @@ def _ew_call(lib, name, *args):
     f(*[None if a is None else (_p(a) if isinstance(a, np.ndarray) else a) for a in args])
 
 
+def fma32(a, b, c):
+    """float32 a * b + c rounded once (to nearest, ties to even), as an FMA does.
+
+    The product is exact in float64, and the float64 sum s is off from the exact
+    sum by e (TwoSum).  Rounding s to float32 is then right unless s lies exactly
+    halfway between two float32 values while e is not 0: the tie goes the way e
+    points."""
+    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)
+    r = s.astype(np.float32)
+    r64 = r.astype(np.float64)
+    other = np.nextafter(r, np.where(s > r64, np.float32(np.inf), np.float32(-np.inf)))
+    tie = (s != r64) & (2 * s == r64 + other.astype(np.float64)) & (e != 0)
+    toward = np.sign(other.astype(np.float64) - s) == np.sign(e)
+    return np.where(tie & toward, other, r)
+
+
+def test_fma32_rounds_once():
+    """fma32 against exact rational arithmetic, ties and near-ties included."""
+    from fractions import Fraction
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(3000).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32)
+    c = rng.standard_normal(3000).astype(np.float32)
+    # float64 sums that land on a float32 midpoint: a * b = -+1 + 2**-46 or 1 - 2**-46
+    # with c = 2**24 + 2 (where float32's spacing is 2) leaves the sum 2**24 + 1 or
+    # 2**24 + 3 in float64, and where the exact sum lies decides (float32 rounding of
+    # the float64 sum alone gets the first three wrong); a true tie goes to even
+    u = np.float32(1 + 2 ** -23)
+    d = np.float32(1 - 2 ** -23)
+    big = np.float32(2 ** 24 + 2)
+    a[:4], b[:4], c[:4] = [u, -u, u, 1], [d, d, -d, 1], [big, big, -big, big]
+    got = fma32(a, b, c)
+    assert got[0] == big and got[1] == big and got[2] == -big and got[3] == big + 2
+    assert ((a[:3].astype(np.float64) * b[:3] + c[:3]).astype(np.float32) != got[:3]).all()
+    for x, y, z, g in zip(a, b, c, got):
+        exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        near = np.float32(float(exact))
+        cands = [np.nextafter(near, np.float32(-np.inf)), near,
+                 np.nextafter(near, np.float32(np.inf))]
+        dist = [abs(Fraction(float(v)) - exact) for v in cands]
+        best = min(dist)
+        ok = [v for v, d in zip(cands, dist) if d == best]
+        want = ok[0] if len(ok) == 1 else [v for v in ok if not (v.view(np.uint32) & 1)][0]
+        assert g == want, (x, y, z, g, want)
+
+
 def silu_bits(v):
     """SiLU as _elementwise.h computes it, in NumPy's IEEE operations of v's type and in
     the same order: v / (exp(-v) + 1), exp by Cody-Waite reduction, a Taylor
-    polynomial by Horner's scheme and 2**k from its bits."""
+    polynomial by Horner's scheme and 2**k from its bits; each a * b + c one fused
+    multiply-add for float32 (fma32), a product and a sum for float64."""
     t = v.dtype.type
     f32 = v.dtype == np.float32
     it, ut = (np.int32, np.uint32) if f32 else (np.int64, np.uint64)
@@ -296,19 +347,23 @@ def silu_bits(v):
     coef = ([1.0, 1.0, 0.5, 1.6666667163372e-1, 4.1666667908430e-2, 8.3333337679505e-3,
              1.3888889225200e-3, 1.9841270113830e-4] if f32 else
             [1.0, 1.0, 0.5] + [1.0 / math.factorial(k) for k in range(3, 14)])
+    def mad(x, y, z):
+        return fma32(x, y, z) if f32 else x * y + z
+
     with np.errstate(all="ignore"):
         a = -v
         a = np.where(a < t(lo_), t(lo_), a)
         a = np.where(a > t(hi_), t(hi_), a)
-        tt = a * t(log2e) + t(magic)
+        tt = mad(a, t(log2e), t(magic))
         k = tt - t(magic)
-        r = (a - k * t(ln2hi)) - k * t(ln2lo)
+        r = mad(-k, t(ln2hi), a)
+        r = mad(-k, t(ln2lo), r)
         p = t(coef[-1])
         for c in coef[-2::-1]:
-            p = t(c) + r * p
+            p = mad(r, p, t(c))
         kb = tt.view(it) - np.array(magic, v.dtype).view(it)
         scale = ((kb + bias).astype(ut) << ut(shift)).view(v.dtype)
-        return v / (p * scale + t(1))
+        return v / mad(p, scale, t(1))
 
 
 def test_silu_bits_is_silu():
