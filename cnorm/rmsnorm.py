@@ -10,11 +10,11 @@ import numpy as np
 
 from cnorm._checks import (
     F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
-    output_buffer, param_dtype, ready, storage_param_dtype,
+    output_buffer, param_dtype,
 )
 from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
-from cnorm.layernorm import plan
+from cnorm.layernorm import fast_rows, fast_rows_backward, plan
 
 _kernels = kernels("_kernels")
 
@@ -110,22 +110,28 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
                                dispatch.STREAM_BYTES, out)
         if y is not None:
             return y
-    if (out is None and activation is None and type(x) is np.ndarray
-            and type(normalized_shape) is int and (eps is None or (type(eps) is float
-                                                                  and 0.0 <= eps < INF))):
-        dt = x.dtype
-        pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
-        if (pdt is not None and x.ndim and x.shape[-1] == normalized_shape
-                and normalized_shape > 0 and ready(weight, pdt, normalized_shape)
-                and x.flags.c_contiguous):
-            y = np.empty(x.shape, dt)
-            rows = x.size // normalized_shape
-            if rows:
-                _kernels.norm_rows(x, y, rows, normalized_shape, 1, 1, False, 0, weight, None,
-                                   None, None, _EPS[pdt] if eps is None else eps, None,
-                                   stream_stores(2 * x.nbytes))
-            return y
+    if activation is None:
+        y = _fast_forward(x, normalized_shape, weight, eps, out, False)
+        if y is not None:
+            return y[0]
     return _forward(plan(x, normalized_shape), weight, eps, activation, out, False)[0]
+
+
+def _fast_forward(x, normalized_shape, weight, eps, out, want_stats):
+    """(y, rstd or None) of the common call, as _forward computes it, or None for the
+    general path."""
+    if not (eps is None or (type(eps) is float and 0.0 <= eps < INF)):
+        return None
+    fast = fast_rows(x, normalized_shape, weight, None, out)
+    if fast is None:
+        return None
+    pdt, y = fast
+    rstd = np.empty(x.shape[:-1], pdt) if want_stats else None
+    if x.size:
+        _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, 1, 1, False, 0,
+                           weight, None, None, rstd, _EPS[pdt] if eps is None else eps, None,
+                           stream_stores(2 * x.nbytes))
+    return y, rstd
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
@@ -144,6 +150,9 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
     TypeError, ValueError
         As `rms_norm`; nothing is modified when an error is raised.
     """
+    fast = _fast_forward(x, normalized_shape, weight, eps, out, True)
+    if fast is not None:
+        return RMSNormOutput(*fast)
     return RMSNormOutput(*_forward(plan(x, normalized_shape), weight, eps, None, out, True))
 
 
@@ -184,6 +193,15 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
         elements to normalise over; a bad `out`.  Nothing is modified when an
         error is raised.
     """
+    fast = fast_rows_backward(dy, x, (rstd,), weight, out)       # the common call
+    if fast is not None:
+        pdt, dx = fast
+        h = x.shape[-1]
+        dweight = np.zeros(h, pdt)
+        if x.size:
+            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, 1, 1, None, rstd, weight,
+                                        dweight, None, stream_stores(3 * x.nbytes))
+        return RMSNormGrads(dx, dweight)
     x = float_array(x, "x")
     dy = grad_array(dy, x)
     if rstd is None:

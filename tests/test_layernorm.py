@@ -85,6 +85,61 @@ def assert_same(actual, expected, what=""):
 # The fast path of layer_norm and the general path give the same bits
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", DTYPES + ["float16"])
+@pytest.mark.parametrize("shape,nt", [((16, 768), 1), ((512, 768), 2), ((2, 5, 37), 1),
+                                      ((0, 8), 1)],
+                         ids=["16x768", "512x768-2threads", "2x5x37", "empty"])
+def test_forward_and_backward_fast_paths_match_general_path(rng, monkeypatch, shape, nt, dtype):
+    """layer_norm_forward, layer_norm_backward, rms_norm_forward and rms_norm_backward take
+    a fast path for the common call (out= a plain buffer, or dy itself, included) and give
+    the general path's bits; other spellings of the call take the general path."""
+    import cnorm.rmsnorm
+    dtype = np.dtype(dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    h = shape[-1]
+    x = row_data(rng, shape, h, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    w = rng.uniform(0.5, 2, h).astype(pdt)
+    b = rng.uniform(-1, 1, h).astype(pdt)
+    general = []
+    for module in (cnorm.layernorm, cnorm.rmsnorm):     # every general path starts here
+        original = module.float_array
+
+        def counting(*a, _orig=original, **k):
+            general.append(1)
+            return _orig(*a, **k)
+        monkeypatch.setattr(module, "float_array", counting)
+    with threads(nt):
+        f = cnorm.layer_norm_forward(x, h, w, b)
+        g = cnorm.layer_norm_backward(dy, x, f.mean, f.rstd, w)
+        r = cnorm.rms_norm_forward(x, h, w)
+        rg = cnorm.rms_norm_backward(dy, x, r.rstd, w)
+        buf, into = np.empty_like(x), dy.copy()
+        f_out = cnorm.layer_norm_forward(x, h, w, b, out=buf)
+        g_in = cnorm.layer_norm_backward(into, x, f.mean, f.rstd, w, out=into)
+        assert f_out.y is buf and g_in.dx is into
+        assert not general, "the common calls should take the fast paths"
+        slow = {
+            "ln forward": (f, cnorm.layer_norm_forward(x, (h,), w.tolist(), b)),
+            "ln forward out=": (f_out, f),
+            "ln backward": (g, cnorm.layer_norm_backward(dy, x, f.mean.tolist(), f.rstd, w)),
+            "ln backward out=dy": (g_in, g),
+            "rms forward": (r, cnorm.rms_norm_forward(x, (h,), w.tolist())),
+            "rms backward": (rg, cnorm.rms_norm_backward(dy, x, r.rstd.tolist(), w)),
+        }
+        assert len(general) == 4
+    for label, (fast, slower) in slow.items():
+        for a, c in zip(fast, slower):
+            assert_same(a, c, label)
+    if x.size:      # against the reference (float16: within an ulp of it)
+        want = R.layer_norm(x.astype(np.float64), h, w, b)[0]
+        if dtype == np.float16:
+            np.testing.assert_allclose(f.y.astype(np.float64), want, rtol=2 ** -10,
+                                       atol=2 ** -10 * np.abs(want).max())
+        else:
+            assert_close(f.y, want, dtype)
+
+
 @pytest.mark.parametrize("which", ["none", "weight", "both"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,nt", [((16, 768), 1), ((512, 768), 2), ((3, 10000), 1),
@@ -120,7 +175,6 @@ def test_fast_path_matches_general_path(rng, monkeypatch, shape, nt, dtype, whic
             "np.int64": lambda: cnorm.layer_norm(x, np.int64(h), w, b),
             "eps-np.float64": lambda: cnorm.layer_norm(x, h, w, b, eps=np.float64(1e-5)),
             "method-two_pass": lambda: cnorm.layer_norm(x, h, w, b, method="two_pass"),
-            "forward": lambda: cnorm.layer_norm_forward(x, h, w, b).y,
             "fortran-x": lambda: cnorm.layer_norm(np.asfortranarray(x), h, w, b),
         }
         if dtype == np.float64:
