@@ -7,6 +7,7 @@
 
 cdef enum:
     COL_TILE = 1024       # columns per tile
+    OUTPUT_BLOCK = 16384  # elements per parallel block of the row-major output passes
 
 
 ctypedef struct Tiling:
@@ -214,24 +215,31 @@ cdef inline void set_columns(double v0, double v1, double v2, double v3, Py_ssiz
         pset(cols, 3 * K + k, v3, like)
 
 
+cdef inline Py_ssize_t output_block_rows(Py_ssize_t K) noexcept nogil:
+    """Rows of K elements per parallel block of the row-major output passes: about
+    OUTPUT_BLOCK elements, each block fenced once.  Blocks of STREAM_TILE elements
+    were 1.3-1.5x slower (channels-last batch norm (32, 56, 56, 64)); one share per
+    thread made (256, 1024) inference, in cache, 1.25x slower than these blocks."""
+    return OUTPUT_BLOCK // K if OUTPUT_BLOCK // K > 1 else 1
+
+
 cdef inline Py_ssize_t share(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nt) noexcept nogil:
     """Where thread t's share of n items starts when n is split into nt contiguous
-    shares (t = nt: n).  The output passes give each thread one share and fence its
-    streaming stores once at its end: blocks of STREAM_TILE elements, each fenced,
-    were 1.3-1.5x slower (channels-last batch norm (32, 56, 56, 64)), and a fence
-    per run of a few KiB cost NCHW batch norm 5-20%."""
+    shares (t = nt: n).  Batch norm's planar output passes give each thread one
+    share of the runs and fence its streaming stores once at its end: a fence per
+    run of a few KiB cost NCHW batch norm 5-20%."""
     return n * t // nt
 
 
 cdef void normalize_rows(const real* x, real* y, Py_ssize_t R, Py_ssize_t K,
                          const void* cols, int act, bint stream, int nt) noexcept nogil:
     """cols holds hi, lo, scale, shift: four arrays of K."""
-    cdef Py_ssize_t t
-    if nt == 1:
-        rows_affine(x, y, 0, R, R, K, cols, act, stream)
-        return
-    for t in prange(nt, num_threads=nt, schedule='static'):
-        rows_affine(x, y, share(R, t, nt), share(R, t + 1, nt), R, K, cols, act, stream)
+    cdef Py_ssize_t rb = output_block_rows(K)
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t b
+    for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        rows_affine(x, y, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, R, K, cols, act,
+                    stream)
 
 
 ctypedef struct Grad:
@@ -272,12 +280,11 @@ cdef inline void grad_rows(const real* g, const real* x, real* dx, Py_ssize_t r0
 cdef void grad_rows_parallel(const real* g, const real* x, real* dx, Py_ssize_t R,
                              Py_ssize_t K, const void* cols, bint training, bint stream,
                              int nt) noexcept nogil:
-    """dx of (R, K) matrices from per-column coefficients (see grad_rows), a share of
-    the rows per thread."""
-    cdef Py_ssize_t t
-    if nt == 1:
-        grad_rows(g, x, dx, 0, R, R, K, cols, training, stream)
-        return
-    for t in prange(nt, num_threads=nt, schedule='static'):
-        grad_rows(g, x, dx, share(R, t, nt), share(R, t + 1, nt), R, K, cols, training,
-                  stream)
+    """dx of (R, K) matrices from per-column coefficients (see grad_rows), in blocks of
+    about OUTPUT_BLOCK elements (see output_block_rows)."""
+    cdef Py_ssize_t rb = output_block_rows(K)
+    cdef Py_ssize_t nb = (R + rb - 1) // rb
+    cdef Py_ssize_t b
+    for b in prange(nb, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        grad_rows(g, x, dx, b * rb, (b + 1) * rb if (b + 1) * rb < R else R, R, K, cols,
+                  training, stream)
