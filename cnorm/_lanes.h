@@ -204,6 +204,22 @@ static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)          
         b += g_;                                                               \
     } while (0)
 
+/* The vector steps of the row-gradient loops over w, dw and db (in scope, with i, q
+ * and nb): each step of CNORM_LW lanes at o loads the weights' lanes wq and the dw
+ * and db lanes d and b, runs STEPS (one CNORM_GRAD_STEP per row) and stores d and b. */
+#define CNORM_GRAD_LANES(...)                                                   \
+    for (i = 0; i < nb; i += 8) {                                               \
+        for (q = 0; q < CNORM_R8; q++) {                                        \
+            ptrdiff_t o = i + CNORM_LW * q;                                     \
+            cnorm_vwd wq = CNORM_LOADW_CAST(w + o), d, b;                       \
+            memcpy(&d, dw + o, sizeof d);                                       \
+            memcpy(&b, db + o, sizeof b);                                       \
+            __VA_ARGS__;                                                        \
+            memcpy(dw + o, &d, sizeof d);                                       \
+            memcpy(db + o, &b, sizeof b);                                       \
+        }                                                                       \
+    }
+
 /* A row's tail after the vector steps (elements nb..n, into lanes 0..), then its sums
  * from its 8 lanes (A and C of the steps). */
 #define CNORM_DEFINE_GRAD_TAIL(S, T, PT)                                        \
@@ -228,17 +244,7 @@ static inline void cnorm_row_grad_sums_##S(const T *g, const T *x, const PT *w, 
     cnorm_vwd A[CNORM_R8] = {{0}}, C[CNORM_R8] = {{0}};                            \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     int q;                                                                         \
-    for (i = 0; i < nb; i += 8) {                                                  \
-        for (q = 0; q < CNORM_R8; q++) {                                           \
-            ptrdiff_t o = i + CNORM_LW * q;                                        \
-            cnorm_vwd wq = CNORM_LOADW_CAST(w + o), d, b;                          \
-            memcpy(&d, dw + o, sizeof d);                                          \
-            memcpy(&b, db + o, sizeof b);                                          \
-            CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o);                  \
-            memcpy(dw + o, &d, sizeof d);                                          \
-            memcpy(db + o, &b, sizeof b);                                          \
-        }                                                                          \
-    }                                                                              \
+    CNORM_GRAD_LANES(CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o));         \
     cnorm_grad_tail_##S(g, x, w, n, nb, m, r, A, C, sums, dw, db);                 \
 }
 
@@ -256,18 +262,8 @@ static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1
     cnorm_vwd E[CNORM_R8] = {{0}}, F[CNORM_R8] = {{0}};                            \
     ptrdiff_t nb = n - n % 8, i;                                                   \
     int q;                                                                         \
-    for (i = 0; i < nb; i += 8) {                                                  \
-        for (q = 0; q < CNORM_R8; q++) {                                           \
-            ptrdiff_t o = i + CNORM_LW * q;                                        \
-            cnorm_vwd wq = CNORM_LOADW_CAST(w + o), d, b;                          \
-            memcpy(&d, dw + o, sizeof d);                                          \
-            memcpy(&b, db + o, sizeof b);                                          \
-            CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o);                  \
-            CNORM_GRAD_STEP(S, g_1, x_1, m_1, r_1, wq, E, F, d, b, q, o);          \
-            memcpy(dw + o, &d, sizeof d);                                          \
-            memcpy(db + o, &b, sizeof b);                                          \
-        }                                                                          \
-    }                                                                              \
+    CNORM_GRAD_LANES(CNORM_GRAD_STEP(S, g, x, m, r, wq, A, C, d, b, q, o);          \
+                     CNORM_GRAD_STEP(S, g_1, x_1, m_1, r_1, wq, E, F, d, b, q, o));     \
     cnorm_grad_tail_##S(g, x, w, n, nb, m, r, A, C, sums, dw, db);                 \
     cnorm_grad_tail_##S(g_1, x_1, w, n, nb, m_1, r_1, E, F, sums_1, dw, db);       \
 }

@@ -266,12 +266,20 @@ cdef int threads_for(Py_ssize_t work) noexcept nogil:
     return n
 
 
+cdef inline int _slot(int kind, int dtype, int act) noexcept nogil:
+    """The learnt-time slot of a kind of call, its dtype code and its activation code
+    (CNORM_VARIANTS = 16 per kind); -1 for codes out of range."""
+    if 0 <= dtype < 4 and 0 <= act < 4:
+        return kind * 16 + dtype * 4 + act
+    return -1
+
+
 cdef void call_done(int kind, int nt, Py_ssize_t work, int dtype, int act) noexcept nogil:
     """Report the end of a kernel call that threads_for gave nt threads, started by
     this thread (kind: which shim; dtype: x's dtype code, act: the activation code, so
     that each kind of call learns its own usual time)."""
-    if nt > 1 and 0 <= dtype < 4 and 0 <= act < 4:
-        cnorm_record(kind * 16 + dtype * 4 + act, work, cnorm_call_time())
+    if nt > 1:
+        cnorm_record(_slot(kind, dtype, act), work, cnorm_call_time())
 
 
 def adaptive_state():
@@ -291,8 +299,8 @@ def record_call(int kind, int nt, Py_ssize_t work, double seconds, int dtype=0, 
     """Feed the back-off logic a call of `kind` (of dtype code and activation code; 0, 0:
     float32, none) on nt threads over work values that took seconds (for tests: a
     held-up call without a busy neighbour)."""
-    if nt > 1 and 0 <= dtype < 4 and 0 <= act < 4:
-        cnorm_record(kind * 16 + dtype * 4 + act, work, seconds)
+    if nt > 1:
+        cnorm_record(_slot(kind, dtype, act), work, seconds)
 
 
 def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
