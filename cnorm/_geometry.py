@@ -2,20 +2,24 @@
 
 Every op views x, C-contiguous, in one of the kernels' geometries:
 
-- rows: an (R, H) matrix with statistics per row.  Row r uses parameter set
-  r % Q of H / run parameters; `run` consecutive values share one.  Layer and
-  RMS norm: Q = 1, run = 1.  Group norm, channels first: a row per (sample,
-  group), Q = G, run = H*W.  Instance norm, channels first: a row per (sample,
-  channel), Q = C, run = H.
-- groups: (N, HW, C) with statistics per (sample, group of C / G columns):
-  group and instance norm, channels last (or (N, C) input).
-- batch norm's (N, C, M) with statistics per channel (cnorm.batchnorm).
+- planes: (P, Q, S) with statistics per segment q, the P blocks of S values at
+  x[p, q, :].  Segment q uses parameter set q % Qp, of S / run parameters, one
+  per `run` consecutive values of each block.  Batch norm with runs of 16 or
+  more (cnorm.batchnorm, P = N, Q = Qp = C, S = run = M); group norm, channels
+  first (P = 1, Q = N*G, S = C/G * HW, Qp = G, run = HW); instance norm,
+  channels first (P = 1, Q = N*C, S = HW, Qp = C, run = HW).
+- rows: an (R, H) matrix with statistics per row and a parameter per position:
+  layer and RMS norm (cnorm.layernorm).
+- columns: (R, K) with statistics per column: batch norm's channels-last and
+  short-run layouts; and, per sample, (N, HW, C) with statistics per (sample,
+  group of C / G columns): group and instance norm, channels last (or (N, C)
+  input).
 """
 
 import math
 from collections import namedtuple
 
-Rows = namedtuple("Rows", ["R", "H", "Q", "run"])
+Planes = namedtuple("Planes", ["P", "Q", "S", "Qp", "run"])
 Groups = namedtuple("Groups", ["N", "HW", "C", "G"])
 
 
@@ -28,7 +32,7 @@ def channel_geometry(shape, axis):
 
 
 def group_geometry(shape, axis, groups):
-    """Rows or Groups for statistics per (sample, group of channels) of x of `shape`
+    """Planes or Groups for statistics per (sample, group of channels) of x of `shape`
     (axis 0 the samples, `axis` the channels, already in [0, ndim)); groups divides
     the channels.  Raises ValueError for a channel axis that is neither the second
     nor the last."""
@@ -38,6 +42,6 @@ def group_geometry(shape, axis, groups):
     if axis == ndim - 1:
         return Groups(n, spatial, c, groups)
     if axis == 1:
-        return Rows(n * groups, (c // groups) * spatial, groups, spatial)
+        return Planes(1, n * groups, (c // groups) * spatial, groups, spatial)
     raise ValueError(f"axis must be 1 (channels first) or -1 (channels last) for an array of "
                      f"{ndim} dimensions, got {axis}")

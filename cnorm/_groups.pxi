@@ -31,19 +31,14 @@ cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, Py_ssize_t H
     arithmetic type."""
     cdef Py_ssize_t cs = C // G, g, c
     cdef Moments mo
-    cdef double var, rstd
+    cdef double rstd
     cdef Affine p
+    cdef StatsOut o = stats_out(mean_out, rstd_out, var_out, NULL, NULL, 0.0)
     if column_moments(x, HW, C, method, nt, stats, stats + C) != 0:
         return -1
     for g in range(G):
         mo = channel_moments(stats, stats + C, g, cs, <double>HW)
-        var = mo.m2 / mo.n
-        rstd = 1.0 / sqrt(var + eps)
-        if mean_out != NULL:
-            pset(mean_out, n * G + g, mo.mean, x)
-            pset(rstd_out, n * G + g, rstd, x)
-        if var_out != NULL:
-            pset(var_out, n * G + g, var, x)
+        rstd = finish_stats(mo, n * G + g, eps, o, x)
         for c in range(g * cs, (g + 1) * cs):
             p = make_affine(mo.mean, rstd * pget(w, c, 1.0, x), pget(b, c, 0.0, x), x)
             set_affine_columns(p, c, 1, C, cols, x)
@@ -93,14 +88,14 @@ cdef int group_sample_backward(const real* g, const real* x, real* dx, Py_ssize_
     sum(dy * (x - mean)) into sums[0:C] and sums[C:2C].  mu holds C doubles, cols 4 C."""
     cdef Py_ssize_t cs = C // G, gi, c
     cdef double r, A, B, wc, S = <double>(HW * cs)
+    cdef Grad q
     cdef double* sg = sums
     cdef double* sgx = sums + C
     for c in range(C):
         mu[c] = pget(mean, n * G + c // cs, 0.0, x)
     if column_dots(g, x, HW, C, mu, nt, sg, sgx) != 0:
         return -1
-    # dx = (dy * rstd * w_c - (x - mean) * rstd**3 * B / S) - rstd * A / S per group, with
-    # A = sum(dy * w) and B = sum(dy * w * (x - mean)) over its S values
+    # per group, A = sum(dy * w) and B = sum(dy * w * (x - mean)) over its S values
     for gi in range(G):
         r = pget(rstd, n * G + gi, 0.0, x)
         A = 0.0
@@ -111,8 +106,8 @@ cdef int group_sample_backward(const real* g, const real* x, real* dx, Py_ssize_
             B += wc * sgx[c]
         for c in range(gi * cs, (gi + 1) * cs):
             wc = pget(w, c, 1.0, x)
-            set_columns(pget(mean, n * G + gi, 0.0, x), r * wc, r * r * r * B / S, r * A / S, c,
-                        1, C, cols, x)
+            q = make_grad(pget(mean, n * G + gi, 0.0, x), r, wc, A, B, S, True, x)
+            set_columns(q.hi, q.a, q.bc, q.cc, c, 1, C, cols, x)
     grad_rows_parallel(g, x, dx, HW, C, cols, True, stream, nt)
     return 0
 

@@ -14,14 +14,20 @@ def bn_infer(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F |
 def bn_backward(dy: _F, x: _F, dx: _F, N: int, C: int, M: int, mean: _F, invstd: _F,
                 weight: _F | None, dweight: _F, dbias: _F, training: bool,
                 stream: bool) -> None: ...
-def norm_rows(x: _F, y: _F, R: int, H: int, Q: int, run: int, centred: bool, act: int,
+def norm_rows(x: _F, y: _F, R: int, H: int, centred: bool, act: int,
               weight: _F | None, bias: _F | None, mean_out: _F | None, rstd_out: _F | None,
-              eps: float, method: str | None, stream: bool,
-              var_out: _F | None = None, residual: _F | None = None,
+              eps: float, method: str | None, stream: bool, residual: _F | None = None,
               h_out: _F | None = None) -> None: ...
-def norm_rows_backward(dy: _F, x: _F, dx: _F, R: int, H: int, Q: int, run: int,
-                       mean: _F | None, rstd: _F, weight: _F | None, dweight: _F,
-                       dbias: _F | None, stream: bool) -> None: ...
+def norm_rows_backward(dy: _F, x: _F, dx: _F, R: int, H: int, mean: _F | None, rstd: _F,
+                       weight: _F | None, dweight: _F, dbias: _F | None,
+                       stream: bool) -> None: ...
+def norm_planes(x: _F, y: _F, P: int, Q: int, S: int, Qp: int, run: int, weight: _F | None,
+                bias: _F | None, mean_out: _F | None, rstd_out: _F | None, eps: float,
+                method: str | None, act: int, stream: bool,
+                var_out: _F | None = None) -> None: ...
+def norm_planes_backward(dy: _F, x: _F, dx: _F, P: int, Q: int, S: int, Qp: int, run: int,
+                         mean: _F, rstd: _F, weight: _F | None, dweight: _F, dbias: _F,
+                         stream: bool) -> None: ...
 def norm_groups(x: _F, y: _F, N: int, HW: int, C: int, G: int, weight: _F | None,
                 bias: _F | None, mean_out: _F | None, rstd_out: _F | None, eps: float,
                 method: str | None, act: int, stream: bool,

@@ -7,7 +7,7 @@ from libc.math cimport INFINITY, sqrt
 from libc.stdlib cimport free, malloc
 
 from cnorm._moments cimport (
-    CHUNK, LANES, PREFETCH_BYTES, ROW_GROUP, STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments,
+    CHUNK, LANES, PREFETCH_BYTES, PREFETCH_WRITE_MAX, ROW_GROUP, STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments,
     chunked_dot, chunked_moments, cnorm_add, cnorm_affine, cnorm_copy, cnorm_bf16, cnorm_col_dot2_x4, cnorm_col_sum2,
     cnorm_col_sum2_x4, cnorm_col_welford_x4, cnorm_dot2, cnorm_f16, cnorm_grad, cnorm_grad_cols,
     cnorm_ln_affine, cnorm_ln_dx, cnorm_prefetch, cnorm_prefetch_write, cnorm_row_grad_sums,
@@ -55,6 +55,7 @@ cdef inline int method_code(object method) except -1:
 
 
 include "_columns.pxi"
+include "_planes.pxi"
 include "_batchnorm_kernels.pxi"
 include "_rows.pxi"
 include "_groups.pxi"

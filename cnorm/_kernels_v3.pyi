@@ -3,5 +3,6 @@ from cnorm._kernels import (
     bn_backward as bn_backward, bn_infer as bn_infer, bn_train as bn_train,
     moment_stats as moment_stats, rows_fast as rows_fast,
     norm_groups as norm_groups, norm_groups_backward as norm_groups_backward,
+    norm_planes as norm_planes, norm_planes_backward as norm_planes_backward,
     norm_rows as norm_rows, norm_rows_backward as norm_rows_backward,
 )

@@ -172,6 +172,8 @@ cdef enum:
     PREFETCH_BYTES = 4096   # software prefetch distance of the row-by-row loops, at least
                             # (layer-norm forward and batch norm's column statistics
                             # stall on loads without it)
+    PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
+                                # (see _rows.pxi's forward_row) and are never streamed
 
 cdef inline Py_ssize_t prefetch_rows(Py_ssize_t row_elems, Py_ssize_t itemsize) noexcept nogil:
     """How many rows of row_elems items ahead to prefetch: PREFETCH_BYTES or a bit more."""

@@ -1,15 +1,11 @@
-# Row geometry: x viewed as a C-contiguous (R, S) matrix whose statistics are
-# per row over its S values.  Layer norm and RMS norm (one row per sample),
-# group norm (one row per (sample, group): S = C/G * H*W) and instance norm
-# (one row per (sample, channel)) in the channel-first layouts are all this.
+# Row geometry: x viewed as a C-contiguous (R, H) matrix whose statistics are
+# per row over its H values, with one parameter per position of a row: layer
+# norm and RMS norm.  (This is the plane geometry of _planes.pxi with P = 1 and
+# runs of one value; a parameter per position takes these loops of its own.)
 #
 # What tells them apart is a RowMap:
 # * centred: the statistics are the mean and variance (False for RMS norm,
 #   whose one statistic is the mean of squares, and whose mean is 0);
-# * Q and run: how parameters map onto a row.  Row r uses parameter set r % Q,
-#   of S / run parameters each, and `run` consecutive values share one
-#   parameter: run 1 is one parameter per position (layer norm, RMS norm),
-#   run H*W one per channel (group norm), run S one per row (instance norm);
 # * act: the activation applied in the output pass.
 #
 # A row's statistics come from the blocked helpers of _moments.pxd, and the
@@ -21,14 +17,10 @@ cdef enum:
     ADD_TILE = 256              # values of h a streamed fused add-norm keeps on the stack
     MAX_COLUMN_BLOCKS = 64      # at most this many row blocks of dweight/dbias partials
     ROWS_WORK = 65536           # elements per row block, at least
-    PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
-                                # (see forward_row) and are never streamed (slower)
     DX_TILE = 256               # elements of a streamed backward row per prefetch request
 
 
 ctypedef struct RowMap:
-    Py_ssize_t Q                # parameter sets, used by rows in turn
-    Py_ssize_t run              # values per parameter
     bint centred                # subtract the mean (False: RMS norm)
     int act                     # Activation of the output pass
 
@@ -59,18 +51,6 @@ cdef inline void row_affine(const real* x, real* y, Py_ssize_t n, double mean, d
     cdef double hi = pround(mean, x)
     cdef double lo = pround(mean - hi, x)
     cnorm_ln_affine(x, y, n, hi, lo, rstd, w, b, act, stream)
-
-
-cdef inline void runs_affine(const real* x, real* y, Py_ssize_t H, Py_ssize_t run,
-                             double mean, double rstd, const void* w, const void* b,
-                             int act, bint stream) noexcept nogil:
-    """A row of H / run runs, run k scaled by rstd * w[k] and shifted by b[k]."""
-    cdef double hi = pround(mean, x)
-    cdef double lo = pround(mean - hi, x)
-    cdef Py_ssize_t k
-    for k in range(H // run):
-        cnorm_affine(x + k * run, y + k * run, run, hi, lo, rstd * pget(w, k, 1.0, x),
-                     pget(b, k, 0.0, x), act, stream)
 
 
 cdef inline void add_row_streamed(const real* x, const real* res, real* hout, real* y,
@@ -139,7 +119,7 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
 
 cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w,
                              const void* b, void* mean_out, void* rstd_out,
-                             void* var_out, double eps, int method, bint stream,
+                             double eps, int method, bint stream,
                              const real* ahead, RowMap m, const real* res,
                              real* hout) noexcept nogil:
     """One row, with w and b its parameter set (or NULL); `ahead` (or NULL) is a later
@@ -162,7 +142,7 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
     cdef Py_ssize_t ahead_off = ahead - x if ahead != NULL else 0
     # streamed fused add-norm (float32 and float64 stream; half outputs do not), unless h
     # overwrites x or the residual, which its output pass reads again
-    if (res != NULL and stream and (real is float or real is double) and m.run == 1
+    if (res != NULL and stream and (real is float or real is double)
             and method != WELFORD and H <= CHUNK and hout != res and hout != x):
         add_row_streamed(x, res, hout, y, H, w, b, mean_out, rstd_out, eps, ahead, m)
         return
@@ -185,11 +165,6 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
         pset(mean_out, 0, mean, x)
     if rstd_out != NULL:
         pset(rstd_out, 0, rstd, x)
-    if var_out != NULL:
-        pset(var_out, 0, var, x)
-    if m.run != 1:
-        runs_affine(x, y, H, m.run, mean, rstd, w, b, m.act, stream)
-        return
     if not stream:
         if ahead != NULL and short_row:
             cnorm_prefetch(ahead, nbytes)
@@ -209,35 +184,27 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
 
 cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t R,
                        Py_ssize_t H, const void* w, const void* b, void* mean_out,
-                       void* rstd_out, void* var_out, double eps, int method,
+                       void* rstd_out, double eps, int method,
                        bint stream, RowMap m, const real* res, real* hout) noexcept nogil:
     """Rows [r0, r1) of R, each prefetching the row at least PREFETCH_BYTES ahead;
     when streaming, one fence after them (a fence per row is much slower).
     res and hout: the residual and where h = x + res goes (both NULL for none)."""
     cdef Py_ssize_t d = prefetch_rows(H, sizeof(real))
-    cdef Py_ssize_t r, p = 0
-    cdef Py_ssize_t P = H // m.run          # parameters per set
-    cdef Py_ssize_t q = r0 % m.Q            # the parameter set of row r, kept without a division
+    cdef Py_ssize_t r
     cdef RowMap plain                       # layer norm's map, as constants: GCC specialises
-    plain.Q = 1                             # the inlined forward_row for it, which short
-    plain.run = 1                           # rows feel
-    plain.centred = True
-    plain.act = 0
-    if m.Q == 1 and m.run == 1 and m.centred and m.act == 0 and var_out == NULL and res == NULL:
+    plain.centred = True                    # the inlined forward_row for it, which short
+    plain.act = 0                           # rows feel
+    if m.centred and m.act == 0 and res == NULL:
         for r in range(r0, r1):
             forward_row(x + r * H, y + r * H, H, w, b, <void*>pat(mean_out, r, x),
-                        <void*>pat(rstd_out, r, x), NULL, eps, method, stream,
+                        <void*>pat(rstd_out, r, x), eps, method, stream,
                         x + (r + d) * H if r + d < R else NULL, plain, NULL, NULL)
         if stream:
             cnorm_stream_fence()
         return
     for r in range(r0, r1):
-        if m.Q != 1:
-            p = q * P
-            q = q + 1 if q + 1 < m.Q else 0
-        forward_row(x + r * H, y + r * H, H, pat(w, p, x), pat(b, p, x),
-                    <void*>pat(mean_out, r, x), <void*>pat(rstd_out, r, x),
-                    <void*>pat(var_out, r, x), eps, method, stream,
+        forward_row(x + r * H, y + r * H, H, w, b,
+                    <void*>pat(mean_out, r, x), <void*>pat(rstd_out, r, x), eps, method, stream,
                     x + (r + d) * H if r + d < R else NULL, m,
                     res + r * H if res != NULL else NULL, hout + r * H if res != NULL else NULL)
     if stream:
@@ -246,7 +213,7 @@ cdef void forward_rows(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1, Py_
 
 cdef void rows_forward(const real* x, real* y, Py_ssize_t R, Py_ssize_t H,
                        const void* w, const void* b, void* mean_out,
-                       void* rstd_out, void* var_out, double eps, int method,
+                       void* rstd_out, double eps, int method,
                        bint stream, RowMap m, int nt, const real* res,
                        real* hout) noexcept nogil:
     # one contiguous block of rows per thread, as a static schedule over rows gives
@@ -254,12 +221,12 @@ cdef void rows_forward(const real* x, real* y, Py_ssize_t R, Py_ssize_t H,
     cdef Py_ssize_t k
     stream = streams_rows(H, stream, x)
     if nt == 1:     # no parallel region at all: even an inactive one costs a microsecond
-        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, var_out, eps, method, stream, m,
+        forward_rows(x, y, 0, R, R, H, w, b, mean_out, rstd_out, eps, method, stream, m,
                      res, hout)
         return
     for k in prange(nt, num_threads=nt, schedule='static'):
         forward_rows(x, y, k * rb, (k + 1) * rb if (k + 1) * rb < R else R, R, H, w, b,
-                     mean_out, rstd_out, var_out, eps, method, stream, m, res, hout)
+                     mean_out, rstd_out, eps, method, stream, m, res, hout)
 
 
 # ---------------------------------------------------------------------------
@@ -398,71 +365,4 @@ cdef int rows_backward_positions(const real* g, const real* x, real* dx,
             pset(dbias, i, sb, x)
     free(part)
     free(ones)
-    return 0
-
-
-cdef inline void backward_runs_row(const real* g, const real* x, real* dx,
-                                   Py_ssize_t H, Py_ssize_t run, double mean, double rstd,
-                                   const void* w, double* sums, bint stream) noexcept nogil:
-    """dx of one centred row of H / run runs, run k with weight w[k] (w NULL: ones);
-    sums[2k], sums[2k + 1] receive run k's sum(dy) and sum(dy * (x - mean))."""
-    cdef double a[LANES]
-    cdef double c[LANES]
-    cdef double A = 0.0, B = 0.0, wk, sg, sgx, bc, cc
-    cdef Py_ssize_t k, j, P = H // run
-    cdef double hi = pround(mean, x)
-    # every sum before any dx: dx may be the very buffer of g or x
-    for k in range(P):
-        for j in range(LANES):
-            a[j] = 0.0
-            c[j] = 0.0
-        cnorm_dot2(g + k * run, x + k * run, run, mean, a, c)
-        sg = lanes_total(a)
-        sgx = lanes_total(c)
-        sums[2 * k] = sg
-        sums[2 * k + 1] = sgx
-        wk = pget(w, k, 1.0, x)
-        A += wk * sg
-        B += wk * sgx
-    # dx = (dy * rstd * w_k - (x - mean) * rstd**3 * B / H) - rstd * A / H
-    bc = rstd * rstd * rstd * B / H
-    cc = rstd * A / H
-    for k in range(P):
-        wk = pget(w, k, 1.0, x)
-        cnorm_grad(g + k * run, x + k * run, dx + k * run, run, hi, rstd * wk, bc, cc, 1, stream)
-
-
-cdef int rows_backward_runs(const real* g, const real* x, real* dx, Py_ssize_t R,
-                            Py_ssize_t H, const void* mean, const void* rstd,
-                            const void* w, void* dweight, void* dbias, RowMap m,
-                            bint stream, int nt) noexcept nogil:
-    """Backward of centred rows with Q parameter sets of H / run parameters (group
-    norm, instance norm).  Each row's run sums are kept, then summed per parameter
-    over the rows that use it, in row order."""
-    cdef Py_ssize_t P = H // m.run
-    cdef Py_ssize_t r, p, q, k
-    cdef double sw, sb
-    cdef double* part = <double*>malloc((2 * R * P + 1) * sizeof(double))
-    if part == NULL:
-        return -1
-    stream = streams_rows(H, stream, x)
-    for r in prange(R, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        backward_runs_row(g + r * H, x + r * H, dx + r * H, H, m.run, pget(mean, r, 0.0, x),
-                          pget(rstd, r, 0.0, x), pat(w, (r % m.Q) * P, x), part + 2 * r * P,
-                          stream)
-        if stream:
-            cnorm_stream_fence()
-    for p in range(m.Q * P):
-        q = p // P
-        k = p - q * P
-        sw = 0.0
-        sb = 0.0
-        r = q
-        while r < R:
-            sw += part[2 * (r * P + k) + 1] * pget(rstd, r, 0.0, x)
-            sb += part[2 * (r * P + k)]
-            r += m.Q
-        pset(dweight, p, sw, x)
-        pset(dbias, p, sb, x)
-    free(part)
     return 0

@@ -5,54 +5,51 @@
 # call a kernel.
 # ---------------------------------------------------------------------------
 
-cdef inline RowMap row_map(Py_ssize_t Q, Py_ssize_t run, bint centred, int act) noexcept:
+cdef inline RowMap row_map(bint centred, int act) noexcept:
     cdef RowMap m
-    m.Q = Q
-    m.run = run
     m.centred = centred
     m.act = act
     return m
 
 
 cdef inline void _rows_dispatch(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t H,
-                                void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
+                                void* pw, void* pb, void* pm, void* pr, double eps,
                                 int meth, bint stream, RowMap m, int nt, void* pres,
                                 void* ph) noexcept nogil:
     if t == F32:
-        rows_forward(<float*>px, <float*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt,
+        rows_forward(<float*>px, <float*>py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt,
                      <float*>pres, <float*>ph)
     elif t == F64:
-        rows_forward(<double*>px, <double*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt,
+        rows_forward(<double*>px, <double*>py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt,
                      <double*>pres, <double*>ph)
     elif t == F16:
-        rows_forward(<cnorm_f16*>px, <cnorm_f16*>py, R, H, pw, pb, pm, pr, pv, eps, meth, stream,
+        rows_forward(<cnorm_f16*>px, <cnorm_f16*>py, R, H, pw, pb, pm, pr, eps, meth, stream,
                      m, nt, <cnorm_f16*>pres, <cnorm_f16*>ph)
     else:
-        rows_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, R, H, pw, pb, pm, pr, pv, eps, meth,
+        rows_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, R, H, pw, pb, pm, pr, eps, meth,
                      stream, m, nt, <cnorm_bf16*>pres, <cnorm_bf16*>ph)
 
 
-def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, Py_ssize_t Q,
-              Py_ssize_t run, bint centred, int act, weight, bias, mean_out, rstd_out,
-              double eps, method, bint stream, var_out=None, residual=None, h_out=None):
+def norm_rows(cnp.ndarray x, cnp.ndarray y, Py_ssize_t R, Py_ssize_t H, bint centred,
+              int act, weight, bias, mean_out, rstd_out, double eps, method, bint stream,
+              residual=None, h_out=None):
     """Forward of the row geometry (see _rows.pxi); with residual (and h_out, both of
     x's dtype and shape, C-contiguous), the rows of h = x + residual are written to
     h_out and normalised instead of x's."""
     _rows_call(dtype_code(x), cnp.PyArray_DATA(x), cnp.PyArray_DATA(y), R, H,
-               row_map(Q, run, centred, act), data(weight), data(bias), data(mean_out),
-               data(rstd_out), data(var_out), eps, method_code(method), stream, data(residual),
-               data(h_out))
+               row_map(centred, act), data(weight), data(bias), data(mean_out),
+               data(rstd_out), eps, method_code(method), stream, data(residual), data(h_out))
 
 
 cdef inline void _rows_call(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t H, RowMap m,
-                            void* pw, void* pb, void* pm, void* pr, void* pv, double eps,
+                            void* pw, void* pb, void* pm, void* pr, double eps,
                             int meth, bint stream, void* pres, void* ph) noexcept:
     cdef int nt = threads_for(R * H)
     if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
-        _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres, ph)
+        _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt, pres, ph)
     else:
         with nogil:
-            _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, pv, eps, meth, stream, m, nt, pres,
+            _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt, pres,
                            ph)
     call_done(KIND_ROWS, nt, R * H, t, m.act)
 
@@ -148,18 +145,15 @@ def rows_fast(x, normalized_shape, weight, bias, eps, bint centred, double defau
     R = cnp.PyArray_SIZE(a) // H
     if R:
         _rows_call(code, cnp.PyArray_DATA(a), cnp.PyArray_DATA(y), R, H,
-                   row_map(1, 1, centred, 0), data(weight), data(bias), NULL, NULL, NULL, e,
+                   row_map(centred, 0), data(weight), data(bias), NULL, NULL, e,
                    TWO_PASS, 2 * cnp.PyArray_NBYTES(a) > stream_bytes, NULL, NULL)
     return y
 
 
 def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t R,
-                       Py_ssize_t H, Py_ssize_t Q, Py_ssize_t run, mean, rstd, weight,
-                       dweight, dbias, bint stream):
+                       Py_ssize_t H, mean, rstd, weight, dweight, dbias, bint stream):
     """Backward of the row geometry; mean None means not centred (RMS norm)."""
     cdef int nt = threads_for(R * H)
-    cdef RowMap m = row_map(Q, run, mean is not None, 0)
-    cdef bint positions = Q == 1 and run == 1
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pdx = cnp.PyArray_DATA(dx)
@@ -171,35 +165,93 @@ def norm_rows_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t
     cdef int t = dtype_code(x)
     cdef int rc
     with nogil:
-        if positions:
-            if t == F32:
-                rc = rows_backward_positions(<float*>pg, <float*>px, <float*>pdx, R, H, pm, pr,
-                                             pw, pdw, pdb, stream, nt)
-            elif t == F64:
-                rc = rows_backward_positions(<double*>pg, <double*>px, <double*>pdx, R, H, pm, pr,
-                                             pw, pdw, pdb, stream, nt)
-            elif t == F16:
-                rc = rows_backward_positions(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, R,
-                                             H, pm, pr, pw, pdw, pdb, stream, nt)
-            else:
-                rc = rows_backward_positions(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx,
-                                             R, H, pm, pr, pw, pdw, pdb, stream, nt)
+        if t == F32:
+            rc = rows_backward_positions(<float*>pg, <float*>px, <float*>pdx, R, H, pm, pr, pw,
+                                         pdw, pdb, stream, nt)
+        elif t == F64:
+            rc = rows_backward_positions(<double*>pg, <double*>px, <double*>pdx, R, H, pm, pr, pw,
+                                         pdw, pdb, stream, nt)
+        elif t == F16:
+            rc = rows_backward_positions(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, R, H,
+                                         pm, pr, pw, pdw, pdb, stream, nt)
         else:
-            if t == F32:
-                rc = rows_backward_runs(<float*>pg, <float*>px, <float*>pdx, R, H, pm, pr, pw,
-                                        pdw, pdb, m, stream, nt)
-            elif t == F64:
-                rc = rows_backward_runs(<double*>pg, <double*>px, <double*>pdx, R, H, pm, pr, pw,
-                                        pdw, pdb, m, stream, nt)
-            elif t == F16:
-                rc = rows_backward_runs(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, R, H, pm,
-                                        pr, pw, pdw, pdb, m, stream, nt)
-            else:
-                rc = rows_backward_runs(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, R, H,
-                                        pm, pr, pw, pdw, pdb, m, stream, nt)
+            rc = rows_backward_positions(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, R, H,
+                                         pm, pr, pw, pdw, pdb, stream, nt)
     call_done(KIND_ROWS_BACKWARD, nt, R * H, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a backward pass")
+
+
+cdef inline int _planes_dispatch(int t, void* px, void* py, Planes g, void* pw, void* pb,
+                                 StatsOut o, double eps, int meth, int act, bint stream,
+                                 int nt) noexcept nogil:
+    if t == F32:
+        return planes_forward(<float*>px, <float*>py, g, pw, pb, o, eps, meth, act, stream, nt)
+    elif t == F64:
+        return planes_forward(<double*>px, <double*>py, g, pw, pb, o, eps, meth, act, stream, nt)
+    elif t == F16:
+        return planes_forward(<cnorm_f16*>px, <cnorm_f16*>py, g, pw, pb, o, eps, meth, act,
+                              stream, nt)
+    return planes_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, g, pw, pb, o, eps, meth, act,
+                          stream, nt)
+
+
+def norm_planes(cnp.ndarray x, cnp.ndarray y, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t S,
+                Py_ssize_t Qp, Py_ssize_t run, weight, bias, mean_out, rstd_out, double eps,
+                method, int act, bint stream, var_out=None):
+    """Forward of the plane geometry (see _planes.pxi): channels-first group and
+    instance norm."""
+    cdef int nt = threads_for(P * Q * S)
+    cdef Planes g = planes(P, Q, S, Qp, run)
+    cdef StatsOut o = stats_out(data(mean_out), data(rstd_out), data(var_out), NULL, NULL, 0.0)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* py = cnp.PyArray_DATA(y)
+    cdef void* pw = data(weight)
+    cdef void* pb = data(bias)
+    cdef int meth = method_code(method)
+    cdef int t = dtype_code(x)
+    cdef int rc
+    if nt == 1 and P * Q * S < 16384:   # small: releasing the GIL costs more than it gives
+        rc = _planes_dispatch(t, px, py, g, pw, pb, o, eps, meth, act, stream, nt)
+    else:
+        with nogil:
+            rc = _planes_dispatch(t, px, py, g, pw, pb, o, eps, meth, act, stream, nt)
+    call_done(KIND_GROUPS, nt, P * Q * S, t, act)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
+
+
+def norm_planes_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t P,
+                         Py_ssize_t Q, Py_ssize_t S, Py_ssize_t Qp, Py_ssize_t run, mean, rstd,
+                         weight, dweight, dbias, bint stream):
+    cdef int nt = threads_for(P * Q * S)
+    cdef Planes g = planes(P, Q, S, Qp, run)
+    cdef void* pg = cnp.PyArray_DATA(dy)
+    cdef void* px = cnp.PyArray_DATA(x)
+    cdef void* pdx = cnp.PyArray_DATA(dx)
+    cdef void* pm = data(mean)
+    cdef void* pr = data(rstd)
+    cdef void* pw = data(weight)
+    cdef void* pdw = data(dweight)
+    cdef void* pdb = data(dbias)
+    cdef int t = dtype_code(x)
+    cdef int rc
+    with nogil:
+        if t == F32:
+            rc = planes_backward(<float*>pg, <float*>px, <float*>pdx, g, pm, pr, pw, pdw, pdb,
+                                 True, stream, nt)
+        elif t == F64:
+            rc = planes_backward(<double*>pg, <double*>px, <double*>pdx, g, pm, pr, pw, pdw, pdb,
+                                 True, stream, nt)
+        elif t == F16:
+            rc = planes_backward(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, g, pm, pr, pw,
+                                 pdw, pdb, True, stream, nt)
+        else:
+            rc = planes_backward(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, g, pm, pr,
+                                 pw, pdw, pdb, True, stream, nt)
+    call_done(KIND_GROUPS_BACKWARD, nt, P * Q * S, t, 0)
+    if rc != 0:
+        raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
 
 
 def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C,

@@ -73,10 +73,9 @@ def add_forward(x, residual, normalized_shape, weight, bias, eps, centred, out, 
     rstd = np.empty(lead, pdt) if want_stats else None
     rows = x.size // h
     if rows:
-        _kernels.norm_rows(np.ascontiguousarray(x), ybuf, rows, h, 1, 1, centred, 0, weight,
+        _kernels.norm_rows(np.ascontiguousarray(x), ybuf, rows, h, centred, 0, weight,
                            bias, mean, rstd, eps, method_value(method, DEFAULT_METHOD),
-                           stream_stores(4 * x.nbytes),
-                           None, np.ascontiguousarray(residual), hbuf)
+                           stream_stores(4 * x.nbytes), np.ascontiguousarray(residual), hbuf)
     return deliver(out, ybuf), deliver(residual_out, hbuf), mean, rstd
 
 
@@ -102,8 +101,8 @@ def _fast(x, residual, normalized_shape, weight, bias, eps, centred):
     both = np.empty((2,) + x.shape, dt)
     rows = x.size // normalized_shape
     if rows:
-        _kernels.norm_rows(x, both[0], rows, normalized_shape, 1, 1, centred, 0, weight, bias,
-                           None, None, eps, DEFAULT_METHOD, stream_stores(4 * x.nbytes), None,
+        _kernels.norm_rows(x, both[0], rows, normalized_shape, centred, 0, weight, bias,
+                           None, None, eps, DEFAULT_METHOD, stream_stores(4 * x.nbytes),
                            residual, both[1])
     return AddNormOutput(both[0], both[1])
 

@@ -1,7 +1,8 @@
 """Batch normalization: the Python API.
 
 This layer checks every argument, allocates every output and picks the
-kernel; the arithmetic lives in ``cnorm/_batchnorm_kernels.pxi``.
+kernel; the arithmetic lives in ``cnorm/_planes.pxi`` (runs of 16 values or
+more) and ``cnorm/_batchnorm_kernels.pxi`` (shorter runs, as columns).
 """
 
 from collections import namedtuple

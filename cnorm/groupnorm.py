@@ -3,7 +3,8 @@
 Both take statistics per (sample, group of channels); instance norm is one
 channel per group.  This layer checks the arguments, allocates the outputs
 and plans the geometry (cnorm/_geometry.py); the arithmetic lives in
-``cnorm/_rows.pxi`` (channels first) and ``cnorm/_groups.pxi`` (channels last).
+``cnorm/_planes.pxi`` (channels first, shared with batch norm) and
+``cnorm/_groups.pxi`` (channels last).
 """
 
 from collections import namedtuple
@@ -16,7 +17,7 @@ from cnorm._checks import (
     positive_int,
 )
 from cnorm._dispatch import kernels, stream_stores
-from cnorm._geometry import Rows, channel_geometry, group_geometry
+from cnorm._geometry import Planes, channel_geometry, group_geometry
 
 _kernels = kernels("_kernels")
 DEFAULT_METHOD = "two_pass"
@@ -71,8 +72,8 @@ def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
     """Run the forward kernel of geometry geo; returns (y, mean, rstd, var) with the
     statistics of shape (N, groups), var None unless asked for."""
     out, y = output_buffer(out, x, [("x", x)])
-    if type(geo) is Rows:
-        stats_shape = (x.shape[0], geo.Q)
+    if type(geo) is Planes:
+        stats_shape = (x.shape[0], geo.Qp)
     else:
         stats_shape = (geo.N, geo.G)
     mean = np.empty(stats_shape, param_dtype(x.dtype))
@@ -81,9 +82,9 @@ def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
     if x.size:
         xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         stream = STREAMS and stream_stores(2 * x.nbytes)
-        if type(geo) is Rows:
-            _kernels.norm_rows(xc, y, geo.R, geo.H, geo.Q, geo.run, True, act, weight, bias, mean,
-                               rstd, eps, method, stream, v)
+        if type(geo) is Planes:
+            _kernels.norm_planes(xc, y, *geo, weight, bias, mean, rstd, eps, method, act, stream,
+                                 v)
         else:
             _kernels.norm_groups(xc, y, geo.N, geo.HW, geo.C, geo.G, weight, bias, mean, rstd,
                                  eps, method, act, stream, v)
@@ -206,9 +207,9 @@ def _backward(dy, x, mean, rstd, weight, axis, out, what, groups_of):
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
         xc = np.ascontiguousarray(x)
         stream = STREAMS and stream_stores(3 * x.nbytes)
-        if type(geo) is Rows:
-            _kernels.norm_rows_backward(dyc, xc, dx, geo.R, geo.H, geo.Q, geo.run, mean, rstd,
-                                        weight, dweight, dbias, stream)
+        if type(geo) is Planes:
+            _kernels.norm_planes_backward(dyc, xc, dx, *geo, mean, rstd, weight, dweight, dbias,
+                                          stream)
         else:
             _kernels.norm_groups_backward(dyc, xc, dx, geo.N, geo.HW, geo.C, geo.G, mean, rstd,
                                           weight, dweight, dbias, stream)

@@ -123,7 +123,7 @@ def _forward(p, weight, bias, eps, method, act, out, want_stats):
         rstd = np.empty(lead, dtype=param_dtype(x.dtype))
     if rows:
         _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), dst, rows, h,
-                           1, 1, True, act, weight, bias, mean, rstd, eps, method,
+                           True, act, weight, bias, mean, rstd, eps, method,
                            stream_stores(2 * x.nbytes))
     return deliver(out, dst), mean, rstd
 
@@ -195,7 +195,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
         if fast is not None:
             y = fast[1]
             if x.size:
-                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, 1, 1, True,
+                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, True,
                                    0, weight, bias, None, None, eps, DEFAULT_METHOD,
                                    stream_stores(2 * x.nbytes))
             return y
@@ -235,7 +235,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
             mean = np.empty(x.shape[:-1], pdt)
             rstd = np.empty(x.shape[:-1], pdt)
             if x.size:
-                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, 1, 1, True,
+                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, True,
                                    0, weight, bias, mean, rstd, eps, DEFAULT_METHOD,
                                    stream_stores(2 * x.nbytes))
             return LayerNormOutput(y, mean, rstd)
@@ -297,7 +297,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
         dweight = np.zeros(h, pdt)
         dbias = np.zeros(h, pdt)
         if x.size:
-            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, 1, 1, mean, rstd, weight,
+            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, mean, rstd, weight,
                                         dweight, dbias, stream_stores(3 * x.nbytes))
         return LayerNormGrads(dx, dweight, dbias)
     x = float_array(x, "x")
@@ -324,6 +324,6 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     rows = x.size // h
     if rows:
         dyc = np.ascontiguousarray(dy, dtype=x.dtype)
-        _kernels.norm_rows_backward(dyc, np.ascontiguousarray(x), dst, rows, h, 1, 1, mean, rstd,
+        _kernels.norm_rows_backward(dyc, np.ascontiguousarray(x), dst, rows, h, mean, rstd,
                                     weight, dweight, dbias, stream_stores(3 * x.nbytes))
     return LayerNormGrads(deliver(out, dst), dweight, dbias)

@@ -49,7 +49,7 @@ def _forward(p, weight, eps, activation, out, want_stats):
     out, y = output_buffer(out, x, [("x", x)])
     rstd = np.empty(lead, param_dtype(x.dtype)) if want_stats else None
     if rows:
-        _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), y, rows, h, 1, 1,
+        _kernels.norm_rows(x if x.flags.c_contiguous else np.ascontiguousarray(x), y, rows, h,
                            False, act, weight, None, None, rstd, eps, None,
                            stream_stores(2 * x.nbytes))
     return deliver(out, y), rstd
@@ -128,7 +128,7 @@ def _fast_forward(x, normalized_shape, weight, eps, out, want_stats):
     pdt, y = fast
     rstd = np.empty(x.shape[:-1], pdt) if want_stats else None
     if x.size:
-        _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, 1, 1, False, 0,
+        _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, False, 0,
                            weight, None, None, rstd, _EPS[pdt] if eps is None else eps, None,
                            stream_stores(2 * x.nbytes))
     return y, rstd
@@ -199,7 +199,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
         h = x.shape[-1]
         dweight = np.zeros(h, pdt)
         if x.size:
-            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, 1, 1, None, rstd, weight,
+            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, None, rstd, weight,
                                         dweight, None, stream_stores(3 * x.nbytes))
         return RMSNormGrads(dx, dweight)
     x = float_array(x, "x")
@@ -225,6 +225,6 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
     rows = x.size // h
     if rows:
         _kernels.norm_rows_backward(np.ascontiguousarray(dy, dtype=x.dtype), np.ascontiguousarray(x),
-                                    dx, rows, h, 1, 1, None, rstd, weight, dweight, None,
+                                    dx, rows, h, None, rstd, weight, dweight, None,
                                     stream_stores(3 * x.nbytes))
     return RMSNormGrads(deliver(out, dx), dweight)

@@ -695,6 +695,56 @@ def test_backward_casts_dy_statistics_and_weight_to_x_dtype(rng, op, shape, layo
 # Threads and streaming stores: the same bits
 # ---------------------------------------------------------------------------
 
+# Channels-first group and instance norm are the plane geometry with one block per
+# segment (a (sample, group) or (sample, channel)).  With fewer segments than
+# 4 threads and not a multiple of the thread count, the statistics and the run sums
+# go in CHUNK pieces over all threads instead of a segment per thread: the same
+# bits either way.  Q = 1 and Q = 3 take that path on 2 and 4 threads, whole
+# segments on 1 and 3; the runs below are longer than CHUNK (4096 values) or not,
+# and every call has enough values (32768 a thread) for 4 threads.
+FEW_SEGMENTS = [
+    ("group_norm", (1, 6, 25000), 1),         # Q = 1: one group of 6 runs of 25000
+    ("group_norm", (3, 4, 12000), 1),         # Q = 3: a group of 4 runs of 12000 each
+    ("group_norm", (1, 48, 55, 55), 3),       # Q = 3: groups of 16 runs of 3025
+    ("instance_norm", (1, 3, 50000), None),   # Q = 3: one run of 50000 each
+    ("instance_norm", (3, 1, 7, 7000), None),  # Q = 3: one run of 49000 each
+]
+
+
+@pytest.mark.parametrize("name,shape,groups", FEW_SEGMENTS)
+def test_few_segments_split_over_the_threads_with_the_same_bits(rng, name, shape, groups):
+    c = shape[1]
+    for dt in DTYPES:
+        x = _data(rng, shape, dt, offset=50.0)
+        dy = rng.standard_normal(shape).astype(dt)
+        w = (1.0 + rng.standard_normal(c)).astype(dt)
+        b = rng.standard_normal(c).astype(dt)
+        if name == "group_norm":
+            fwd = lambda: cnorm.group_norm_forward(x, groups, w, b)
+            bwd = lambda f: cnorm.group_norm_backward(dy, x, f.mean, f.rstd, w)
+            ref_f = R.group_norm(x, groups, w, b)
+            ref_b = lambda f: R.group_norm_backward(dy, x, f.mean, f.rstd, w)
+        else:
+            fwd = lambda: cnorm.instance_norm_forward(x, w, b)
+            bwd = lambda f: cnorm.instance_norm_backward(dy, x, f.mean, f.rstd, w)
+            ref_f = R.instance_norm(x, w, b)
+            ref_b = lambda f: R.instance_norm_backward(dy, x, f.mean, f.rstd, w)
+        results = []
+        for n in THREADS:
+            with threads(n):
+                f = fwd()
+                g = bwd(f)
+            results.append((f, g))
+            what = f"{name} {shape} {dt.__name__} on {n} threads"
+            for got, want in zip(f, ref_f):
+                _close(got, want, dt, what)
+            for got, want in zip(g, ref_b(f)):
+                _close(got, want, dt, what, scale=1.0)
+        for n, r in zip(THREADS[1:], results[1:]):
+            _all_same([*r[0], *r[1]], [*results[0][0], *results[0][1]],
+                      f"{name} {shape} {dt.__name__}: {n} threads against 1")
+
+
 @pytest.mark.parametrize("op,shape,layout,nt", CASES)
 def test_results_do_not_depend_on_the_thread_count(rng, op, shape, layout, nt):
     # an input large enough that the kernels really split the work (from 2 * 32768 values)
