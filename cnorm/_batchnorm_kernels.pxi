@@ -2,8 +2,8 @@
 #
 # * runs of M >= PLANAR_MIN_RUN: the plane geometry (_planes.pxi) with P = N,
 #   Q = Qp = C and S = run = M: a channel is N blocks of M contiguous values.
-# * shorter runs: x is an (N, C*M) matrix of column statistics (_columns.pxi),
-#   whose M columns per channel are then merged.
+# * shorter runs: x is one sample of column groups (_groups.pxi), an (N, C*M)
+#   matrix whose M columns per channel are merged into the channel's statistics.
 #
 # Both give results that do not depend on the number of threads.
 
@@ -71,35 +71,15 @@ cdef int sample_column_stats(const real* x, Py_ssize_t A, Py_ssize_t B, Py_ssize
 # Training forward
 # ---------------------------------------------------------------------------
 
-cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
-                                    void* cols, const real* like) noexcept nogil:
-    set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols, like)
-
-
-cdef int train_rows(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
-                    const void* w, const void* b, void* rmean, void* rvar,
-                    void* mean_out, void* invstd_out, double eps, double momentum,
-                    int method, int act, bint stream, int nt) noexcept nogil:
-    cdef Py_ssize_t K = C * M, c
-    cdef double* stats = <double*>malloc((2 * K + 1) * sizeof(double))
-    cdef void* cols = malloc((4 * K + 1) * psize(x))
-    cdef int rc = -1
-    cdef StatsOut o = stats_out(mean_out, invstd_out, NULL, rmean, rvar, momentum)
-    cdef Moments mo
-    cdef double rstd
-    if stats != NULL and cols != NULL:
-        rc = column_moments(x, N, K, method, nt, stats, stats + K)
-    if rc == 0:
-        for c in range(C):
-            mo = channel_moments(stats, stats + K, c, M, <double>N)
-            rstd = finish_stats(mo, c, eps, o, x)
-            set_affine_columns(make_affine(mo.mean, rstd * pget(w, c, 1.0, x), pget(b, c, 0.0, x),
-                                           x),
-                               c * M, M, K, cols, x)
-        normalize_rows(x, y, N, K, cols, act, stream, nt)
-    free(stats)
-    free(cols)
-    return rc
+cdef int train_columns(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                       const void* w, const void* b, void* rmean, void* rvar,
+                       void* mean_out, void* invstd_out, double eps, double momentum,
+                       int method, int act, bint stream, int nt) noexcept nogil:
+    """Batch norm as column groups: one sample of N rows and C * M columns, a group and
+    a parameter per channel's M columns."""
+    return groups_forward(x, y, col_groups(1, N, C * M, C, M), w, b,
+                          stats_out(mean_out, invstd_out, NULL, rmean, rvar, momentum), eps,
+                          method, act, stream, nt)
 
 
 # ---------------------------------------------------------------------------
@@ -137,38 +117,13 @@ cdef int infer(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
 # Backward
 # ---------------------------------------------------------------------------
 
-cdef int backward_rows(const real* g, const real* x, real* dx, Py_ssize_t N,
-                       Py_ssize_t C, Py_ssize_t M, const void* mean, const void* invstd,
-                       const void* w, void* dweight, void* dbias, bint training,
-                       bint stream, int nt) noexcept nogil:
-    cdef Py_ssize_t K = C * M, c, m
-    cdef double sg, sgx, wc
-    cdef Grad q
-    cdef double* buf = <double*>malloc((3 * K + 1) * sizeof(double))
-    cdef void* cols = malloc((4 * K + 1) * psize(x))
-    cdef int rc = -1
-    if buf != NULL and cols != NULL:
-        for c in range(C):
-            for m in range(M):
-                buf[2 * K + c * M + m] = pget(mean, c, 0.0, x)
-        rc = column_dots(g, x, N, K, buf + 2 * K, nt, buf, buf + K)
-    if rc == 0:
-        for c in range(C):
-            sg = 0.0
-            sgx = 0.0
-            for m in range(M):
-                sg += buf[c * M + m]
-                sgx += buf[K + c * M + m]
-            pset(dweight, c, sgx * pget(invstd, c, 0.0, x), x)
-            pset(dbias, c, sg, x)
-            wc = pget(w, c, 1.0, x)
-            q = make_grad(pget(mean, c, 0.0, x), pget(invstd, c, 0.0, x), wc, wc * sg, wc * sgx,
-                          <double>(N * M), training, x)
-            set_columns(q.hi, q.a, q.bc, q.cc, c * M, M, K, cols, x)
-        grad_rows_parallel(g, x, dx, N, K, cols, training, stream, nt)
-    free(buf)
-    free(cols)
-    return rc
+cdef int backward_columns(const real* g, const real* x, real* dx, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t M, const void* mean, const void* invstd,
+                          const void* w, void* dweight, void* dbias, bint training,
+                          bint stream, int nt) noexcept nogil:
+    """Batch norm as column groups (see train_columns)."""
+    return groups_backward(g, x, dx, col_groups(1, N, C * M, C, M), mean, invstd, w, dweight,
+                           dbias, training, stream, nt)
 
 
 # ---------------------------------------------------------------------------
@@ -193,18 +148,18 @@ cdef int _train_dispatch(int t, bint planar, void* px, void* py, Py_ssize_t N, P
                          void* pinv, double eps, double momentum, int meth, int act,
                          bint stream, int nt) noexcept nogil:
     if t == F32:
-        return (train_planar[float] if planar else train_rows[float])(
+        return (train_planar[float] if planar else train_columns[float])(
             <float*>px, <float*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
             meth, act, stream, nt)
     elif t == F64:
-        return (train_planar[double] if planar else train_rows[double])(
+        return (train_planar[double] if planar else train_columns[double])(
             <double*>px, <double*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps, momentum,
             meth, act, stream, nt)
     elif t == F16:
-        return (train_planar[cnorm_f16] if planar else train_rows[cnorm_f16])(
+        return (train_planar[cnorm_f16] if planar else train_columns[cnorm_f16])(
             <cnorm_f16*>px, <cnorm_f16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
             momentum, meth, act, stream, nt)
-    return (train_planar[cnorm_bf16] if planar else train_rows[cnorm_bf16])(
+    return (train_planar[cnorm_bf16] if planar else train_columns[cnorm_bf16])(
         <cnorm_bf16*>px, <cnorm_bf16*>py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
         momentum, meth, act, stream, nt)
 
@@ -291,18 +246,18 @@ cdef int _backward_dispatch(int t, bint planar, void* pg, void* px, void* pdx, P
                             void* pdw, void* pdb, bint training, bint stream,
                             int nt) noexcept nogil:
     if t == F32:
-        return (backward_planar[float] if planar else backward_rows[float])(
+        return (backward_planar[float] if planar else backward_columns[float])(
             <float*>pg, <float*>px, <float*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb, training,
             stream, nt)
     elif t == F64:
-        return (backward_planar[double] if planar else backward_rows[double])(
+        return (backward_planar[double] if planar else backward_columns[double])(
             <double*>pg, <double*>px, <double*>pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
             training, stream, nt)
     elif t == F16:
-        return (backward_planar[cnorm_f16] if planar else backward_rows[cnorm_f16])(
+        return (backward_planar[cnorm_f16] if planar else backward_columns[cnorm_f16])(
             <cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, C, M, pmean, pinv, pw, pdw,
             pdb, training, stream, nt)
-    return (backward_planar[cnorm_bf16] if planar else backward_rows[cnorm_bf16])(
+    return (backward_planar[cnorm_bf16] if planar else backward_columns[cnorm_bf16])(
         <cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, C, M, pmean, pinv, pw,
         pdw, pdb, training, stream, nt)
 

@@ -10,10 +10,11 @@ Every op views x, C-contiguous, in one of the kernels' geometries:
   channels first (P = 1, Q = N*C, S = HW, Qp = C, run = HW).
 - rows: an (R, H) matrix with statistics per row and a parameter per position:
   layer and RMS norm (cnorm.layernorm).
-- columns: (R, K) with statistics per column: batch norm's channels-last and
-  short-run layouts; and, per sample, (N, HW, C) with statistics per (sample,
-  group of C / G columns): group and instance norm, channels last (or (N, C)
-  input).
+- column groups: N samples of an (HW, C) matrix with statistics per (sample,
+  group of C / G consecutive columns), a parameter per `run` columns: group
+  and instance norm channels last (or (N, C) input), run 1; batch norm
+  channels last or with runs shorter than 16, as one sample of an (N, C*M)
+  matrix with a group and a parameter per channel (G = C, run = M).
 """
 
 import math

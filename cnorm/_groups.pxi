@@ -1,9 +1,14 @@
-# Channels-last group and instance norm: x viewed as (N, HW, C), statistics per
+# Column groups: x viewed as N samples of an (HW, C) matrix, statistics per
 # (sample n, group g) over the HW rows and the C / G columns of the group.
-# Each sample is an (HW, C) matrix of column statistics (_columns.pxi), whose
-# columns are then merged group by group, as batch norm merges a channel's
-# columns; the output pass takes per-column coefficients.  Instance norm is
-# G = C.
+# Each sample's column statistics (_columns.pxi) are merged group by group,
+# and the output pass takes per-column coefficients.  Parameters go by runs of
+# columns: parameter k covers columns k * run .. (k + 1) * run - 1 of every
+# sample (run divides C / G).
+#
+#   group norm, channels last      N, HW = H*W, C, G          run = 1
+#   instance norm, channels last   N, HW = H*W, C, G = C      run = 1
+#   batch norm, channels last or runs shorter than 16 (the (N, C*M) matrix):
+#                                  N = 1, HW = N, C = C*M, G = C, run = M
 #
 # A large sample is worked on by all threads, one sample after another; small
 # samples (below SAMPLE_WORK values) go one per thread instead.  Each sample's
@@ -15,6 +20,30 @@ cdef enum:
     SAMPLE_WORK = 65536     # values per sample below which threads take whole samples
 
 
+ctypedef struct ColGroups:
+    Py_ssize_t N                # samples
+    Py_ssize_t HW               # rows of a sample
+    Py_ssize_t C                # columns
+    Py_ssize_t G                # groups of C / G consecutive columns
+    Py_ssize_t run              # columns per parameter
+
+
+cdef inline ColGroups col_groups(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G,
+                                 Py_ssize_t run) noexcept nogil:
+    cdef ColGroups m
+    m.N = N
+    m.HW = HW
+    m.C = C
+    m.G = G
+    m.run = run
+    return m
+
+
+cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ssize_t K,
+                                    void* cols, const real* like) noexcept nogil:
+    set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols, like)
+
+
 cdef inline bint whole_samples(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, int nt) noexcept nogil:
     """Give each thread whole samples?  For small samples, and whenever the samples
     share out evenly (or nearly: at least 4 a thread), which spares two parallel
@@ -22,37 +51,40 @@ cdef inline bint whole_samples(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, int nt
     return nt > 1 and (HW * C < SAMPLE_WORK or N % nt == 0 or N >= 4 * nt)
 
 
-cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, Py_ssize_t HW,
-                              Py_ssize_t C, Py_ssize_t G, const void* w, const void* b,
-                              void* mean_out, void* rstd_out, void* var_out,
-                              double eps, int method, int act, bint stream, int nt,
-                              double* stats, void* cols) noexcept nogil:
+cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, ColGroups m,
+                              const void* w, const void* b, StatsOut o, double eps,
+                              int method, int act, bint stream, int nt, double* stats,
+                              void* cols) noexcept nogil:
     """Sample n (x and y point at it); stats holds 2 C doubles, cols 4 C values of the
     arithmetic type."""
-    cdef Py_ssize_t cs = C // G, g, c
+    cdef Py_ssize_t C = m.C, cs = m.C // m.G, kg = m.C // m.G // m.run, g, k
     cdef Moments mo
     cdef double rstd
-    cdef Affine p
-    cdef StatsOut o = stats_out(mean_out, rstd_out, var_out, NULL, NULL, 0.0)
-    if column_moments(x, HW, C, method, nt, stats, stats + C) != 0:
+    if column_moments(x, m.HW, C, method, nt, stats, stats + C) != 0:
         return -1
-    for g in range(G):
-        mo = channel_moments(stats, stats + C, g, cs, <double>HW)
-        rstd = finish_stats(mo, n * G + g, eps, o, x)
-        for c in range(g * cs, (g + 1) * cs):
-            p = make_affine(mo.mean, rstd * pget(w, c, 1.0, x), pget(b, c, 0.0, x), x)
-            set_affine_columns(p, c, 1, C, cols, x)
-    normalize_rows(x, y, HW, C, cols, act, stream, nt)
+    # the statistics first, a short loop whose divisions and square roots overlap from
+    # group to group; each group's mean and rstd go to stats[g] and stats[C + g], where
+    # its columns' sums are no longer needed
+    for g in range(m.G):
+        mo = channel_moments(stats, stats + C, g, cs, <double>m.HW)
+        rstd = finish_stats(mo, n * m.G + g, eps, o, x)
+        stats[g] = mo.mean
+        stats[C + g] = rstd
+    for g in range(m.G):
+        for k in range(g * kg, (g + 1) * kg):
+            set_affine_columns(make_affine(stats[g], stats[C + g] * pget(w, k, 1.0, x),
+                                           pget(b, k, 0.0, x), x),
+                               k * m.run, m.run, C, cols, x)
+    normalize_rows(x, y, m.HW, C, cols, act, stream, nt)
     return 0
 
 
-cdef int groups_forward(const real* x, real* y, Py_ssize_t N, Py_ssize_t HW,
-                        Py_ssize_t C, Py_ssize_t G, const void* w, const void* b,
-                        void* mean_out, void* rstd_out, void* var_out, double eps,
-                        int method, int act, bint stream, int nt) noexcept nogil:
-    cdef bint by_sample = whole_samples(N, HW, C, nt)
+cdef int groups_forward(const real* x, real* y, ColGroups m, const void* w, const void* b,
+                        StatsOut o, double eps, int method, int act, bint stream,
+                        int nt) noexcept nogil:
+    cdef bint by_sample = whole_samples(m.N, m.HW, m.C, nt)
     cdef int slots = nt if by_sample else 1
-    cdef Py_ssize_t n, off
+    cdef Py_ssize_t n, off, C = m.C
     cdef int rc = 0, t, fails = 0
     cdef double* stats = <double*>malloc((2 * C * slots + 1) * sizeof(double))
     cdef char* cols = <char*>malloc((4 * C * slots + 1) * psize(x))
@@ -61,18 +93,18 @@ cdef int groups_forward(const real* x, real* y, Py_ssize_t N, Py_ssize_t HW,
         free(cols)
         return -1
     if by_sample:
-        for n in prange(N, num_threads=nt, schedule='static'):
+        for n in prange(m.N, num_threads=nt, schedule='static'):
             t = omp_get_thread_num()
-            off = n * HW * C
-            fails += group_sample_forward(x + off, y + off, n, HW, C, G, w, b, mean_out,
-                                          rstd_out, var_out, eps, method, act, stream, 1,
-                                          stats + 2 * C * t, cols + 4 * C * t * psize(x)) != 0
+            off = n * m.HW * C
+            fails += group_sample_forward(x + off, y + off, n, m, w, b, o, eps, method, act,
+                                          stream, 1, stats + 2 * C * t,
+                                          cols + 4 * C * t * psize(x)) != 0
         rc = -1 if fails else 0
     else:
-        for n in range(N):
-            off = n * HW * C
-            if group_sample_forward(x + off, y + off, n, HW, C, G, w, b, mean_out, rstd_out,
-                                    var_out, eps, method, act, stream, nt, stats, cols) != 0:
+        for n in range(m.N):
+            off = n * m.HW * C
+            if group_sample_forward(x + off, y + off, n, m, w, b, o, eps, method, act, stream,
+                                    nt, stats, cols) != 0:
                 rc = -1
                 break
     free(stats)
@@ -81,78 +113,102 @@ cdef int groups_forward(const real* x, real* y, Py_ssize_t N, Py_ssize_t HW,
 
 
 cdef int group_sample_backward(const real* g, const real* x, real* dx, Py_ssize_t n,
-                               Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G, const void* mean,
-                               const void* rstd, const void* w, double* sums,
-                               bint stream, int nt, double* mu, void* cols) noexcept nogil:
-    """Sample n (g, x and dx point at it): dx, and the sample's per-column sum(dy) and
-    sum(dy * (x - mean)) into sums[0:C] and sums[C:2C].  mu holds C doubles, cols 4 C."""
-    cdef Py_ssize_t cs = C // G, gi, c
-    cdef double r, A, B, wc, S = <double>(HW * cs)
+                               ColGroups m, const void* mean, const void* rstd,
+                               const void* w, double* sums, bint training, bint stream,
+                               int nt, double* mu, void* cols) noexcept nogil:
+    """Sample n (g, x and dx point at it): dx, and the sample's sum(dy) and sum(dy * (x -
+    mean)) of each parameter k's columns into sums[k] and sums[C + k].  mu holds C
+    doubles, cols 4 C."""
+    cdef Py_ssize_t C = m.C, cs = m.C // m.G, kg = m.C // m.G // m.run, gi, c, k, j
+    cdef double r, A, B, wk, sg, sgx, S = <double>(m.HW * cs)
     cdef Grad q
-    cdef double* sg = sums
-    cdef double* sgx = sums + C
-    for c in range(C):
-        mu[c] = pget(mean, n * G + c // cs, 0.0, x)
-    if column_dots(g, x, HW, C, mu, nt, sg, sgx) != 0:
+    for gi in range(m.G):
+        r = pget(mean, n * m.G + gi, 0.0, x)
+        for c in range(gi * cs, (gi + 1) * cs):
+            mu[c] = r
+    if column_dots(g, x, m.HW, C, mu, nt, sums, sums + C) != 0:
         return -1
     # per group, A = sum(dy * w) and B = sum(dy * w * (x - mean)) over its S values
-    for gi in range(G):
-        r = pget(rstd, n * G + gi, 0.0, x)
+    for gi in range(m.G):
+        r = pget(rstd, n * m.G + gi, 0.0, x)
+        if kg == 1:     # one parameter a group (batch and instance norm): one pass
+            sg = 0.0
+            sgx = 0.0
+            for j in range(gi * cs, (gi + 1) * cs):
+                sg += sums[j]
+                sgx += sums[C + j]
+            sums[gi] = sg           # parameter gi's sums, where its columns' were
+            sums[C + gi] = sgx
+            wk = pget(w, gi, 1.0, x)
+            q = make_grad(pget(mean, n * m.G + gi, 0.0, x), r, wk, wk * sg, wk * sgx, S,
+                          training, x)
+            set_columns(q.hi, q.a, q.bc, q.cc, gi * cs, cs, C, cols, x)
+            continue
         A = 0.0
         B = 0.0
-        for c in range(gi * cs, (gi + 1) * cs):
-            wc = pget(w, c, 1.0, x)
-            A += wc * sg[c]
-            B += wc * sgx[c]
-        for c in range(gi * cs, (gi + 1) * cs):
-            wc = pget(w, c, 1.0, x)
-            q = make_grad(pget(mean, n * G + gi, 0.0, x), r, wc, A, B, S, True, x)
-            set_columns(q.hi, q.a, q.bc, q.cc, c, 1, C, cols, x)
-    grad_rows_parallel(g, x, dx, HW, C, cols, True, stream, nt)
+        for k in range(gi * kg, (gi + 1) * kg):
+            sg = 0.0
+            sgx = 0.0
+            for j in range(k * m.run, (k + 1) * m.run):
+                sg += sums[j]
+                sgx += sums[C + j]
+            sums[k] = sg            # parameter k's sums, where its columns' were
+            sums[C + k] = sgx
+            wk = pget(w, k, 1.0, x)
+            A += wk * sg
+            B += wk * sgx
+        for k in range(gi * kg, (gi + 1) * kg):
+            q = make_grad(pget(mean, n * m.G + gi, 0.0, x), r, pget(w, k, 1.0, x), A, B, S,
+                          training, x)
+            set_columns(q.hi, q.a, q.bc, q.cc, k * m.run, m.run, C, cols, x)
+    grad_rows_parallel(g, x, dx, m.HW, C, cols, training, stream, nt)
     return 0
 
 
-cdef int groups_backward(const real* g, const real* x, real* dx, Py_ssize_t N,
-                         Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G, const void* mean,
-                         const void* rstd, const void* w, void* dweight,
-                         void* dbias, bint stream, int nt) noexcept nogil:
-    cdef bint by_sample = whole_samples(N, HW, C, nt)
+cdef int groups_backward(const real* g, const real* x, real* dx, ColGroups m,
+                         const void* mean, const void* rstd, const void* w, void* dweight,
+                         void* dbias, bint training, bint stream, int nt) noexcept nogil:
+    """dx, and dweight and dbias (C / run each): the run sums of each sample, summed
+    over the samples in order.  Without training, the statistics are constants
+    (batch norm in eval mode): dx = dy * rstd * w."""
+    cdef bint by_sample = whole_samples(m.N, m.HW, m.C, nt)
     cdef int slots = nt if by_sample else 1
-    cdef Py_ssize_t cs = C // G, n, c, off
+    cdef Py_ssize_t C = m.C, kg = m.C // m.G // m.run, n, k, gi, off
     cdef int rc = 0, t, fails = 0
     cdef double sw, sb
-    cdef double* sums = <double*>malloc((2 * C * N + C * slots + 1) * sizeof(double))
+    cdef double* sums = <double*>malloc((2 * C * m.N + C * slots + 1) * sizeof(double))
     cdef char* cols = <char*>malloc((4 * C * slots + 1) * psize(x))
     cdef double* mu
     if sums == NULL or cols == NULL:
         free(sums)
         free(cols)
         return -1
-    mu = sums + 2 * C * N
+    mu = sums + 2 * C * m.N
     if by_sample:
-        for n in prange(N, num_threads=nt, schedule='static'):
+        for n in prange(m.N, num_threads=nt, schedule='static'):
             t = omp_get_thread_num()
-            off = n * HW * C
-            fails += group_sample_backward(g + off, x + off, dx + off, n, HW, C, G, mean,
-                                           rstd, w, sums + 2 * C * n, stream, 1, mu + C * t,
+            off = n * m.HW * C
+            fails += group_sample_backward(g + off, x + off, dx + off, n, m, mean, rstd, w,
+                                           sums + 2 * C * n, training, stream, 1, mu + C * t,
                                            cols + 4 * C * t * psize(x)) != 0
         rc = -1 if fails else 0
     else:
-        for n in range(N):
-            off = n * HW * C
-            if group_sample_backward(g + off, x + off, dx + off, n, HW, C, G, mean, rstd, w,
-                                     sums + 2 * C * n, stream, nt, mu, cols) != 0:
+        for n in range(m.N):
+            off = n * m.HW * C
+            if group_sample_backward(g + off, x + off, dx + off, n, m, mean, rstd, w,
+                                     sums + 2 * C * n, training, stream, nt, mu, cols) != 0:
                 rc = -1
                 break
     if rc == 0:
-        for c in range(C):
-            sw = 0.0
-            sb = 0.0
-            for n in range(N):
-                sw += sums[2 * C * n + C + c] * pget(rstd, n * G + c // cs, 0.0, x)
-                sb += sums[2 * C * n + c]
-            pset(dweight, c, sw, x)
-            pset(dbias, c, sb, x)
+        for gi in range(m.G):
+            for k in range(gi * kg, (gi + 1) * kg):
+                sw = 0.0
+                sb = 0.0
+                for n in range(m.N):
+                    sw += sums[2 * C * n + C + k] * pget(rstd, n * m.G + gi, 0.0, x)
+                    sb += sums[2 * C * n + k]
+                pset(dweight, k, sw, x)
+                pset(dbias, k, sb, x)
     free(sums)
     free(cols)
     return rc

@@ -56,7 +56,7 @@ cdef inline int method_code(object method) except -1:
 
 include "_columns.pxi"
 include "_planes.pxi"
+include "_groups.pxi"
 include "_batchnorm_kernels.pxi"
 include "_rows.pxi"
-include "_groups.pxi"
 include "_shims.pxi"

@@ -142,10 +142,11 @@ cdef inline void affine_runs(const real* x, real* y, Py_ssize_t k0, Py_ssize_t k
                              Py_ssize_t period, Py_ssize_t run, const Affine* aff, int act,
                              bint stream) noexcept nogil:
     """Runs k0 .. k1 - 1 of run values, run k with aff[k % period], then one fence."""
-    cdef Py_ssize_t k
+    cdef Py_ssize_t k, c = k0 % period       # k % period, kept without a division a run
     for k in range(k0, k1):
-        cnorm_affine(x + k * run, y + k * run, run, aff[k % period].hi, aff[k % period].lo,
-                     aff[k % period].scale, aff[k % period].shift, act, stream)
+        cnorm_affine(x + k * run, y + k * run, run, aff[c].hi, aff[c].lo, aff[c].scale,
+                     aff[c].shift, act, stream)
+        c = c + 1 if c + 1 < period else 0
     if stream:
         cnorm_stream_fence()
 
@@ -422,9 +423,11 @@ cdef int planes_backward(const real* g, const real* x, real* dx, Planes gm,
                 qs[q * K + k] = make_grad(mu, r, pget(w, k0 + k, 1.0, x), A, B,
                                           <double>(gm.P * gm.S), training, x)
         for t in prange(nt, num_threads=nt, schedule='static'):   # a share of the runs each
+            k = share(gm.P * L, t, nt) % L
             for j in range(share(gm.P * L, t, nt), share(gm.P * L, t + 1, nt)):
-                cnorm_grad(g + j * gm.run, x + j * gm.run, dx + j * gm.run, gm.run, qs[j % L].hi,
-                           qs[j % L].a, qs[j % L].bc, qs[j % L].cc, training, stream)
+                cnorm_grad(g + j * gm.run, x + j * gm.run, dx + j * gm.run, gm.run, qs[k].hi,
+                           qs[k].a, qs[k].bc, qs[k].cc, training, stream)
+                k = k + 1 if k + 1 < L else 0
             if stream:
                 cnorm_stream_fence()
         free(part)

@@ -260,28 +260,26 @@ def norm_groups(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t HW, Py_ss
     """Forward of channels-last group (and instance) norm (see _groups.pxi)."""
     cdef int meth = method_code(method)
     cdef int nt = threads_for(N * HW * C)
+    cdef ColGroups m = col_groups(N, HW, C, G, 1)
+    cdef StatsOut o = stats_out(data(mean_out), data(rstd_out), data(var_out), NULL, NULL, 0.0)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* py = cnp.PyArray_DATA(y)
     cdef void* pw = data(weight)
     cdef void* pb = data(bias)
-    cdef void* pm = data(mean_out)
-    cdef void* pr = data(rstd_out)
-    cdef void* pv = data(var_out)
     cdef int t = dtype_code(x)
     cdef int rc
     with nogil:
         if t == F32:
-            rc = groups_forward(<float*>px, <float*>py, N, HW, C, G, pw, pb, pm, pr, pv, eps,
-                                meth, act, stream, nt)
+            rc = groups_forward(<float*>px, <float*>py, m, pw, pb, o, eps, meth, act, stream, nt)
         elif t == F64:
-            rc = groups_forward(<double*>px, <double*>py, N, HW, C, G, pw, pb, pm, pr, pv, eps,
-                                meth, act, stream, nt)
+            rc = groups_forward(<double*>px, <double*>py, m, pw, pb, o, eps, meth, act, stream,
+                                nt)
         elif t == F16:
-            rc = groups_forward(<cnorm_f16*>px, <cnorm_f16*>py, N, HW, C, G, pw, pb, pm, pr, pv,
-                                eps, meth, act, stream, nt)
+            rc = groups_forward(<cnorm_f16*>px, <cnorm_f16*>py, m, pw, pb, o, eps, meth, act,
+                                stream, nt)
         else:
-            rc = groups_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, N, HW, C, G, pw, pb, pm, pr, pv,
-                                eps, meth, act, stream, nt)
+            rc = groups_forward(<cnorm_bf16*>px, <cnorm_bf16*>py, m, pw, pb, o, eps, meth, act,
+                                stream, nt)
     call_done(KIND_GROUPS, nt, N * HW * C, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm")
@@ -291,6 +289,7 @@ def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize
                          Py_ssize_t HW, Py_ssize_t C, Py_ssize_t G, mean, rstd, weight,
                          dweight, dbias, bint stream):
     cdef int nt = threads_for(N * HW * C)
+    cdef ColGroups m = col_groups(N, HW, C, G, 1)
     cdef void* pg = cnp.PyArray_DATA(dy)
     cdef void* px = cnp.PyArray_DATA(x)
     cdef void* pdx = cnp.PyArray_DATA(dx)
@@ -303,17 +302,17 @@ def norm_groups_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize
     cdef int rc
     with nogil:
         if t == F32:
-            rc = groups_backward(<float*>pg, <float*>px, <float*>pdx, N, HW, C, G, pm, pr, pw,
-                                 pdw, pdb, stream, nt)
+            rc = groups_backward(<float*>pg, <float*>px, <float*>pdx, m, pm, pr, pw, pdw, pdb,
+                                 True, stream, nt)
         elif t == F64:
-            rc = groups_backward(<double*>pg, <double*>px, <double*>pdx, N, HW, C, G, pm, pr, pw,
-                                 pdw, pdb, stream, nt)
+            rc = groups_backward(<double*>pg, <double*>px, <double*>pdx, m, pm, pr, pw, pdw, pdb,
+                                 True, stream, nt)
         elif t == F16:
-            rc = groups_backward(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, N, HW, C, G, pm,
-                                 pr, pw, pdw, pdb, stream, nt)
+            rc = groups_backward(<cnorm_f16*>pg, <cnorm_f16*>px, <cnorm_f16*>pdx, m, pm, pr, pw,
+                                 pdw, pdb, True, stream, nt)
         else:
-            rc = groups_backward(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, N, HW, C, G,
-                                 pm, pr, pw, pdw, pdb, stream, nt)
+            rc = groups_backward(<cnorm_bf16*>pg, <cnorm_bf16*>px, <cnorm_bf16*>pdx, m, pm, pr,
+                                 pw, pdw, pdb, True, stream, nt)
     call_done(KIND_GROUPS_BACKWARD, nt, N * HW * C, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for a group norm backward")
