@@ -396,14 +396,15 @@ cdef int planes_backward(const real* g, const real* x, real* dx, Planes gm,
             return -1
         qs = <Grad*>(part + 2 * L * nchunk)
         for j in prange(L * nchunk, num_threads=nt, schedule='static'):
-            k = j // nchunk                 # the run: segment k // K, its run k % K
+            k = j // nchunk                 # the run: segment q = k // K, its run k % K
+            q = k // K
             i0 = (j - k * nchunk) * CHUNK
             part[2 * j] = 0.0
             part[2 * j + 1] = 0.0
-            seq_dot(g + (k // K) * gm.S + (k % K) * gm.run, x + (k // K) * gm.S + (k % K) * gm.run,
+            seq_dot(g + q * gm.S + (k - q * K) * gm.run, x + q * gm.S + (k - q * K) * gm.run,
                     gm.run, gm.Q * gm.S, i0,
                     i0 + CHUNK if i0 + CHUNK < gm.P * gm.run else gm.P * gm.run, gm.P * gm.run,
-                    pget(mean, k // K, 0.0, x), &part[2 * j], &part[2 * j + 1])
+                    pget(mean, q, 0.0, x), &part[2 * j], &part[2 * j + 1])
         for q in range(gm.Q):
             A = 0.0
             B = 0.0
