@@ -250,13 +250,6 @@ ctypedef struct Grad:
     double cc
 
 
-cdef inline void run_grad(const real* g, const real* x, real* dx, Py_ssize_t n,
-                          Grad q, bint training, bint stream) noexcept nogil:
-    """dx over a run (see Grad); streaming stores, fenced by the caller, as in
-    run_affine."""
-    cnorm_grad(g, x, dx, n, q.hi, q.a, q.bc, q.cc, training, stream and n >= STREAM_TILE)
-
-
 cdef inline void grad_rows(const real* g, const real* x, real* dx, Py_ssize_t r0,
                            Py_ssize_t r1, Py_ssize_t R, Py_ssize_t K, const void* cols,
                            bint training, bint stream) noexcept nogil:

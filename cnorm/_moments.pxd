@@ -526,15 +526,6 @@ ctypedef struct Affine:
     double shift
 
 
-cdef inline void run_affine(const real* x, real* y, Py_ssize_t n, Affine p, int act,
-                            bint stream) noexcept nogil:
-    """y = ((x - hi) - lo) * scale + shift [then ReLU] over a run; streaming stores
-    for runs of at least STREAM_TILE elements when stream is set.  The caller fences
-    the streaming stores (cnorm_stream_fence) after its runs: a fence per run made
-    runs of a few KiB 1.1-1.5x slower."""
-    cnorm_affine(x, y, n, p.hi, p.lo, p.scale, p.shift, act, stream and n >= STREAM_TILE)
-
-
 cdef inline void affine_columns(const real* x, real* y, Py_ssize_t n,
                                 const void* cols, Py_ssize_t K, int act,
                                 bint stream) noexcept nogil:
