@@ -17,6 +17,8 @@ cdef extern from "_stream.h":
     void cnorm_stream_fence() noexcept nogil
     void cnorm_prefetch(const void* p, size_t n) noexcept nogil
     void cnorm_prefetch_write(void* p, size_t n) noexcept nogil
+    void cnorm_prefetch_l2(const void* p, size_t n) noexcept nogil
+    long cnorm_next_segment_max() noexcept nogil
 
 cdef extern from "_dtypes.h":
     ctypedef struct cnorm_f16:
@@ -172,6 +174,7 @@ cdef enum:
     PREFETCH_BYTES = 4096   # software prefetch distance of the row-by-row loops, at least
                             # (layer-norm forward and batch norm's column statistics
                             # stall on loads without it)
+    RUN_HEAD_BYTES = 2048   # of the next long run, prefetched as a run starts
     PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
                                 # (see _rows.pxi's forward_row) and are never streamed
 
@@ -377,10 +380,16 @@ cdef inline void prefetch_run(const real* base, Py_ssize_t i, Py_ssize_t limit, 
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
     longer runs give it time to catch up, and prefetching them was slower."""
-    cdef Py_ssize_t n = i // M + prefetch_rows(M, sizeof(real))
+    cdef Py_ssize_t n
     cdef size_t nbytes = short_row_bytes(M, sizeof(real))
-    if nbytes != 0 and n * M < limit:
-        cnorm_prefetch(base + n * stride, nbytes)
+    if nbytes != 0:
+        n = i // M + prefetch_rows(M, sizeof(real))
+        if n * M < limit:
+            cnorm_prefetch(base + n * stride, nbytes)
+    elif i % M == 0:
+        n = i // M + 1
+        if n * M < limit:
+            cnorm_prefetch(base + n * stride, RUN_HEAD_BYTES)
 
 
 cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t stride,

@@ -121,6 +121,18 @@ cdef inline bint streams_planes(Planes g, bint stream, const real* like) noexcep
     return stream and g.run >= STREAM_TILE
 
 
+cdef inline bint prefetches_next(Planes g, int arrays, const real* like) noexcept nogil:
+    """Whether a thread's whole-segment loop asks for the next segment's blocks during
+    an output pass: where the blocks are a stride apart and longer than PREFETCH_BYTES
+    (so that the statistics pass does not prefetch them, and each block's first lines
+    wait on memory), and the `arrays` inputs' blocks of a segment fit half the L2
+    (this segment's and the next's then share it).  Contiguous segments (P = 1) do
+    not: the hardware streams them, and asking for them was slower."""
+    cdef Py_ssize_t nbytes = g.S * <Py_ssize_t>sizeof(real)
+    return (g.P > 1 and nbytes >= PREFETCH_BYTES
+            and arrays * g.P * nbytes <= cnorm_next_segment_max())
+
+
 cdef inline void prefetch_write_runs(real* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t S,
                                      size_t nbytes) noexcept nogil:
     """Prefetch, for writing, the first nbytes of blocks n1 - 1 down to max(n0, 0) of y
@@ -208,9 +220,12 @@ cdef int chunk_parallel_moments(const real* x, Py_ssize_t N, Py_ssize_t C, Py_ss
 
 cdef inline void segment_forward(const real* x, real* y, Planes g, Py_ssize_t q,
                                  const void* w, const void* b, StatsOut o, double eps,
-                                 int method, int act, bint stream) noexcept nogil:
+                                 int method, int act, bint stream,
+                                 bint prefetch_next) noexcept nogil:
     """Segment q whole: its statistics, then its output while its blocks are in cache;
-    the caller fences."""
+    the caller fences.  With prefetch_next, blocks of more than PREFETCH_BYTES (which
+    the statistics pass does not prefetch) ask for segment q + 1's blocks, first to
+    last, during the output pass, which otherwise leaves the memory idle."""
     cdef Py_ssize_t T = g.Q * g.S, K = g.S // g.run, k0 = (q % g.Qp) * (g.S // g.run)
     cdef Py_ssize_t base = q * g.S, n, k, off
     cdef Py_ssize_t pd = prefetch_rows(g.S, sizeof(real))
@@ -230,6 +245,8 @@ cdef inline void segment_forward(const real* x, real* y, Planes g, Py_ssize_t q,
     for n in range(g.P - 1, -1, -1):
         prefetch_write_runs(y + base, n - pd, n - pd + 1, T, ybytes)
         off = n * T + base
+        if prefetch_next:
+            cnorm_prefetch_l2(x + (g.P - 1 - n) * T + base + g.S, g.S * sizeof(real))
         if K == 1:
             cnorm_affine(x + off, y + off, g.S, p.hi, p.lo, p.scale, p.shift, act, stream)
         else:
@@ -244,8 +261,9 @@ cdef inline void segments_forward(const real* x, real* y, Planes g, Py_ssize_t q
                                   double eps, int method, int act,
                                   bint stream) noexcept nogil:
     cdef Py_ssize_t q
+    cdef bint ahead = prefetches_next(g, 1, x)
     for q in range(q0, q1):
-        segment_forward(x, y, g, q, w, b, o, eps, method, act, stream)
+        segment_forward(x, y, g, q, w, b, o, eps, method, act, stream, ahead and q + 1 < q1)
     if stream:
         cnorm_stream_fence()
 
@@ -303,9 +321,9 @@ cdef inline void run_sums(const real* g, const real* x, Planes gm, Py_ssize_t q,
 cdef inline void segment_backward(const real* g, const real* x, real* dx, Planes gm,
                                   Py_ssize_t q, const void* mean, const void* rstd,
                                   const void* w, double* sums, bint training,
-                                  bint stream) noexcept nogil:
+                                  bint stream, bint prefetch_next) noexcept nogil:
     """Segment q whole: its run sums into sums[0:2K], then its dx while its blocks are
-    in cache; the caller fences."""
+    in cache; the caller fences.  prefetch_next: as in segment_forward, for g and x."""
     cdef Py_ssize_t T = gm.Q * gm.S, K = gm.S // gm.run, k0 = (q % gm.Qp) * (gm.S // gm.run)
     cdef Py_ssize_t base = q * gm.S, n, k, off
     cdef Py_ssize_t pd = prefetch_rows(gm.S, sizeof(real))
@@ -326,6 +344,9 @@ cdef inline void segment_backward(const real* g, const real* x, real* dx, Planes
     for n in range(gm.P - 1, -1, -1):    # backwards, as in segment_forward
         prefetch_write_runs(dx + base, n - pd, n - pd + 1, T, ybytes)
         off = n * T + base
+        if prefetch_next:
+            cnorm_prefetch_l2(g + (gm.P - 1 - n) * T + base + gm.S, gm.S * sizeof(real))
+            cnorm_prefetch_l2(x + (gm.P - 1 - n) * T + base + gm.S, gm.S * sizeof(real))
         if K == 1:
             cnorm_grad(g + off, x + off, dx + off, gm.S, c.hi, c.a, c.bc, c.cc, training, stream)
         else:
@@ -340,8 +361,10 @@ cdef inline void segments_backward(const real* g, const real* x, real* dx, Plane
                                    const void* rstd, const void* w, double* sums,
                                    bint training, bint stream) noexcept nogil:
     cdef Py_ssize_t q, K = gm.S // gm.run
+    cdef bint ahead = prefetches_next(gm, 2, x)
     for q in range(q0, q1):
-        segment_backward(g, x, dx, gm, q, mean, rstd, w, sums + 2 * K * q, training, stream)
+        segment_backward(g, x, dx, gm, q, mean, rstd, w, sums + 2 * K * q, training, stream,
+                         ahead and q + 1 < q1)
     if stream:
         cnorm_stream_fence()
 

@@ -46,6 +46,16 @@ static inline void cnorm_prefetch(const void *p, size_t n)
     CNORM_KEEP();
 }
 
+/* The same into the outer caches only (L2), for data wanted a while later: the
+ * next segment's blocks, asked for while this one's output pass runs. */
+static inline void cnorm_prefetch_l2(const void *p, size_t n)
+{
+    const char *c = (const char *)p;
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch(c + o, 0, 2);
+    CNORM_KEEP();
+}
+
 /* The same for n bytes about to be written (a write hint where the CPU has one). */
 static inline void cnorm_prefetch_write(void *p, size_t n)
 {
@@ -53,6 +63,27 @@ static inline void cnorm_prefetch_write(void *p, size_t n)
     for (size_t o = 0; o < n; o += 64)
         __builtin_prefetch(c + o, 1, 3);
     CNORM_KEEP();
+}
+
+/* Half the L2's bytes (256 KiB where the system does not say), found once: the
+ * most that the plane kernels prefetch of a next segment, so that it and the
+ * segment in hand share the L2. */
+static inline long cnorm_next_segment_max(void)
+{
+    static long v = 0;
+    long r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+    if (r == 0) {
+        r = 262144;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+        {
+            long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+            if (l2 > 0)
+                r = l2 / 2;
+        }
+#endif
+        __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+    }
+    return r;
 }
 
 /* Bytes of last-level cache, or 0 when the system does not say. */
