@@ -94,6 +94,7 @@ cdef int infer(const real* x, real* y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
     cdef void* cols = NULL
     if aff == NULL:
         return -1
+    stream = stream and may_stream(x)
     for c in range(C):
         aff[c] = make_affine(pget(rmean, c, 0.0, x),
                              pget(w, c, 1.0, x) / sqrt(pget(rvar, c, 0.0, x) + eps),

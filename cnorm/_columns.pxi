@@ -234,6 +234,7 @@ cdef inline Py_ssize_t share(Py_ssize_t n, Py_ssize_t t, Py_ssize_t nt) noexcept
 cdef void normalize_rows(const real* x, real* y, Py_ssize_t R, Py_ssize_t K,
                          const void* cols, int act, bint stream, int nt) noexcept nogil:
     """cols holds hi, lo, scale, shift: four arrays of K."""
+    stream = stream and may_stream(x)
     cdef Py_ssize_t rb = output_block_rows(K)
     cdef Py_ssize_t nb = (R + rb - 1) // rb
     cdef Py_ssize_t b
@@ -258,6 +259,7 @@ cdef inline void grad_rows(const real* g, const real* x, real* dx, Py_ssize_t r0
     cdef Py_ssize_t r
     cdef Py_ssize_t pd = prefetch_rows(K, sizeof(real))
     cdef size_t pbytes = short_row_bytes(K, sizeof(real))
+    stream = stream and may_stream(x)
     for r in range(r0, r1):
         if r + pd < R:
             cnorm_prefetch(g + (r + pd) * K, pbytes)

@@ -98,12 +98,26 @@ CNORM_VECTORS(64)
 #define cnorm_stx_bf16_16 cnorm_sth_bf16_4
 #define cnorm_stx_bf16_32 cnorm_sth_bf16_8
 #define cnorm_stx_bf16_64 cnorm_sth_bf16_16
-/* the half types are never streamed (CNORM_STREAMS_*): their "streaming"
- * stores, which no loop reaches, are plain ones */
-#define cnorm_nt_f16_16 cnorm_sth_f16_4
+/* The half types' streaming stores: a step of 8 float lanes is 16 bytes of
+ * output, converted as by a plain store and written around the cache; a step of
+ * 4 lanes (a run's last few values) is an ordinary store. */
+#if defined(__SSE2__)
+#define CNORM_NT_HALF8(S, p, v)                                                 \
+    do {                                                                        \
+        uint16_t t_[8];                                                         \
+        __m128i u_;                                                             \
+        cnorm_sth_##S##_8((void *)t_, (v));                                     \
+        memcpy(&u_, t_, 16);                                                    \
+        _mm_stream_si128((__m128i *)(void *)(p), u_);                           \
+    } while (0)
+#define cnorm_nt_f16_32(p, v) CNORM_NT_HALF8(f16, p, v)
+#define cnorm_nt_bf16_32(p, v) CNORM_NT_HALF8(bf16, p, v)
+#else
 #define cnorm_nt_f16_32 cnorm_sth_f16_8
-#define cnorm_nt_bf16_16 cnorm_sth_bf16_4
 #define cnorm_nt_bf16_32 cnorm_sth_bf16_8
+#endif
+#define cnorm_nt_f16_16 cnorm_sth_f16_4
+#define cnorm_nt_bf16_16 cnorm_sth_bf16_4
 
 /* ReLU on vectors: clear the lanes where v < 0 (false for NaN and -0.0). */
 #define CNORM_RELU_V(S, I, W, Z, v) ((cnorm_v##S##_##W)((cnorm_v##I##_##W)(v) & ~(cnorm_v##I##_##W)((v) < Z)))
@@ -153,10 +167,11 @@ CNORM_VECTORS(64)
 /* y[i] for i in [0, n) by BODY(i, LD, LDX, ST, ACT): LD loads parameters (of the
  * arithmetic type, suffix C), LDX loads data and ST stores it (storage suffix
  * S); A is the activation's name (ID, RELU or SILU: ACT is its form for the
- * width at hand).  Streamed (float32 and float64 only), every store of y is a
- * streaming one where y is 16-byte aligned and n fills whole 16 bytes: a
- * 16-byte store up to the first 32-byte boundary, 32-byte stores, and a
- * 16-byte store of the rest. */
+ * width at hand).  Streamed, every store of y is a streaming one where y is
+ * 16-byte aligned and n fills whole 16 bytes: for float32 and float64 a 16-byte
+ * store up to the first 32-byte boundary, 32-byte stores, and a 16-byte store of
+ * the rest; for the half types, 16-byte stores of 8 values (the last few values
+ * plainly). */
 #define CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, A)                      \
     do {                                                                        \
         ptrdiff_t i_ = 0;                                                       \
@@ -165,7 +180,7 @@ CNORM_VECTORS(64)
         if (CNORM_STREAMS_##S && (stream) && (uintptr_t)(y) % sizeof(*(y)) == 0) { \
             for (; i_ < (n) && ((uintptr_t)((y) + i_) & 15); i_++)              \
                 BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
-            if (i_ + v16_ <= (n) && ((uintptr_t)((y) + i_) & 31)) {             \
+            if (CNORM_NT_MID_##S && i_ + v16_ <= (n) && ((uintptr_t)((y) + i_) & 31)) { \
                 BODY(i_, cnorm_ld_##C##_16, cnorm_ldx_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##C##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
@@ -203,8 +218,14 @@ CNORM_VECTORS(64)
 #define CNORM_SIZE_f64 8
 #define CNORM_STREAMS_f32 1
 #define CNORM_STREAMS_f64 1
-#define CNORM_STREAMS_f16 0
-#define CNORM_STREAMS_bf16 0
+#define CNORM_STREAMS_f16 1
+#define CNORM_STREAMS_bf16 1
+/* whether a streamed loop takes a 16-byte step to reach a 32-byte boundary: the
+ * half types' 16-byte steps (8 values) need only the 16-byte one */
+#define CNORM_NT_MID_f32 1
+#define CNORM_NT_MID_f64 1
+#define CNORM_NT_MID_f16 0
+#define CNORM_NT_MID_bf16 0
 
 /* ---- activations, applied to y in the same pass -------------------------- */
 /* Scalar forms end in _S; ID is none.  ReLU: max(v, 0) with NaN kept and -0.0

@@ -15,7 +15,7 @@ from cnorm._moments cimport (
     cnorm_row_grad_sums2, cnorm_stream_fence, cnorm_sum2, cnorm_sumsq, lanes_total, ld, merge_columns, moments_merge, moments_zero,
     one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, row_moments, rows_affine,
     run_sqdev, shifted_moments,
-    seq_dot, seq_moments, short_row_bytes,
+    seq_dot, seq_moments, short_row_bytes, may_stream,
 )
 from cnorm._openmp cimport (
     KIND_BN_BACKWARD, KIND_BN_INFER, KIND_BN_TRAIN, KIND_GROUPS, KIND_GROUPS_BACKWARD,

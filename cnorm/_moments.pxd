@@ -544,6 +544,19 @@ cdef inline void affine_columns(const real* x, real* y, Py_ssize_t n,
                       act, stream)
 
 
+cdef inline bint may_stream(const real* like) noexcept nogil:
+    """Whether the kernels stream an output of this type when the caller asks: float32
+    and float64 always; float16 and bfloat16 only in the plane kernel's training
+    forward and backward (batch norm with channels first), whose statistics pass reads
+    the input in strided runs while plain stores would also read y's lines: streaming
+    made float16 (32, 64, 56, 56) training 0.58 times as long and backward 0.73
+    (bfloat16 0.95 and 1.01).  Elsewhere a half call's input and output mostly stay
+    in the LLC between calls, and streaming them was slower: inference and layer norm
+    (4096, 768) 1.2-1.5 times as long, channels-last training 1.07 (float16) and 1.3
+    (bfloat16)."""
+    return real is float or real is double
+
+
 cdef inline void rows_affine(const real* x, real* y, Py_ssize_t r0, Py_ssize_t r1,
                              Py_ssize_t R, Py_ssize_t K, const void* cols, int act,
                              bint stream) noexcept nogil:

@@ -50,7 +50,7 @@ cdef inline void row_affine(const real* x, real* y, Py_ssize_t n, double mean, d
     x * rstd [* w]."""
     cdef double hi = pround(mean, x)
     cdef double lo = pround(mean - hi, x)
-    cnorm_ln_affine(x, y, n, hi, lo, rstd, w, b, act, stream)
+    cnorm_ln_affine(x, y, n, hi, lo, rstd, w, b, act, stream and may_stream(x))
 
 
 cdef inline void add_row_streamed(const real* x, const real* res, real* hout, real* y,
@@ -265,13 +265,14 @@ cdef inline void row_dx(const real* g, const real* x, real* dx, Py_ssize_t H, do
     cdef double rc = rstd * sums[0] / H if centred else 0.0
     cdef Py_ssize_t t = 0, L
     if ahead == 0:
-        cnorm_ln_dx(g, x, w, dx, H, hi, lo, rstd, rb, rc, stream)
+        cnorm_ln_dx(g, x, w, dx, H, hi, lo, rstd, rb, rc, stream and may_stream(x))
         return
     while t < H:
         L = DX_TILE if H - t > DX_TILE else H - t
         cnorm_prefetch(g + ahead + t, L * sizeof(real))
         cnorm_prefetch(x + ahead + t, L * sizeof(real))
-        cnorm_ln_dx(g + t, x + t, pat(w, t, x), dx + t, L, hi, lo, rstd, rb, rc, stream)
+        cnorm_ln_dx(g + t, x + t, pat(w, t, x), dx + t, L, hi, lo, rstd, rb, rc,
+                    stream and may_stream(x))
         t += L
 
 
