@@ -118,6 +118,38 @@ CNORM_VECTORS(64)
 #endif
 #define cnorm_nt_f16_16 cnorm_sth_f16_4
 #define cnorm_nt_bf16_16 cnorm_sth_bf16_4
+#if defined(CNORM_HAVE_V64)
+/* x86-64-v4: 16 values, 32 bytes of output, a store at a 32-byte boundary */
+#define CNORM_NT_HALF16(S, p, v)                                                \
+    do {                                                                        \
+        uint16_t t_[16];                                                        \
+        __m256i u_;                                                             \
+        cnorm_sth_##S##_16((void *)t_, (v));                                    \
+        memcpy(&u_, t_, 32);                                                    \
+        _mm256_stream_si256((__m256i *)(void *)(p), u_);                        \
+    } while (0)
+#define cnorm_nt_f16_64(p, v) CNORM_NT_HALF16(f16, p, v)
+#define cnorm_nt_bf16_64(p, v) CNORM_NT_HALF16(bf16, p, v)
+/* A streamed half loop's wide steps, from a 16-byte boundary: one step of 8
+ * values to a 32-byte boundary, then steps of 16 (the conversions and the
+ * stores of 8 values were what bound the loop); float32 and float64 have none. */
+#define CNORM_NT_WIDE_HALF(S, C, y, n, BODY, A)                                 \
+    do {                                                                        \
+        if (i_ + v32_ <= (n) && ((uintptr_t)((y) + i_) & 31)) {                 \
+            BODY(i_, cnorm_ld_##C##_32, cnorm_ldx_##S##_32, cnorm_nt_##S##_32, CNORM_##A##_##C##_32); \
+            i_ += v32_;                                                         \
+        }                                                                       \
+        for (; i_ + 2 * v32_ <= (n); i_ += 2 * v32_)                            \
+            BODY(i_, cnorm_ld_##C##_64, cnorm_ldx_##S##_64, cnorm_nt_##S##_64, CNORM_##A##_##C##_64); \
+    } while (0)
+#define CNORM_NT_WIDE_f16(C, y, n, BODY, A) CNORM_NT_WIDE_HALF(f16, C, y, n, BODY, A)
+#define CNORM_NT_WIDE_bf16(C, y, n, BODY, A) CNORM_NT_WIDE_HALF(bf16, C, y, n, BODY, A)
+#else
+#define CNORM_NT_WIDE_f16(C, y, n, BODY, A) do { } while (0)
+#define CNORM_NT_WIDE_bf16(C, y, n, BODY, A) do { } while (0)
+#endif
+#define CNORM_NT_WIDE_f32(C, y, n, BODY, A) do { } while (0)
+#define CNORM_NT_WIDE_f64(C, y, n, BODY, A) do { } while (0)
 
 /* ReLU on vectors: clear the lanes where v < 0 (false for NaN and -0.0). */
 #define CNORM_RELU_V(S, I, W, Z, v) ((cnorm_v##S##_##W)((cnorm_v##I##_##W)(v) & ~(cnorm_v##I##_##W)((v) < Z)))
@@ -184,6 +216,7 @@ CNORM_VECTORS(64)
                 BODY(i_, cnorm_ld_##C##_16, cnorm_ldx_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##C##_16); \
                 i_ += v16_;                                                     \
             }                                                                   \
+            CNORM_NT_WIDE_##S(C, y, n, BODY, A);                                \
             for (; i_ + v32_ <= (n); i_ += v32_)                                \
                 BODY(i_, cnorm_ld_##C##_32, cnorm_ldx_##S##_32, cnorm_nt_##S##_32, CNORM_##A##_##C##_32); \
             if (i_ + v16_ <= (n)) {                                             \
