@@ -102,16 +102,17 @@ CNORM_VECTORS(64)
  * output, converted as by a plain store and written around the cache; a step of
  * 4 lanes (a run's last few values) is an ordinary store. */
 #if defined(__SSE2__)
-#define CNORM_NT_HALF8(S, p, v)                                                 \
+/* N values converted as by a plain store, then streamed as one VT by F */
+#define CNORM_NT_HALF(S, N, VT, F, p, v)                                        \
     do {                                                                        \
-        uint16_t t_[8];                                                         \
-        __m128i u_;                                                             \
-        cnorm_sth_##S##_8((void *)t_, (v));                                     \
-        memcpy(&u_, t_, 16);                                                    \
-        _mm_stream_si128((__m128i *)(void *)(p), u_);                           \
+        uint16_t t_[N];                                                         \
+        VT u_;                                                                  \
+        cnorm_sth_##S##_##N((void *)t_, (v));                                   \
+        memcpy(&u_, t_, sizeof u_);                                             \
+        F((VT *)(void *)(p), u_);                                               \
     } while (0)
-#define cnorm_nt_f16_32(p, v) CNORM_NT_HALF8(f16, p, v)
-#define cnorm_nt_bf16_32(p, v) CNORM_NT_HALF8(bf16, p, v)
+#define cnorm_nt_f16_32(p, v) CNORM_NT_HALF(f16, 8, __m128i, _mm_stream_si128, p, v)
+#define cnorm_nt_bf16_32(p, v) CNORM_NT_HALF(bf16, 8, __m128i, _mm_stream_si128, p, v)
 #else
 #define cnorm_nt_f16_32 cnorm_sth_f16_8
 #define cnorm_nt_bf16_32 cnorm_sth_bf16_8
@@ -120,16 +121,8 @@ CNORM_VECTORS(64)
 #define cnorm_nt_bf16_16 cnorm_sth_bf16_4
 #if defined(CNORM_HAVE_V64)
 /* x86-64-v4: 16 values, 32 bytes of output, a store at a 32-byte boundary */
-#define CNORM_NT_HALF16(S, p, v)                                                \
-    do {                                                                        \
-        uint16_t t_[16];                                                        \
-        __m256i u_;                                                             \
-        cnorm_sth_##S##_16((void *)t_, (v));                                    \
-        memcpy(&u_, t_, 32);                                                    \
-        _mm256_stream_si256((__m256i *)(void *)(p), u_);                        \
-    } while (0)
-#define cnorm_nt_f16_64(p, v) CNORM_NT_HALF16(f16, p, v)
-#define cnorm_nt_bf16_64(p, v) CNORM_NT_HALF16(bf16, p, v)
+#define cnorm_nt_f16_64(p, v) CNORM_NT_HALF(f16, 16, __m256i, _mm256_stream_si256, p, v)
+#define cnorm_nt_bf16_64(p, v) CNORM_NT_HALF(bf16, 16, __m256i, _mm256_stream_si256, p, v)
 /* A streamed half loop's wide steps, from a 16-byte boundary: one step of 8
  * values to a 32-byte boundary, then steps of 16 (the conversions and the
  * stores of 8 values were what bound the loop); float32 and float64 have none. */
