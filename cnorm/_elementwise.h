@@ -99,8 +99,9 @@ CNORM_VECTORS(64)
 #define cnorm_stx_bf16_32 cnorm_sth_bf16_8
 #define cnorm_stx_bf16_64 cnorm_sth_bf16_16
 /* The half types' streaming stores: a step of 8 float lanes is 16 bytes of
- * output, converted as by a plain store and written around the cache; a step of
- * 4 lanes (a run's last few values) is an ordinary store. */
+ * output (of 16 lanes, 32 bytes), converted as by a plain store and written
+ * around the cache; a step of 4 lanes (a run's last few values) is an ordinary
+ * store. */
 #if defined(__SSE2__)
 /* N values converted as by a plain store, then streamed as one VT by F */
 #define CNORM_NT_HALF(S, N, VT, F, p, v)                                        \
@@ -195,7 +196,8 @@ CNORM_VECTORS(64)
  * width at hand).  Streamed, every store of y is a streaming one where y is
  * 16-byte aligned and n fills whole 16 bytes: for float32 and float64 a 16-byte
  * store up to the first 32-byte boundary, 32-byte stores, and a 16-byte store of
- * the rest; for the half types, 16-byte stores of 8 values (the last few values
+ * the rest; for the half types, 16-byte stores of 8 values, or in the AVX-512
+ * build 32-byte stores of 16 from a 32-byte boundary (the last few values
  * plainly). */
 #define CNORM_OUTPUT_LOOP_ACT(S, C, y, n, stream, BODY, A)                      \
     do {                                                                        \

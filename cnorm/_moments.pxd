@@ -379,7 +379,8 @@ cdef inline void prefetch_run(const real* base, Py_ssize_t i, Py_ssize_t limit, 
     """For runs shorter than PREFETCH_BYTES, prefetch the run at least PREFETCH_BYTES
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
-    longer runs give it time to catch up, and prefetching them was slower."""
+    longer runs give it time to catch up, and prefetching them whole was slower: as
+    such a run starts, only the first RUN_HEAD_BYTES of the next one are asked for."""
     cdef Py_ssize_t n
     cdef size_t nbytes = short_row_bytes(M, sizeof(real))
     if nbytes != 0:
@@ -548,9 +549,9 @@ cdef inline bint may_stream(const real* like) noexcept nogil:
     """Whether the kernels stream an output of this type when the caller asks: float32
     and float64 always; float16 and bfloat16 only in the plane kernel's training
     forward and backward (batch norm with channels first), whose statistics pass reads
-    the input in strided runs while plain stores would also read y's lines: streaming
-    made float16 (32, 64, 56, 56) training 0.58 times as long and backward 0.73
-    (bfloat16 0.95 and 1.01).  Elsewhere a half call's input and output mostly stay
+    the input in strided runs while plain stores would also read y's lines: with
+    streaming (and the plane kernel's prefetches), float16 (32, 64, 56, 56) training
+    took 0.52-0.56 times as long and backward 0.72 (bfloat16 0.62 and 0.70).  Elsewhere a half call's input and output mostly stay
     in the LLC between calls, and streaming them was slower: inference and layer norm
     (4096, 768) 1.2-1.5 times as long, channels-last training 1.07 (float16) and 1.3
     (bfloat16)."""

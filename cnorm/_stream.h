@@ -71,7 +71,11 @@ static inline void cnorm_prefetch_write(void *p, size_t n)
 static inline long cnorm_next_segment_max(void)
 {
     static long v = 0;
+#if defined(__GNUC__)
     long r = __atomic_load_n(&v, __ATOMIC_RELAXED);
+#else
+    long r = v;
+#endif
     if (r == 0) {
         r = 262144;
 #if defined(_SC_LEVEL2_CACHE_SIZE)
@@ -81,7 +85,11 @@ static inline long cnorm_next_segment_max(void)
                 r = l2 / 2;
         }
 #endif
+#if defined(__GNUC__)
         __atomic_store_n(&v, r, __ATOMIC_RELAXED);
+#else
+        v = r;
+#endif
     }
     return r;
 }
