@@ -551,10 +551,10 @@ cdef inline bint may_stream(const real* like) noexcept nogil:
     forward and backward (batch norm with channels first), whose statistics pass reads
     the input in strided runs while plain stores would also read y's lines: with
     streaming (and the plane kernel's prefetches), float16 (32, 64, 56, 56) training
-    took 0.52-0.56 times as long and backward 0.72 (bfloat16 0.62 and 0.70).  Elsewhere a half call's input and output mostly stay
-    in the LLC between calls, and streaming them was slower: inference and layer norm
-    (4096, 768) 1.2-1.5 times as long, channels-last training 1.07 (float16) and 1.3
-    (bfloat16)."""
+    took 0.52-0.56 times as long and backward 0.72 (bfloat16 0.62 and 0.70).
+    Elsewhere a half call's input and output mostly stay in the LLC between calls,
+    and streaming them was slower: inference and layer norm (4096, 768) 1.2-1.5
+    times as long, channels-last training 1.07 (float16) and 1.3 (bfloat16)."""
     return real is float or real is double
 
 
