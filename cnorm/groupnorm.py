@@ -79,7 +79,11 @@ def _normalize(x, geo, weight, bias, eps, method, act, out, var=False):
     mean = np.empty(stats_shape, param_dtype(x.dtype))
     rstd = np.empty(stats_shape, param_dtype(x.dtype))
     v = np.empty(stats_shape, param_dtype(x.dtype)) if var else None
-    if x.size:
+    if not x.size:      # groups of no values (an empty spatial shape): no statistics
+        for a in (mean, rstd, v):
+            if a is not None:
+                a.fill(np.nan)
+    else:
         xc = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         stream = STREAMS and stream_stores(2 * x.nbytes)
         if type(geo) is Planes:
@@ -306,7 +310,7 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
                          f"statistics are used, got shape {x.shape} with channel axis {axis}")
     y, mean, rstd, var = _normalize(x, geo, weight, bias, eps, method, act, out,
                                     var=running_mean is not None)
-    if running_mean is not None and x.shape[0]:
+    if running_mean is not None and x.size:   # no values: kept, as torch keeps them
         # torch: the batch's per-instance statistics, averaged over the samples
         m = float(momentum)
         new_mean = (1 - m) * running_mean + m * mean.astype(np.float64).mean(axis=0)

@@ -131,3 +131,25 @@ def test_float64_two_pass_second_pass_when_first_value_is_far_out():
     for c in range(6):
         _, var = exact_mean_var(cols[:, c])
         assert abs(float(f.invstd[c]) ** -2 / var - 1) <= 1e-13, c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_groups_of_no_values_have_nan_statistics_and_keep_running_ones(dtype, axis):
+    # An empty spatial shape: N * G groups, each of no values.  Their statistics are NaN
+    # (as np.mean of nothing and cnorm.moments give), never whatever the memory held;
+    # running statistics are left as they were, as torch leaves them.
+    shape = (2, 4, 0) if axis == 1 else (2, 0, 4)
+    x = np.ones(shape, dtype)
+    pdt = np.float64 if dtype == np.float64 else np.float32
+    for f in (cnorm.group_norm_forward(x, 2, axis=axis), cnorm.instance_norm_forward(x, axis=axis)):
+        assert f.y.shape == shape and f.y.dtype == dtype
+        assert f.mean.dtype == pdt and f.mean.shape == f.rstd.shape == (2, f.mean.shape[1])
+        assert np.isnan(f.mean).all() and np.isnan(f.rstd).all()
+    rm, rv = np.full(4, 0.5, pdt), np.full(4, 2.0, pdt)
+    y = cnorm.instance_norm(x, None, None, rm, rv, axis=axis)
+    assert y.shape == shape
+    assert (rm == 0.5).all() and (rv == 2.0).all()
+    f = cnorm.group_norm_forward(x, 2, axis=axis)
+    g = cnorm.group_norm_backward(x, x, f.mean, f.rstd, np.ones(4, pdt), axis=axis)
+    assert g.dx.shape == shape and (g.dweight == 0).all() and (g.dbias == 0).all()
