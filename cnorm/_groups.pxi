@@ -44,6 +44,23 @@ cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ss
     set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols, like)
 
 
+cdef inline void affine_columns(const double* mean, const double* rstd, const void* w,
+                                const void* b, Py_ssize_t C, void* cols,
+                                const real* like) noexcept nogil:
+    """make_affine(mean[c], rstd[c] * w[c], b[c]) into column c of cols (hi, lo, scale,
+    shift: four arrays of C), one loop a coefficient."""
+    cdef Py_ssize_t c
+    cdef double hi
+    for c in range(C):
+        hi = pround(mean[c], like)
+        pset(cols, c, hi, like)
+        pset(cols, C + c, pround(mean[c] - hi, like), like)
+    for c in range(C):
+        pset(cols, 2 * C + c, pround(rstd[c] * pget(w, c, 1.0, like), like), like)
+    for c in range(C):
+        pset(cols, 3 * C + c, pround(pget(b, c, 0.0, like), like), like)
+
+
 cdef inline bint whole_samples(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, int nt) noexcept nogil:
     """Give each thread whole samples?  For small samples, and whenever the samples
     share out evenly (or nearly: at least 4 a thread), which spares two parallel
@@ -55,26 +72,29 @@ cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, ColGroups m,
                               const void* w, const void* b, StatsOut o, double eps,
                               int method, int act, bint stream, int nt, double* stats,
                               void* cols) noexcept nogil:
-    """Sample n (x and y point at it); stats holds 2 C doubles, cols 4 C values of the
+    """Sample n (x and y point at it); stats holds 3 C doubles, cols 4 C values of the
     arithmetic type."""
     cdef Py_ssize_t C = m.C, cs = m.C // m.G, kg = m.C // m.G // m.run, g, k
     cdef Moments mo
-    cdef double rstd
+    cdef double* rstd = stats + 2 * C
     if column_moments(x, m.HW, C, method, nt, stats, stats + C) != 0:
         return -1
-    # the statistics first, a short loop whose divisions and square roots overlap from
-    # group to group; each group's mean and rstd go to stats[g] and stats[C + g], where
-    # its columns' sums are no longer needed
-    for g in range(m.G):
-        mo = channel_moments(stats, stats + C, g, cs, <double>m.HW)
-        rstd = finish_stats(mo, n * m.G + g, eps, o, x)
-        stats[g] = mo.mean
-        stats[C + g] = rstd
-    for g in range(m.G):
-        for k in range(g * kg, (g + 1) * kg):
-            set_affine_columns(make_affine(stats[g], stats[C + g] * pget(w, k, 1.0, x),
-                                           pget(b, k, 0.0, x), x),
-                               k * m.run, m.run, C, cols, x)
+    # each group's mean and M2 go to stats[g] and stats[C + g], where its columns' are no
+    # longer needed, and are finished all together
+    if cs > 1:
+        for g in range(m.G):
+            mo = channel_moments(stats, stats + C, g, cs, <double>m.HW)
+            stats[g] = mo.mean
+            stats[C + g] = mo.m2
+    finish_many(stats, stats + C, rstd, m.G, <double>(m.HW * cs), n * m.G, eps, o, x)
+    if C == m.G:    # a column a group and a parameter: loops the compiler vectorizes
+        affine_columns(stats, rstd, w, b, C, cols, x)
+    else:
+        for g in range(m.G):
+            for k in range(g * kg, (g + 1) * kg):
+                set_affine_columns(make_affine(stats[g], rstd[g] * pget(w, k, 1.0, x),
+                                               pget(b, k, 0.0, x), x),
+                                   k * m.run, m.run, C, cols, x)
     normalize_rows(x, y, m.HW, C, cols, act, stream, nt)
     return 0
 
@@ -86,7 +106,7 @@ cdef int groups_forward(const real* x, real* y, ColGroups m, const void* w, cons
     cdef int slots = nt if by_sample else 1
     cdef Py_ssize_t n, off, C = m.C
     cdef int rc = 0, t, fails = 0
-    cdef double* stats = <double*>malloc((2 * C * slots + 1) * sizeof(double))
+    cdef double* stats = <double*>malloc((3 * C * slots + 1) * sizeof(double))
     cdef char* cols = <char*>malloc((4 * C * slots + 1) * psize(x))
     if stats == NULL or cols == NULL:
         free(stats)
@@ -97,7 +117,7 @@ cdef int groups_forward(const real* x, real* y, ColGroups m, const void* w, cons
             t = omp_get_thread_num()
             off = n * m.HW * C
             fails += group_sample_forward(x + off, y + off, n, m, w, b, o, eps, method, act,
-                                          stream, 1, stats + 2 * C * t,
+                                          stream, 1, stats + 3 * C * t,
                                           cols + 4 * C * t * psize(x)) != 0
         rc = -1 if fails else 0
     else:

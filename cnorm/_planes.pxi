@@ -63,22 +63,45 @@ cdef inline StatsOut stats_out(void* mean, void* rstd, void* var, void* rmean, v
 # Finishing steps shared by every geometry's kernels
 # ---------------------------------------------------------------------------
 
+cdef inline void finish_many(const double* mean, double* m2, double* rstd, Py_ssize_t G,
+                             double count, Py_ssize_t i0, double eps, StatsOut o,
+                             const real* like) noexcept nogil:
+    """Statistics i0 .. i0 + G - 1 from their means and M2 (count values each) into o:
+    m2 becomes the biased variance, rstd gets 1 / sqrt(var + eps).  Each step is a loop
+    of its own over the G statistics, which the compiler vectorizes (divisions and
+    square roots are exact, so the bits are those of one at a time): a loop doing all
+    the steps for one statistic at a time waited on its division and square root, about
+    10 ns for each of batch norm's (256, 1024) channels."""
+    cdef Py_ssize_t g
+    cdef double keep = 1.0 - o.momentum
+    cdef double unbias = count / (count - 1.0)
+    for g in range(G):
+        m2[g] = m2[g] / count
+    for g in range(G):
+        rstd[g] = 1.0 / sqrt(m2[g] + eps)
+    if o.mean != NULL:
+        for g in range(G):
+            pset(o.mean, i0 + g, mean[g], like)
+    if o.rstd != NULL:
+        for g in range(G):
+            pset(o.rstd, i0 + g, rstd[g], like)
+    if o.var != NULL:
+        for g in range(G):
+            pset(o.var, i0 + g, m2[g], like)
+    if o.rmean != NULL:
+        for g in range(G):
+            pset(o.rmean, i0 + g, keep * pget(o.rmean, i0 + g, 0.0, like) + o.momentum * mean[g],
+                 like)
+        for g in range(G):
+            pset(o.rvar, i0 + g, keep * pget(o.rvar, i0 + g, 0.0, like)
+                 + o.momentum * (m2[g] * unbias), like)
+
+
 cdef inline double finish_stats(Moments mo, Py_ssize_t i, double eps, StatsOut o,
                                 const real* like) noexcept nogil:
-    """Statistics i from its moments into o; returns rstd."""
-    cdef double var = mo.m2 / mo.n
-    cdef double rstd = 1.0 / sqrt(var + eps)
-    if o.mean != NULL:
-        pset(o.mean, i, mo.mean, like)
-    if o.rstd != NULL:
-        pset(o.rstd, i, rstd, like)
-    if o.var != NULL:
-        pset(o.var, i, var, like)
-    if o.rmean != NULL:
-        pset(o.rmean, i, (1.0 - o.momentum) * pget(o.rmean, i, 0.0, like) + o.momentum * mo.mean,
-             like)
-        pset(o.rvar, i, (1.0 - o.momentum) * pget(o.rvar, i, 0.0, like)
-             + o.momentum * (var * (mo.n / (mo.n - 1.0))), like)
+    """Statistics i from its moments into o (see finish_many); returns rstd."""
+    cdef double var = mo.m2, rstd
+    finish_many(&mo.mean, &var, &rstd, 1, mo.n, i, eps, o, like)
     return rstd
 
 
