@@ -61,6 +61,25 @@ cdef inline void affine_columns(const double* mean, const double* rstd, const vo
         pset(cols, 3 * C + c, pround(pget(b, c, 0.0, like), like), like)
 
 
+cdef inline void grad_columns(const void* mean, const void* rstd, const void* w,
+                              const double* sums, Py_ssize_t i0, Py_ssize_t C, double S,
+                              bint training, void* cols, const real* like) noexcept nogil:
+    """make_grad's coefficients into column c of cols (hi, a, bc, cc: four arrays of C)
+    for statistics i0 + c and parameter c, whose sums are sums[c] and sums[C + c], in a
+    loop over the columns that the compiler vectorizes."""
+    cdef Py_ssize_t c
+    cdef double wk
+    cdef Grad q
+    for c in range(C):
+        wk = pget(w, c, 1.0, like)
+        q = make_grad(pget(mean, i0 + c, 0.0, like), pget(rstd, i0 + c, 0.0, like), wk,
+                      wk * sums[c], wk * sums[C + c], S, training, like)
+        pset(cols, c, q.hi, like)
+        pset(cols, C + c, q.a, like)
+        pset(cols, 2 * C + c, q.bc, like)
+        pset(cols, 3 * C + c, q.cc, like)
+
+
 cdef inline bint whole_samples(Py_ssize_t N, Py_ssize_t HW, Py_ssize_t C, int nt) noexcept nogil:
     """Give each thread whole samples?  For small samples, and whenever the samples
     share out evenly (or nearly: at least 4 a thread), which spares two parallel
@@ -148,6 +167,10 @@ cdef int group_sample_backward(const real* g, const real* x, real* dx, Py_ssize_
             mu[c] = r
     if column_dots(g, x, m.HW, C, mu, nt, sums, sums + C) != 0:
         return -1
+    if C == m.G:    # a column a group and a parameter: its sums are the parameter's
+        grad_columns(mean, rstd, w, sums, n * m.G, C, S, training, cols, x)
+        grad_rows_parallel(g, x, dx, m.HW, C, cols, training, stream, nt)
+        return 0
     # per group, A = sum(dy * w) and B = sum(dy * w * (x - mean)) over its S values
     for gi in range(m.G):
         r = pget(rstd, n * m.G + gi, 0.0, x)
@@ -196,7 +219,8 @@ cdef int groups_backward(const real* g, const real* x, real* dx, ColGroups m,
     cdef Py_ssize_t C = m.C, kg = m.C // m.G // m.run, n, k, gi, off
     cdef int rc = 0, t, fails = 0
     cdef double sw, sb
-    cdef double* sums = <double*>malloc((2 * C * m.N + C * slots + 1) * sizeof(double))
+    # sums: each sample's run sums (2 C), then mu (C a slot, and 2 C for the last step)
+    cdef double* sums = <double*>malloc((2 * C * m.N + 2 * C * slots + 1) * sizeof(double))
     cdef char* cols = <char*>malloc((4 * C * slots + 1) * psize(x))
     cdef double* mu
     if sums == NULL or cols == NULL:
@@ -219,7 +243,21 @@ cdef int groups_backward(const real* g, const real* x, real* dx, ColGroups m,
                                      sums + 2 * C * n, training, stream, nt, mu, cols) != 0:
                 rc = -1
                 break
-    if rc == 0:
+    if rc == 0 and C == m.G:
+        # each parameter's sums over the samples in order, a loop over the parameters
+        # within each sample (vectorized); mu is free again
+        for k in range(C):
+            mu[k] = 0.0
+            mu[C + k] = 0.0
+        for n in range(m.N):
+            for k in range(C):
+                mu[k] += sums[2 * C * n + C + k] * pget(rstd, n * m.G + k, 0.0, x)
+            for k in range(C):
+                mu[C + k] += sums[2 * C * n + k]
+        for k in range(C):
+            pset(dweight, k, mu[k], x)
+            pset(dbias, k, mu[C + k], x)
+    elif rc == 0:
         for gi in range(m.G):
             for k in range(gi * kg, (gi + 1) * kg):
                 sw = 0.0
