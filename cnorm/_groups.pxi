@@ -44,7 +44,7 @@ cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ss
     set_columns(p.hi, p.lo, p.scale, p.shift, k0, M, K, cols, like)
 
 
-cdef inline void affine_columns(const double* mean, const double* rstd, const void* w,
+cdef inline void affine_coefficients(const double* mean, const double* rstd, const void* w,
                                 const void* b, Py_ssize_t C, void* cols,
                                 const real* like) noexcept nogil:
     """make_affine(mean[c], rstd[c] * w[c], b[c]) into column c of cols (hi, lo, scale,
@@ -61,7 +61,7 @@ cdef inline void affine_columns(const double* mean, const double* rstd, const vo
         pset(cols, 3 * C + c, pround(pget(b, c, 0.0, like), like), like)
 
 
-cdef inline void grad_columns(const void* mean, const void* rstd, const void* w,
+cdef inline void grad_coefficients(const void* mean, const void* rstd, const void* w,
                               const double* sums, Py_ssize_t i0, Py_ssize_t C, double S,
                               bint training, void* cols, const real* like) noexcept nogil:
     """make_grad's coefficients into column c of cols (hi, a, bc, cc: four arrays of C)
@@ -107,7 +107,7 @@ cdef int group_sample_forward(const real* x, real* y, Py_ssize_t n, ColGroups m,
             stats[C + g] = mo.m2
     finish_many(stats, stats + C, rstd, m.G, <double>(m.HW * cs), n * m.G, eps, o, x)
     if C == m.G:    # a column a group and a parameter: loops the compiler vectorizes
-        affine_columns(stats, rstd, w, b, C, cols, x)
+        affine_coefficients(stats, rstd, w, b, C, cols, x)
     else:
         for g in range(m.G):
             for k in range(g * kg, (g + 1) * kg):
@@ -168,7 +168,7 @@ cdef int group_sample_backward(const real* g, const real* x, real* dx, Py_ssize_
     if column_dots(g, x, m.HW, C, mu, nt, sums, sums + C) != 0:
         return -1
     if C == m.G:    # a column a group and a parameter: its sums are the parameter's
-        grad_columns(mean, rstd, w, sums, n * m.G, C, S, training, cols, x)
+        grad_coefficients(mean, rstd, w, sums, n * m.G, C, S, training, cols, x)
         grad_rows_parallel(g, x, dx, m.HW, C, cols, training, stream, nt)
         return 0
     # per group, A = sum(dy * w) and B = sum(dy * w * (x - mean)) over its S values
