@@ -173,19 +173,18 @@ cdef inline bint keeps_gil(Py_ssize_t work, int nt) noexcept nogil:
 def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
           weight, bias, running_mean, running_var, mean_out, invstd_out,
           double eps, double momentum, method, int act, bint stream):
-    cdef int meth = method_code(method)
+    _bn_train_call(dtype_code(x), data(x), data(y), N, C, M, data(weight), data(bias),
+                   data(running_mean), data(running_var), data(mean_out), data(invstd_out), eps,
+                   momentum, method_code(method), act, stream)
+
+
+cdef int _bn_train_call(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                        void* pw, void* pb, void* prm, void* prv, void* pmean, void* pinv,
+                        double eps, double momentum, int meth, int act,
+                        bint stream) except -1:
     cdef int nt = threads_for(N * C * M)
     cdef bint planar = M >= PLANAR_MIN_RUN
-    cdef void* px = data(x)
-    cdef void* py = data(y)
-    cdef void* pw = data(weight)
-    cdef void* pb = data(bias)
-    cdef void* prm = data(running_mean)
-    cdef void* prv = data(running_var)
-    cdef void* pmean = data(mean_out)
-    cdef void* pinv = data(invstd_out)
     cdef int rc
-    cdef int t = dtype_code(x)
     if keeps_gil(N * C * M, nt):
         rc = _train_dispatch(t, planar, px, py, N, C, M, pw, pb, prm, prv, pmean, pinv, eps,
                              momentum, meth, act, stream, nt)
@@ -196,6 +195,152 @@ def bn_train(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     call_done(KIND_BN_TRAIN, nt, N * C * M, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
+    return 0
+
+
+cdef inline bint _stat_ok(object v, int ptype, Py_ssize_t C) noexcept:
+    """v is None, or a running statistic the kernel may update as it is: _param_ok, and
+    writeable."""
+    return _param_ok(v, ptype, C) and (v is None
+                                       or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>v))
+
+
+ctypedef struct FastBN:
+    int code                    # x's dtype (F32, F64, F16)
+    int pt                      # the parameters' NumPy type
+    Py_ssize_t N, C, M
+
+
+cdef inline bint _fast_bn(object x, object axis, FastBN* f) noexcept:
+    """What every batch-norm fast path takes of x and axis: x a C-contiguous
+    native-byte-order float32, float64 or float16 ndarray of 2 or more dimensions, axis
+    an int in range; f gets x's (N, C, M) view and its dtype codes."""
+    cdef cnp.ndarray a
+    cdef int t, nd, ax, i
+    if type(x) is not cnp.ndarray or type(axis) is not int:
+        return False
+    a = <cnp.ndarray>x
+    t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        f.pt, f.code = cnp.NPY_FLOAT32, F32
+    elif t == cnp.NPY_FLOAT64:
+        f.pt, f.code = cnp.NPY_FLOAT64, F64
+    elif t == cnp.NPY_FLOAT16:
+        f.pt, f.code = cnp.NPY_FLOAT32, F16
+    else:
+        return False
+    nd = cnp.PyArray_NDIM(a)
+    if nd < 2 or not -nd <= axis < nd or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
+            or not cnp.PyArray_ISNOTSWAPPED(a):
+        return False
+    ax = axis % nd
+    f.N = 1
+    f.M = 1
+    for i in range(ax):
+        f.N *= cnp.PyArray_DIMS(a)[i]
+    f.C = cnp.PyArray_DIMS(a)[ax]
+    for i in range(ax + 1, nd):
+        f.M *= cnp.PyArray_DIMS(a)[i]
+    return True
+
+
+cdef inline object _fast_dest(object out, cnp.ndarray a):
+    """A new array like a for out None, out itself when _out_ok takes it, else None."""
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a),
+                                 0)
+    if _out_ok(out, a):
+        return out
+    return None
+
+
+def bn_train_fast(x, weight, bias, running_mean, running_var, momentum, eps, axis,
+                  bint want_stats, Py_ssize_t stream_bytes, out=None):
+    """batch_norm's and batch_norm_forward's common training call, checked here in C: x and
+    axis as _fast_bn takes them, more than one value per channel; weight, bias,
+    running_mean and running_var None or contiguous 1-D ndarrays of x's parameter type and
+    length C, the running statistics given together and writeable; eps a float in [0,
+    inf), momentum a float in [0, 1]; out None or an array _out_ok takes.  Returns (y,
+    mean, invstd), mean and invstd None unless want_stats, computed by the kernel exactly
+    as the general path computes them; or None when the call is not of that kind, and the
+    Python layer takes its general path, which also raises any error.  Outputs stream
+    past stream_bytes moved."""
+    cdef FastBN f
+    cdef cnp.ndarray mean = None, invstd = None
+    cdef cnp.npy_intp c_dim
+    if (type(eps) is not float or type(momentum) is not float
+            or (running_mean is None) != (running_var is None) or not _fast_bn(x, axis, &f)):
+        return None
+    cdef double e = eps, mo = momentum
+    if (not (0.0 <= e < INFINITY and 0.0 <= mo <= 1.0) or f.N * f.M <= 1 or f.C == 0
+            or not _param_ok(weight, f.pt, f.C) or not _param_ok(bias, f.pt, f.C)
+            or not _stat_ok(running_mean, f.pt, f.C) or not _stat_ok(running_var, f.pt, f.C)):
+        return None
+    y = _fast_dest(out, <cnp.ndarray>x)
+    if y is None:
+        return None
+    if want_stats:
+        c_dim = f.C
+        mean = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
+        invstd = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
+    _bn_train_call(f.code, data(x), data(y), f.N, f.C, f.M, data(weight), data(bias),
+                   data(running_mean), data(running_var), data(mean), data(invstd), e, mo,
+                   TWO_PASS, 0, 2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    return y, mean, invstd
+
+
+def bn_infer_fast(x, weight, bias, running_mean, running_var, momentum, eps, axis,
+                  Py_ssize_t stream_bytes, out=None):
+    """batch_norm's common inference call, checked here in C (see bn_train_fast; the
+    running statistics are required and read only, and momentum is checked though
+    unused, as the general path checks it).  Returns y, or None."""
+    cdef FastBN f
+    if (type(eps) is not float or type(momentum) is not float or running_mean is None
+            or running_var is None or not _fast_bn(x, axis, &f)):
+        return None
+    cdef double e = eps, mo = momentum
+    if (not (0.0 <= e < INFINITY and 0.0 <= mo <= 1.0) or not _param_ok(weight, f.pt, f.C)
+            or not _param_ok(bias, f.pt, f.C) or not _param_ok(running_mean, f.pt, f.C)
+            or not _param_ok(running_var, f.pt, f.C)):
+        return None
+    y = _fast_dest(out, <cnp.ndarray>x)
+    if y is None:
+        return None
+    if cnp.PyArray_SIZE(<cnp.ndarray>x):
+        _bn_infer_call(f.code, data(x), data(y), f.N, f.C, f.M, data(weight), data(bias),
+                       data(running_mean), data(running_var), e, 0,
+                       2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    return y
+
+
+def bn_backward_fast(dy, x, mean, invstd, weight, training, axis, Py_ssize_t stream_bytes,
+                     out=None):
+    """batch_norm_backward's common call, checked here in C: x as _fast_bn takes it and not
+    empty, dy an ndarray of x's dtype and shape, C-contiguous and native; mean, invstd
+    (required) and weight None or contiguous 1-D ndarrays of x's parameter type and
+    length C; training True or False; out None or an array _out_ok takes for x and for
+    dy.  Returns (dx, dweight, dbias), bitwise the general path's, or None."""
+    cdef FastBN f
+    cdef cnp.ndarray g
+    cdef cnp.npy_intp c_dim
+    if (type(dy) is not cnp.ndarray or (training is not True and training is not False)
+            or mean is None or invstd is None or not _fast_bn(x, axis, &f)):
+        return None
+    g = <cnp.ndarray>dy
+    if (not _same_layout(g, <cnp.ndarray>x)
+            or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0 or not _param_ok(mean, f.pt, f.C)
+            or not _param_ok(invstd, f.pt, f.C) or not _param_ok(weight, f.pt, f.C)):
+        return None
+    dx = _fast_dest(out, <cnp.ndarray>x)
+    if dx is None or out is not None and out is not dy and not _out_ok(out, g):
+        return None
+    c_dim = f.C
+    dweight = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
+    dbias = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
+    _bn_backward_call(f.code, data(dy), data(x), data(dx), f.N, f.C, f.M, data(mean),
+                      data(invstd), data(weight), data(dweight), data(dbias), training,
+                      3 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    return dx, dweight, dbias
 
 
 cdef int _infer_dispatch(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
@@ -214,15 +359,15 @@ cdef int _infer_dispatch(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t C, 
 
 def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
               weight, bias, running_mean, running_var, double eps, int act, bint stream):
+    _bn_infer_call(dtype_code(x), data(x), data(y), N, C, M, data(weight), data(bias),
+                   data(running_mean), data(running_var), eps, act, stream)
+
+
+cdef int _bn_infer_call(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t C, Py_ssize_t M,
+                        void* pw, void* pb, void* prm, void* prv, double eps, int act,
+                        bint stream) except -1:
     cdef int nt = threads_for(N * C * M)
-    cdef void* px = data(x)
-    cdef void* py = data(y)
-    cdef void* pw = data(weight)
-    cdef void* pb = data(bias)
-    cdef void* prm = data(running_mean)
-    cdef void* prv = data(running_var)
     cdef int rc
-    cdef int t = dtype_code(x)
     if keeps_gil(N * C * M, nt):
         rc = _infer_dispatch(t, px, py, N, C, M, pw, pb, prm, prv, eps, act, stream, nt)
     else:
@@ -231,6 +376,7 @@ def bn_infer(cnp.ndarray x, cnp.ndarray y, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     call_done(KIND_BN_INFER, nt, N * C * M, t, act)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm")
+    return 0
 
 
 cdef int backward_planar(const real* g, const real* x, real* dx, Py_ssize_t N, Py_ssize_t C,
@@ -265,18 +411,16 @@ cdef int _backward_dispatch(int t, bint planar, void* pg, void* px, void* pdx, P
 
 def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_ssize_t C,
              Py_ssize_t M, mean, invstd, weight, dweight, dbias, bint training, bint stream):
+    _bn_backward_call(dtype_code(x), data(dy), data(x), data(dx), N, C, M, data(mean),
+                      data(invstd), data(weight), data(dweight), data(dbias), training, stream)
+
+
+cdef int _bn_backward_call(int t, void* pg, void* px, void* pdx, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t M, void* pmean, void* pinv, void* pw, void* pdw,
+                           void* pdb, bint training, bint stream) except -1:
     cdef int nt = threads_for(N * C * M)
     cdef bint planar = M >= PLANAR_MIN_RUN
-    cdef void* pg = data(dy)
-    cdef void* px = data(x)
-    cdef void* pdx = data(dx)
-    cdef void* pmean = data(mean)
-    cdef void* pinv = data(invstd)
-    cdef void* pw = data(weight)
-    cdef void* pdw = data(dweight)
-    cdef void* pdb = data(dbias)
     cdef int rc
-    cdef int t = dtype_code(x)
     if keeps_gil(N * C * M, nt):
         rc = _backward_dispatch(t, planar, pg, px, pdx, N, C, M, pmean, pinv, pw, pdw, pdb,
                                 training, stream, nt)
@@ -287,3 +431,4 @@ def bn_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, Py_ssize_t N, Py_
     call_done(KIND_BN_BACKWARD, nt, N * C * M, t, 0)
     if rc != 0:
         raise MemoryError("cnorm: could not allocate scratch memory for batch_norm_backward")
+    return 0

@@ -9,6 +9,16 @@ def bn_train(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F |
              running_mean: _F | None, running_var: _F | None, mean_out: _F | None,
              invstd_out: _F | None, eps: float, momentum: float, method: str | None, act: int,
              stream: bool) -> None: ...
+def bn_train_fast(x: object, weight: object, bias: object, running_mean: object,
+                  running_var: object, momentum: object, eps: object, axis: object,
+                  want_stats: bool, stream_bytes: int,
+                  out: object = ...) -> tuple[_F, _F | None, _F | None] | None: ...
+def bn_infer_fast(x: object, weight: object, bias: object, running_mean: object,
+                  running_var: object, momentum: object, eps: object, axis: object,
+                  stream_bytes: int, out: object = ...) -> _F | None: ...
+def bn_backward_fast(dy: object, x: object, mean: object, invstd: object, weight: object,
+                     training: object, axis: object, stream_bytes: int,
+                     out: object = ...) -> tuple[_F, _F, _F] | None: ...
 def bn_infer(x: _F, y: _F, N: int, C: int, M: int, weight: _F | None, bias: _F | None,
              running_mean: _F, running_var: _F, eps: float, act: int, stream: bool) -> None: ...
 def bn_backward(dy: _F, x: _F, dx: _F, N: int, C: int, M: int, mean: _F, invstd: _F,

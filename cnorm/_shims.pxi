@@ -69,23 +69,29 @@ cdef inline bint _param_ok(object v, int ptype, Py_ssize_t H) noexcept:
             and cnp.PyArray_ISNOTSWAPPED(a))
 
 
-cdef inline bint _out_ok(object out, cnp.ndarray a) noexcept:
-    """out is a C-contiguous, writeable, native-byte-order ndarray of a's type and shape
-    that is a itself or shares no memory with it (a is C-contiguous)."""
-    cdef cnp.ndarray o
-    cdef char* p
-    cdef char* q
+cdef inline bint _same_layout(cnp.ndarray o, cnp.ndarray a) noexcept:
+    """o is a C-contiguous native-byte-order ndarray of a's type and shape."""
     cdef int nd = cnp.PyArray_NDIM(a)
-    if type(out) is not cnp.ndarray:
-        return False
-    o = <cnp.ndarray>out
     if (cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(a) or cnp.PyArray_NDIM(o) != nd
-            or not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
-            or not cnp.PyArray_ISNOTSWAPPED(o)):
+            or not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISNOTSWAPPED(o)):
         return False
     for i in range(nd):
         if cnp.PyArray_DIMS(o)[i] != cnp.PyArray_DIMS(a)[i]:
             return False
+    return True
+
+
+cdef inline bint _out_ok(object out, cnp.ndarray a) noexcept:
+    """out is a writeable ndarray of a's layout (_same_layout) that is a itself or
+    shares no memory with it (a is C-contiguous)."""
+    cdef cnp.ndarray o
+    cdef char* p
+    cdef char* q
+    if type(out) is not cnp.ndarray:
+        return False
+    o = <cnp.ndarray>out
+    if not _same_layout(o, a) or not cnp.PyArray_ISWRITEABLE(o):
+        return False
     if o is a:
         return True
     p = <char*>cnp.PyArray_DATA(o)

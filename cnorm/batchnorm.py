@@ -10,9 +10,10 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, axis_value, bool_value, deliver, fast_out, grad_array, eps_value, float_array, inplace_array,
-    like_array, method_value, momentum_value, output_buffer, param_dtype, ready,
+    activation_value, axis_value, bool_value, deliver, eps_value, float_array, grad_array,
+    inplace_array, like_array, method_value, momentum_value, output_buffer, param_dtype,
 )
+from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
 from cnorm._geometry import channel_geometry
 
@@ -55,56 +56,15 @@ def plan(x, axis):
     return Plan(x, axis, *channel_geometry(x.shape, axis))
 
 
-def _fast_view(x, axis):
-    """The (N, C, M) view of x when x is what every fast path takes (a C-contiguous
-    float32 or float64 ndarray of 2 or more dimensions, axis a Python int in range),
-    else None."""
-    if type(x) is not np.ndarray or type(axis) is not int:
-        return None
-    dt = x.dtype
-    nd = x.ndim
-    if (dt is F32 or dt is F64) and nd >= 2 and -nd <= axis < nd and x.flags.c_contiguous:
-        return channel_geometry(x.shape, axis % nd)
-    return None
-
-
-def _fast_scalars(eps, momentum):
-    return (type(eps) is float and 0.0 <= eps < INF and type(momentum) is float
-            and 0.0 <= momentum <= 1.0)
-
-
-def _writeable(v, dtype, n):
-    """ready(v, dtype, n), and writeable (a running statistic the kernel updates)."""
-    return v is None or (ready(v, dtype, n) and v.flags.writeable)
-
-
 def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, want_stats,
                 out=None):
-    """The common training call (a C-contiguous float32 or float64 ndarray with at least
-    2 values per channel, parameters and running statistics already right, out= None
-    or a buffer fast_out takes, no activation or method): (y, mean, invstd) from the
-    kernel after only the checks it needs, bitwise what _forward gives; None for
-    anything else, errors included, which then goes the general way."""
-    if not (_fast_scalars(eps, momentum) and (running_mean is None) == (running_var is None)):
-        return None
-    view = _fast_view(x, axis)
-    if view is None or x.size == 0:
-        return None
-    n, c, m = view
-    dt = x.dtype
-    if not (n * m > 1 and ready(weight, dt, c) and ready(bias, dt, c)
-            and _writeable(running_mean, dt, c) and _writeable(running_var, dt, c)):
-        return None
-    y = fast_out(out, x)
-    if y is None:
-        return None
-    mean = invstd = None
-    if want_stats:
-        mean = np.empty(c, dt)
-        invstd = np.empty(c, dt)
-    _kernels.bn_train(x, y, n, c, m, weight, bias, running_mean, running_var, mean, invstd, eps,
-                      momentum, DEFAULT_METHOD, 0, stream_stores(2 * x.nbytes))
-    return y, mean, invstd
+    """The common training call, checked in C (bn_train_fast: a C-contiguous float32,
+    float64 or float16 ndarray, parameters and running statistics already right, out=
+    None or a plain buffer, no activation or method): (y, mean, invstd), bitwise what
+    _forward gives; None for anything else, errors included, which then goes the
+    general way."""
+    return _kernels.bn_train_fast(x, weight, bias, running_mean, running_var, momentum, eps,
+                                  axis, want_stats, dispatch.STREAM_BYTES, out)
 
 
 def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps, method, act,
@@ -234,25 +194,14 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     array([[-1.2126781, -0.7276069],
            [ 0.7276069,  1.2126781]], dtype=float32)
     """
-    # Fast path for the common inference call (a C-contiguous float ndarray, parameters
-    # that are already right, no out=): the same checks as _forward, at a fraction of
-    # the cost, so that small calls are not dominated by Python.  Anything else, errors
-    # included, goes the general way.
-    if (training is False and relu is False and activation is None
-            and method is None and _fast_scalars(eps, momentum)
-            and running_mean is not None and running_var is not None):
-        view = _fast_view(x, axis)
-        if view is not None:
-            n, c, m = view
-            dt = x.dtype
-            if (ready(running_mean, dt, c) and ready(running_var, dt, c) and ready(weight, dt, c)
-                    and ready(bias, dt, c)):
-                y = fast_out(out, x)
-                if y is not None:
-                    if x.size:
-                        _kernels.bn_infer(x, y, n, c, m, weight, bias, running_mean,
-                                          running_var, eps, False, stream_stores(2 * x.nbytes))
-                    return y
+    # Fast paths for the common calls, checked in C (bn_infer_fast, bn_train_fast): the same
+    # checks as _forward at a fraction of the cost, so that small calls are not dominated
+    # by Python.  Anything else, errors included, goes the general way.
+    if training is False and relu is False and activation is None and method is None:
+        y = _kernels.bn_infer_fast(x, weight, bias, running_mean, running_var, momentum, eps,
+                                   axis, dispatch.STREAM_BYTES, out)
+        if y is not None:
+            return y
     if training is True and relu is False and activation is None and method is None:
         fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
                            False, out)
@@ -354,23 +303,12 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, training=True, axis
     >>> dx.ravel(), dweight, dbias
     (array([0., 0.]), array([-1.]), array([1.]))
     """
-    # Fast path: C-contiguous float32/float64 ndarrays of one dtype and shape, parameters
-    # already right, out= None or a buffer fast_out takes (bitwise the general path's result)
-    if type(dy) is np.ndarray and (training is True or training is False):
-        view = _fast_view(x, axis)
-        if (view is not None and dy.dtype is x.dtype and dy.shape == x.shape
-                and dy.flags.c_contiguous and x.size > 0):
-            n, c, m = view
-            dt = x.dtype
-            if (ready(weight, dt, c) and mean is not None and invstd is not None
-                    and ready(mean, dt, c) and ready(invstd, dt, c)):
-                dx = fast_out(out, x, (dy,))
-                if dx is not None:
-                    dweight = np.zeros(c, dt)
-                    dbias = np.zeros(c, dt)
-                    _kernels.bn_backward(dy, x, dx, n, c, m, mean, invstd, weight, dweight,
-                                         dbias, training, stream_stores(3 * x.nbytes))
-                    return BatchNormGrads(dx, dweight, dbias)
+    # Fast path for the common call, checked in C (bn_backward_fast; bitwise the general
+    # path's result)
+    fast = _kernels.bn_backward_fast(dy, x, mean, invstd, weight, training, axis,
+                                     dispatch.STREAM_BYTES, out)
+    if fast is not None:
+        return BatchNormGrads(*fast)
     x = float_array(x, "x")
     dy = float_array(dy, "dy")
     if x.ndim < 2:

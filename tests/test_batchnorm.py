@@ -33,6 +33,7 @@ import cnorm
 from cnorm import _reference as R
 from conftest import assert_close, channel_data, count_calls, threads
 from test_contract import OP, _stream
+from test_half import assert_rounded_once
 
 DTYPES = [np.float32, np.float64]
 METHODS = [None, "two_pass", "welford"]
@@ -297,6 +298,43 @@ def test_training_and_backward_fast_paths_match_general_path(rng, monkeypatch, n
     assert_close(grads.dx, rdx[0], dtype)
     assert_close(frozen.dx, R.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w,
                                                   training=False, axis=axis)[0], dtype)
+
+
+@pytest.mark.parametrize("name,shape,axis,nt", pick("NC", "NCL-rows", "NCHW", "NHWC"))
+def test_float16_common_calls_take_the_fast_paths(rng, monkeypatch, name, shape, axis, nt):
+    """float16 x with float32 parameters and statistics is a common call too: training,
+    inference and backward take the fast paths and give the general path's bits."""
+    x = channel_data(rng, shape, axis, np.float16)
+    dy = rng.standard_normal(shape).astype(np.float16)
+    w, b, rm, rv = params(rng, nchan(shape, axis), np.float32)
+    calls = count_calls(monkeypatch, cnorm.batchnorm)
+    with threads(nt):
+        rm_f, rv_f = rm.copy(), rv.copy()
+        fast = cnorm.batch_norm(x, w, b, rm_f, rv_f, training=True, axis=axis)
+        fwd = cnorm.batch_norm_forward(x, w, b, axis=axis)
+        infer = cnorm.batch_norm(x, w, b, rm, rv, axis=axis)
+        grads = cnorm.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, w, axis=axis)
+        assert not calls, "the common float16 calls should take the fast paths"
+        rm_g, rv_g = rm.copy(), rv.copy()
+        general = cnorm.batch_norm(x, w, b, rm_g, rv_g, training=True, axis=axis,
+                                   method="two_pass")
+        gfwd = cnorm.batch_norm_forward(x, w, b, axis=axis, method="two_pass")
+        ginfer = cnorm.batch_norm(x, w, b, rm, rv, axis=axis, method="two_pass")
+        # float16 weights are taken too, converted to float32: the general path
+        half_w = cnorm.batch_norm_forward(x, w.astype(np.float16).astype(np.float32), b,
+                                          axis=axis)
+        assert len(calls) == 3
+        ggrads = cnorm.batch_norm_backward(np.asfortranarray(dy), x, fwd.mean, fwd.invstd, w,
+                                           axis=axis)
+    for g, f in [(general, fast), (rm_g, rm_f), (rv_g, rv_f), *zip(gfwd, fwd),
+                 (ginfer, infer), *zip(ggrads, grads)]:
+        np.testing.assert_array_equal(g, f)
+    assert fast.dtype == infer.dtype == grads.dx.dtype == np.float16
+    assert fwd.mean.dtype == grads.dweight.dtype == np.float32
+    assert half_w.y.dtype == np.float16
+    ref = R.batch_norm_train(x.astype(np.float64), w, b, axis=axis)
+    assert_rounded_once(fast, ref[0], np.float16, "float16 training")
+
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
