@@ -45,25 +45,23 @@ cdef inline void set_affine_columns(Affine p, Py_ssize_t k0, Py_ssize_t M, Py_ss
 
 
 cdef inline void affine_coefficients(const double* mean, const double* rstd, const void* w,
-                                const void* b, Py_ssize_t C, void* cols,
-                                const real* like) noexcept nogil:
+                                     const void* b, Py_ssize_t C, void* cols,
+                                     const real* like) noexcept nogil:
     """make_affine(mean[c], rstd[c] * w[c], b[c]) into column c of cols (hi, lo, scale,
-    shift: four arrays of C), one loop a coefficient."""
+    shift: four arrays of C), in a loop over the columns that the compiler vectorizes."""
     cdef Py_ssize_t c
-    cdef double hi
+    cdef Affine p
     for c in range(C):
-        hi = pround(mean[c], like)
-        pset(cols, c, hi, like)
-        pset(cols, C + c, pround(mean[c] - hi, like), like)
-    for c in range(C):
-        pset(cols, 2 * C + c, pround(rstd[c] * pget(w, c, 1.0, like), like), like)
-    for c in range(C):
-        pset(cols, 3 * C + c, pround(pget(b, c, 0.0, like), like), like)
+        p = make_affine(mean[c], rstd[c] * pget(w, c, 1.0, like), pget(b, c, 0.0, like), like)
+        pset(cols, c, p.hi, like)
+        pset(cols, C + c, p.lo, like)
+        pset(cols, 2 * C + c, p.scale, like)
+        pset(cols, 3 * C + c, p.shift, like)
 
 
 cdef inline void grad_coefficients(const void* mean, const void* rstd, const void* w,
-                              const double* sums, Py_ssize_t i0, Py_ssize_t C, double S,
-                              bint training, void* cols, const real* like) noexcept nogil:
+                                   const double* sums, Py_ssize_t i0, Py_ssize_t C, double S,
+                                   bint training, void* cols, const real* like) noexcept nogil:
     """make_grad's coefficients into column c of cols (hi, a, bc, cc: four arrays of C)
     for statistics i0 + c and parameter c, whose sums are sums[c] and sums[C + c], in a
     loop over the columns that the compiler vectorizes."""
