@@ -220,18 +220,11 @@ cdef inline bint _fast_bn(object x, object axis, FastBN* f) noexcept:
     native-byte-order float32, float64 or float16 ndarray of 2 or more dimensions, axis
     an int in range; f gets x's (N, C, M) view and its dtype codes."""
     cdef cnp.ndarray a
-    cdef int t, nd, ax, i
+    cdef int nd, ax, i
     if type(x) is not cnp.ndarray or type(axis) is not int:
         return False
     a = <cnp.ndarray>x
-    t = cnp.PyArray_TYPE(a)
-    if t == cnp.NPY_FLOAT32:
-        f.pt, f.code = cnp.NPY_FLOAT32, F32
-    elif t == cnp.NPY_FLOAT64:
-        f.pt, f.code = cnp.NPY_FLOAT64, F64
-    elif t == cnp.NPY_FLOAT16:
-        f.pt, f.code = cnp.NPY_FLOAT32, F16
-    else:
+    if not _fast_types(cnp.PyArray_TYPE(a), &f.pt, &f.code):
         return False
     nd = cnp.PyArray_NDIM(a)
     if nd < 2 or not -nd <= axis < nd or not cnp.PyArray_IS_C_CONTIGUOUS(a) \

@@ -69,6 +69,20 @@ cdef inline bint _param_ok(object v, int ptype, Py_ssize_t H) noexcept:
             and cnp.PyArray_ISNOTSWAPPED(a))
 
 
+cdef inline bint _fast_types(int t, int* pt, int* code) noexcept:
+    """The fast paths' dtypes: for x of NumPy type t (float32, float64 or float16), the
+    parameters' NumPy type and the kernels' dtype code; False for any other type."""
+    if t == cnp.NPY_FLOAT32:
+        pt[0], code[0] = cnp.NPY_FLOAT32, F32
+    elif t == cnp.NPY_FLOAT64:
+        pt[0], code[0] = cnp.NPY_FLOAT64, F64
+    elif t == cnp.NPY_FLOAT16:
+        pt[0], code[0] = cnp.NPY_FLOAT32, F16
+    else:
+        return False
+    return True
+
+
 cdef inline bint _same_layout(cnp.ndarray o, cnp.ndarray a) noexcept:
     """o is a C-contiguous native-byte-order ndarray of a's type and shape."""
     cdef int nd = cnp.PyArray_NDIM(a)
@@ -128,13 +142,7 @@ def rows_fast(x, normalized_shape, weight, bias, eps, bint centred, double defau
         return None
     a = <cnp.ndarray>x
     t = cnp.PyArray_TYPE(a)
-    if t == cnp.NPY_FLOAT32:
-        pt, code = cnp.NPY_FLOAT32, F32
-    elif t == cnp.NPY_FLOAT64:
-        pt, code = cnp.NPY_FLOAT64, F64
-    elif t == cnp.NPY_FLOAT16:
-        pt, code = cnp.NPY_FLOAT32, F16
-    else:
+    if not _fast_types(t, &pt, &code):
         return None
     nd = cnp.PyArray_NDIM(a)
     H = normalized_shape
