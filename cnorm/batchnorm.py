@@ -56,17 +56,6 @@ def plan(x, axis):
     return Plan(x, axis, *channel_geometry(x.shape, axis))
 
 
-def _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, want_stats,
-                out=None):
-    """The common training call, checked in C (bn_train_fast: a C-contiguous float32,
-    float64 or float16 ndarray, parameters and running statistics already right, out=
-    None or a plain buffer, no activation or method): (y, mean, invstd), bitwise what
-    _forward gives; None for anything else, errors included, which then goes the
-    general way."""
-    return _kernels.bn_train_fast(x, weight, bias, running_mean, running_var, momentum, eps,
-                                  axis, want_stats, dispatch.STREAM_BYTES, out)
-
-
 def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps, method, act,
              out, want_stats):
     """Forward of a planned call (see plan); returns (y, mean, invstd)."""
@@ -203,8 +192,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
         if y is not None:
             return y
     if training is True and relu is False and activation is None and method is None:
-        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis,
-                           False, out)
+        fast = _kernels.bn_train_fast(x, weight, bias, running_mean, running_var, momentum,
+                                      eps, axis, False, dispatch.STREAM_BYTES, out)
         if fast is not None:
             return fast[0]
     act = activation_value(activation, relu)
@@ -242,8 +231,9 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     (array([ 2., 20.]), array([1. , 0.1]))
     """
     if method is None:
-        fast = _fast_train(x, weight, bias, running_mean, running_var, momentum, eps, axis, True,
-                           out)
+        # the common call, checked in C as in batch_norm (bitwise the general path's result)
+        fast = _kernels.bn_train_fast(x, weight, bias, running_mean, running_var, momentum,
+                                      eps, axis, True, dispatch.STREAM_BYTES, out)
         if fast is not None:
             return BatchNormOutput(*fast)
     return BatchNormOutput(*_forward(plan(x, axis), weight, bias, running_mean, running_var, True,
