@@ -243,21 +243,25 @@ static inline void cnorm_ldbf_8_(const cnorm_bf16 *p, cnorm_hf_8 *f)
 {
     *f = (cnorm_hf_8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
 }
-/* the rounded bits of 8 float lanes, as 8 uint32 lanes below 0x10000 */
-static inline __m256i cnorm_bf16_bits_8(const cnorm_hf_8 *f)
-{
-    cnorm_hu_8 x, r, isnan;
-    memcpy(&x, f, sizeof x);
-    isnan = (cnorm_hu_8)((x & 0x7fffffffu) > 0x7f800000u);
-    r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    r = (isnan & ((x >> 16) | 0x40u)) | (~isnan & r);
-    return (__m256i)r;
-}
+/* 8 float lanes rounded to bfloat16, stored: the bits plus 0x7fff and the lowest kept
+ * bit carry into the high half (round to nearest even, up to inf); a NaN instead keeps
+ * its high half with the quiet bit set (an unordered compare and a blend).  One byte
+ * shuffle gathers the high halves of each 128-bit lane, and one qword permutation
+ * joins them. */
 static inline void cnorm_stbf_8_(cnorm_bf16 *p, const cnorm_hf_8 *f)
 {
-    __m256i r = cnorm_bf16_bits_8(f);
-    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r),
-                                                    _mm256_extracti128_si256(r, 1)));
+    const __m256i hi = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256 v = (__m256)*f;
+    __m256i x = _mm256_castps_si256(v);
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)),
+                                 _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1)));
+    __m256 isnan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    t = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(t),
+                                             _mm256_castsi256_ps(_mm256_or_si256(x, _mm256_set1_epi32(0x400000))),
+                                             isnan));
+    t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, hi), 0x08);
+    _mm_storeu_si128((__m128i *)p, _mm256_castsi256_si128(t));
 }
 #define cnorm_ldh_bf16_4_ cnorm_ldbf_4_
 #define cnorm_ldh_bf16_8_ cnorm_ldbf_8_
