@@ -307,6 +307,10 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
     # the time for (4096, 768) and (4096, 1024) float32.  Calls that fit in cache
     # were no faster with it.
     cdef Py_ssize_t ah = (prefetch_rows(H, sizeof(real)) + 1) // 2 * 2
+    # Pairs of short rows (those that ask for dx's lines) prefetch ahead in every call:
+    # 0.81x the time for (16384, 128) float32 on a Zen 3 host; longer rows that fit in
+    # cache were slower with it (1.2-1.3x for (64, 4096) and (256, 1024)).
+    cdef bint ask = stream or 2 * H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX
     for i in range(2 * H):
         dw[i] = 0.0
     r = k * rb
@@ -314,7 +318,7 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
         backward_row_pair(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
                           pget(rstd, r, 0.0, x), pget(mean, r + 1, 0.0, x),
                           pget(rstd, r + 1, 0.0, x), w, dw, db, mean != NULL, stream,
-                          ah * H if stream and r + 2 + ah <= R else 0)
+                          ah * H if ask and r + 2 + ah <= R else 0)
         r += 2
     if r < r1:
         backward_row(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
