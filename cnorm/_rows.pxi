@@ -308,7 +308,7 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
     # were no faster with it.
     cdef Py_ssize_t ah = (prefetch_rows(H, sizeof(real)) + 1) // 2 * 2
     # Pairs of short rows (those that ask for dx's lines) prefetch ahead in every call:
-    # 0.81x the time for (16384, 128) float32 on a Zen 3 host; longer rows that fit in
+    # 0.72x the time for (16384, 128) float32 on a Zen 3 host; longer rows that fit in
     # cache were slower with it (1.2-1.3x for (64, 4096) and (256, 1024)).
     cdef bint ask = stream or 2 * H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX
     for i in range(2 * H):

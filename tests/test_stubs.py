@@ -8,7 +8,6 @@ import sys
 import pytest
 
 import cnorm
-
 from cnorm._openmp import cpu_has_v3, cpu_has_v4
 
 COMPILED = ["cnorm._openmp", "cnorm._kernels"]
