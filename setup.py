@@ -7,6 +7,8 @@ Environment switches:
 * ``CNORM_NO_OPENMP=1``   build serial kernels even where OpenMP is available.
 * ``CNORM_DEBUG=1``       turn Cython's bounds and wrap-around checks back on.
 * ``CNORM_SANITIZE=address``  compile and link with ``-fsanitize=address``.
+* ``CNORM_QUICK=1``       one baseline build at ``-O1`` (no x86-64-v3/v4 variants):
+                          a quick compile for packaging checks, with slow kernels.
 * ``CNORM_BUILD_JOBS=N``  compile N extensions at once (default: the CPUs this
                           process may use; the three kernel builds take about
                           50 s each on one core).
@@ -91,8 +93,12 @@ V3_FLAGS = ["-march=x86-64-v3", "-mtune=generic"]
 V4_FLAGS = ["-march=x86-64-v4", "-mtune=generic", "-mprefer-vector-width=512"]
 
 
+QUICK = os.environ.get("CNORM_QUICK") == "1"
+
+
 def build_isa(flags):
-    if os.environ.get("CNORM_NATIVE") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if (QUICK or os.environ.get("CNORM_NATIVE") == "1"
+            or platform.machine().lower() not in ("x86_64", "amd64")):
         return False
     return compiles("int main(void) { return 0; }", flags, link=False)
 
@@ -101,7 +107,8 @@ omp_compile, omp_link = openmp_flags()
 # -ffp-contract=off: no fused multiply-adds behind our back, so that the
 # baseline, v3 and v4 builds give bitwise identical results (float32 SiLU asks
 # for its fused multiply-adds explicitly, fmaf where a build has no FMA).
-compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unreachable-code"] + omp_compile
+compile_args = ["-O1" if QUICK else "-O3", "-fno-math-errno", "-ffp-contract=off",
+                "-Wno-unreachable-code"] + omp_compile
 # GCC turns loops that zero small accumulator arrays into memset, expanded as
 # `rep stosq`, whose start-up cost is large next to a short row's statistics;
 # keep them as loops.
@@ -112,7 +119,7 @@ if compiles("int main(void) { return 0; }", NO_MEMSET + ["-Werror"], link=False)
 # inlining the per-run helpers into batch norm's loops (3-7% slower, float64).
 INLINE = ["--param", "inline-unit-growth=1000", "--param", "large-function-growth=1000",
           "--param", "large-unit-insns=200000"]
-if compiles("int main(void) { return 0; }", INLINE + ["-Werror"], link=False):
+if not QUICK and compiles("int main(void) { return 0; }", INLINE + ["-Werror"], link=False):
     compile_args += INLINE
 link_args = list(omp_link)
 if os.environ.get("CNORM_NATIVE") == "1":
