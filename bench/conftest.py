@@ -60,7 +60,7 @@ def torch_module():
 @pytest.fixture(autouse=True)
 def _torch_case_needs_torch(request, torch_module):
     """Skip a torch case before it builds its data, when torch is absent (building the
-    case first made the skips a third of the smoke run's time)."""
+    case first cost the smoke run about a sixth of its time here)."""
     spec = getattr(request.node, "callspec", None)
     if spec is not None and spec.params.get("impl") == "torch" and torch_module is None:
         pytest.skip("torch is not installed")
