@@ -295,9 +295,10 @@ cdef inline void backward_row_pair(const real* g, const real* x, real* dx, Py_ss
 cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize_t R,
                                 Py_ssize_t H, Py_ssize_t rb, Py_ssize_t k, const void* mean,
                                 const void* rstd, const void* w, double* part,
-                                bint stream) noexcept nogil:
+                                bint stream, bint large) noexcept nogil:
     """Rows of block k; its dweight and dbias partials go to part[2k*H : (2k+2)*H].
-    mean NULL: not centred."""
+    mean NULL: not centred.  large: the call is too large for the cache (stream is that
+    and a row long enough to stream)."""
     cdef Py_ssize_t i, r
     cdef Py_ssize_t r1 = (k + 1) * rb if (k + 1) * rb < R else R
     cdef double* dw = part + 2 * k * H
@@ -307,10 +308,9 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
     # the time for (4096, 768) and (4096, 1024) float32.  Calls that fit in cache
     # were no faster with it.
     cdef Py_ssize_t ah = (prefetch_rows(H, sizeof(real)) + 1) // 2 * 2
-    # Pairs of short rows (those that ask for dx's lines) prefetch ahead in every call:
-    # 0.72x the time for (16384, 128) float32 on a Zen 3 host; longer rows that fit in
-    # cache were slower with it (1.2-1.3x for (64, 4096) and (256, 1024)).
-    cdef bint ask = stream or 2 * H * <Py_ssize_t>sizeof(real) <= PREFETCH_WRITE_MAX
+    # Rows too short to stream prefetch ahead too when the call is that large: 0.72x the
+    # time for (16384, 128) float32 on a Zen 3 host.  Calls that fit in cache were
+    # slower with it (1.1-1.3x for (2048, 128), (8192, 64) float64, (64, 4096)).
     for i in range(2 * H):
         dw[i] = 0.0
     r = k * rb
@@ -318,7 +318,7 @@ cdef inline void backward_block(const real* g, const real* x, real* dx, Py_ssize
         backward_row_pair(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
                           pget(rstd, r, 0.0, x), pget(mean, r + 1, 0.0, x),
                           pget(rstd, r + 1, 0.0, x), w, dw, db, mean != NULL, stream,
-                          ah * H if ask and r + 2 + ah <= R else 0)
+                          ah * H if large and r + 2 + ah <= R else 0)
         r += 2
     if r < r1:
         backward_row(g + r * H, x + r * H, dx + r * H, H, pget(mean, r, 0.0, x),
@@ -340,6 +340,7 @@ cdef int rows_backward_positions(const real* g, const real* x, real* dx,
     cdef double* part
     cdef void* ones = NULL
     cdef double sw, sb
+    cdef bint large = stream
     stream = streams_rows(H, stream, x)
     if rb * MAX_COLUMN_BLOCKS < R:
         rb = (R + MAX_COLUMN_BLOCKS - 1) // MAX_COLUMN_BLOCKS
@@ -358,7 +359,7 @@ cdef int rows_backward_positions(const real* g, const real* x, real* dx,
     # One loop for every thread count: GCC compiled a separate serial loop (as
     # forward has) with an inlined backward_block far worse than the parallel one.
     for k in prange(nblk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream)
+        backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream, large)
     for i in range(H):
         sw = 0.0
         sb = 0.0
