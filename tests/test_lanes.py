@@ -42,7 +42,11 @@ void CAT(grad2_##S##_, SUFFIX)(const T *g, const T *x, const T *g1, const T *x1,
                                const T *w, ptrdiff_t n, double m, double r,          \
                                double m1, double r1, double *sums, double *sums1,    \
                                double *dw, double *db)                               \
-{ cnorm_row_grad_sums2_##S(g, x, g1, x1, w, n, m, r, m1, r1, sums, sums1, dw, db); } \
+{ cnorm_row_grad_sums2_##S(g, x, g1, x1, w, n, m, r, m1, r1, sums, sums1, dw, db); }
+#define WRAP_COLUMNS(T, S)                                                           \
+void CAT(col_sum2_##S##_, SUFFIX)(const T *x, const double *f, double *s, double *q,  \
+                                  ptrdiff_t n)                                       \
+{ cnorm_col_sum2_##S(x, f, s, q, n); }                                               \
 void CAT(col_sum2_x4_##S##_, SUFFIX)(const T *x, ptrdiff_t ld, const double *f,      \
                                      double *s, double *q, ptrdiff_t n)              \
 { cnorm_col_sum2_x4_##S(x, ld, f, s, q, n); }                                        \
@@ -55,6 +59,9 @@ void CAT(col_dot2_x4_##S##_, SUFFIX)(const T *g, const T *x, ptrdiff_t ld,      
 { cnorm_col_dot2_x4_##S(g, x, ld, mu, a, b, n); }
 WRAP(float, f32)
 WRAP(double, f64)
+WRAP_COLUMNS(float, f32)
+WRAP_COLUMNS(double, f64)
+WRAP_COLUMNS(cnorm_f16, f16)
 """
 
 
@@ -175,12 +182,15 @@ def test_two_row_grad_sums_are_two_one_row_calls(lib, dtype, tag, n):
             assert s0[0] != 0 and s1[0] != 0 and not np.array_equal(s0, s1)
 
 
-@pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64")])
+@pytest.mark.parametrize("dtype,tag", [(np.float32, "f32"), (np.float64, "f64"),
+                                       (np.float16, "f16")])
 @pytest.mark.parametrize("n", [1, 7, 16, 37])
 def test_four_row_column_loops_match_their_formulas(lib, dtype, tag, n):
     # The row-major batch-norm kernels take four rows of column sums at a time;
     # each column's terms are added in a fixed tree, and Welford's four updates
     # are the one-row updates in turn, so every build gives the formula's bits.
+    # float16 takes explicit F16C vectors in the vector builds and integer code in
+    # the plain one; so does the one-row column sum checked first.
     rng = np.random.default_rng(n)
     ld = n + 3                                            # rows with a gap after them
     # sums small enough that a different order of the four terms shows in the bits
@@ -202,7 +212,12 @@ def test_four_row_column_loops_match_their_formulas(lib, dtype, tag, n):
     e = xs - mu0
     want_a = s0 + ((gs[0] + gs[1]) + (gs[2] + gs[3]))
     want_b = q0 + ((gs[0] * e[0] + gs[1] * e[1]) + (gs[2] * e[2] + gs[3] * e[3]))
+    want_s1, want_q1 = s0 + d[0], q0 + d[0] * d[0]
     for suffix in [b for b, _ in LANE_BUILDS]:
+        s, q = s0.copy(), q0.copy()
+        _run(lib, f"col_sum2_{tag}", suffix, x, f, s, q, n)
+        np.testing.assert_array_equal(s.view(np.int64), want_s1.view(np.int64), err_msg=suffix)
+        np.testing.assert_array_equal(q.view(np.int64), want_q1.view(np.int64), err_msg=suffix)
         s, q = s0.copy(), q0.copy()
         _run(lib, f"col_sum2_x4_{tag}", suffix, x, ld, f, s, q, n)
         mu, m2 = mu0.copy(), q0.copy()
