@@ -82,8 +82,10 @@ static inline uint32_t cnorm_f32_to_bf16_bits(uint32_t x)
 }
 
 /* Single float16 values widen with the integer code in every build: GCC
- * vectorises loops of it (the column loops), where a scalar F16C instruction
- * would keep them scalar.  Single stores use F16C where the build has it. */
+ * vectorises loops of it (the baseline build's column loops), where a scalar
+ * F16C instruction would keep them scalar; builds with F16C run the column loops
+ * in explicit F16C vectors instead (_lanes.h, CNORM_COL_LOOP), which are faster
+ * than the vectorised integer code.  Single stores use F16C where the build has it. */
 static inline float cnorm_f16_to_f32(cnorm_f16 h) { return cnorm_f32_from_bits(cnorm_f16_to_f32_bits(h.bits)); }
 #if defined(__F16C__)
 static inline cnorm_f16 cnorm_f16_from_f32(float f)
