@@ -27,16 +27,22 @@ void CAT(up_bf16_, SUFFIX)(const cnorm_bf16 *h, float *f, ptrdiff_t n)
 { for (ptrdiff_t i = 0; i < n; i++) f[i] = cnorm_bf16_to_f32(h[i]); }
 void CAT(down_bf16_, SUFFIX)(const float *f, cnorm_bf16 *h, ptrdiff_t n)
 { for (ptrdiff_t i = 0; i < n; i++) h[i] = cnorm_bf16_from_f32(f[i]); }
-/* vector forms, 8 at a time (n a multiple of 8) */
+/* vector forms, P = "v": 8 at a time (n a multiple of 8), P = "w": 16 at a time, the
+ * x86-64-v4 build's forms, which its 64-byte loops use */
+#define VFORMS(P, N, S, T)                                                          \
+void CAT(P##up_##S##_, SUFFIX)(const T *h, float *f, ptrdiff_t n)                  \
+{ for (ptrdiff_t i = 0; i < n; i += N) { cnorm_hf_##N v = cnorm_ldh_##S##_##N(h + i); \
+                                         memcpy(f + i, &v, sizeof v); } }          \
+void CAT(P##down_##S##_, SUFFIX)(const float *f, T *h, ptrdiff_t n)                \
+{ for (ptrdiff_t i = 0; i < n; i += N) { cnorm_hf_##N v; memcpy(&v, f + i, sizeof v); \
+                                         cnorm_sth_##S##_##N(h + i, v); } }
 #if defined(__GNUC__) && !defined(CNORM_LANES_SCALAR)
-void CAT(vup_f16_, SUFFIX)(const cnorm_f16 *h, float *f, ptrdiff_t n)
-{ for (ptrdiff_t i = 0; i < n; i += 8) { cnorm_hf_8 v = cnorm_ldh_f16_8(h + i); memcpy(f + i, &v, 32); } }
-void CAT(vdown_f16_, SUFFIX)(const float *f, cnorm_f16 *h, ptrdiff_t n)
-{ for (ptrdiff_t i = 0; i < n; i += 8) { cnorm_hf_8 v; memcpy(&v, f + i, 32); cnorm_sth_f16_8(h + i, v); } }
-void CAT(vup_bf16_, SUFFIX)(const cnorm_bf16 *h, float *f, ptrdiff_t n)
-{ for (ptrdiff_t i = 0; i < n; i += 8) { cnorm_hf_8 v = cnorm_ldh_bf16_8(h + i); memcpy(f + i, &v, 32); } }
-void CAT(vdown_bf16_, SUFFIX)(const float *f, cnorm_bf16 *h, ptrdiff_t n)
-{ for (ptrdiff_t i = 0; i < n; i += 8) { cnorm_hf_8 v; memcpy(&v, f + i, 32); cnorm_sth_bf16_8(h + i, v); } }
+VFORMS(v, 8, f16, cnorm_f16)
+VFORMS(v, 8, bf16, cnorm_bf16)
+#if defined(__AVX512F__)
+VFORMS(w, 16, f16, cnorm_f16)
+VFORMS(w, 16, bf16, cnorm_bf16)
+#endif
 #endif
 """
 
@@ -44,6 +50,11 @@ BUILDS = ((([("v4", ["-march=x86-64-v4"])] if _cpu_has_v4() else [])
            + [("v3", ["-march=x86-64-v3"]), ("base", [])]) if _is_x86() else [("base", [])]) + [
     ("scalar", ["-DCNORM_LANES_SCALAR"])]
 VECTOR = [b for b, _ in BUILDS if b != "scalar"]
+
+
+def _forms(build):
+    """The conversion forms a build has: one value (""), 8 ("v"), 16 ("w", x86-64-v4)."""
+    return [""] + (["v"] if build in VECTOR else []) + (["w"] if build == "v4" else [])
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +85,7 @@ def _float32_sweep():
     bits = np.concatenate([bits, rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64)
                            .astype(np.uint32)])
     bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
-    bits = bits[: bits.size - bits.size % 8]
+    bits = bits[: bits.size - bits.size % 16]
     return bits.view(np.float32)
 
 
@@ -90,7 +101,7 @@ def _same_or_both_nan(got, want, dt, what):
 def test_float16_up_is_exact_for_every_value(lib, build):
     h = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     want = h.astype(np.float32)
-    forms = [("up_f16", build)] + ([("vup_f16", build)] if build in VECTOR else [])
+    forms = [(f"{v}up_f16", build) for v in _forms(build)]
     for name, b in forms:
         got = _call(lib, f"{name}_{b}", h, np.empty(h.size, np.float32))
         _same_or_both_nan(got, want, np.float16, f"{name} {b}")
@@ -104,7 +115,7 @@ def test_float16_down_rounds_to_nearest_even(lib, build):
     f = _float32_sweep()
     with np.errstate(over="ignore"):
         want = f.astype(np.float16)
-    forms = [("down_f16", build)] + ([("vdown_f16", build)] if build in VECTOR else [])
+    forms = [(f"{v}down_f16", build) for v in _forms(build)]
     for name, b in forms:
         got = _call(lib, f"{name}_{b}", f, np.empty(f.size, np.float16))
         _same_or_both_nan(got, want, np.float16, f"{name} {b}")
@@ -113,7 +124,8 @@ def test_float16_down_rounds_to_nearest_even(lib, build):
 def test_float16_builds_agree_bit_for_bit_on_nan_payloads(lib):
     f = _float32_sweep()
     results = [_call(lib, f"down_f16_{b}", f, np.empty(f.size, np.uint16)) for b, _ in BUILDS]
-    results += [_call(lib, f"vdown_f16_{b}", f, np.empty(f.size, np.uint16)) for b in VECTOR]
+    results += [_call(lib, f"{v}down_f16_{b}", f, np.empty(f.size, np.uint16))
+                for b in VECTOR for v in _forms(b)[1:]]
     for r in results[1:]:
         assert np.array_equal(r, results[0])
 
@@ -127,9 +139,11 @@ def test_bfloat16_conversions_match_ml_dtypes(lib, build):
     f = _float32_sweep()
     with np.errstate(invalid="ignore", over="ignore"):
         down_want = f.astype(bf)
-    forms = [""] + (["v"] if build in VECTOR else [])
-    for v in forms:
+    one = _call(lib, f"down_bf16_{build}", f, np.empty(f.size, np.uint16))
+    for v in _forms(build):
         up = _call(lib, f"{v}up_bf16_{build}", h, np.empty(h.size, np.float32))
         assert np.array_equal(up.view(np.uint32), up_want.view(np.uint32)), f"{v}up {build}"
         down = _call(lib, f"{v}down_bf16_{build}", f, np.empty(f.size, np.uint16))
         _same_or_both_nan(down.view(bf), down_want, bf, f"{v}down {build}")
+        # NaN payloads too: every form of every build gives the one-value form's bits
+        assert np.array_equal(down, one), f"{v}down {build}: bits"
