@@ -363,10 +363,9 @@ static inline void cnorm_row_grad_sums2_##S(const T *g, const T *x, const T *g_1
 #if defined(__GNUC__) && !defined(CNORM_LANES_SCALAR) && defined(__F16C__)
 #define CNORM_COL_LDV(p) __extension__({ cnorm_vwd v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define CNORM_COL_STV(p, v) do { cnorm_vwd t_ = (v); memcpy((p), &t_, sizeof t_); } while (0)
-#define CNORM_COL_VSTEPS(S, n, BODY)                                               \
+#define CNORM_COL_VSTEPS_f16(n, BODY)                                              \
     for (; c + CNORM_LW <= (n); c += CNORM_LW)                                     \
-        BODY(c, cnorm_vwd, CNORM_LOADW_##S, CNORM_COL_LDV, CNORM_COL_STV)
-#define CNORM_COL_VSTEPS_f16(n, BODY) CNORM_COL_VSTEPS(f16, n, BODY)
+        BODY(c, cnorm_vwd, CNORM_LOADW_f16, CNORM_COL_LDV, CNORM_COL_STV)
 #else
 #define CNORM_COL_VSTEPS_f16 CNORM_COL_NOSTEPS
 #endif
