@@ -210,21 +210,23 @@ cdef inline bint _stat_ok(object v, int ptype, Py_ssize_t C) noexcept:
 
 
 ctypedef struct FastBN:
-    int code                    # x's dtype (F32, F64, F16)
+    int code                    # x's dtype (F32, F64, F16, BF16)
+    int t                       # x's NumPy type
     int pt                      # the parameters' NumPy type
     Py_ssize_t N, C, M
 
 
 cdef inline bint _fast_bn(object x, object axis, FastBN* f) noexcept:
     """What every batch-norm fast path takes of x and axis: x a C-contiguous
-    native-byte-order float32, float64 or float16 ndarray of 2 or more dimensions, axis
+    native-byte-order ndarray of 2 or more dimensions, of a type _fast_types takes; axis
     an int in range; f gets x's (N, C, M) view and its dtype codes."""
     cdef cnp.ndarray a
     cdef int nd, ax, i
     if type(x) is not cnp.ndarray or type(axis) is not int:
         return False
     a = <cnp.ndarray>x
-    if not _fast_types(cnp.PyArray_TYPE(a), &f.pt, &f.code):
+    f.t = cnp.PyArray_TYPE(a)
+    if not _fast_types(f.t, &f.pt, &f.code):
         return False
     nd = cnp.PyArray_NDIM(a)
     if nd < 2 or not -nd <= axis < nd or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
@@ -256,7 +258,8 @@ def bn_train_fast(x, weight, bias, running_mean, running_var, momentum, eps, axi
     """batch_norm's and batch_norm_forward's common training call, checked here in C: x and
     axis as _fast_bn takes them, more than one value per channel; weight, bias,
     running_mean and running_var None or contiguous 1-D ndarrays of x's parameter type and
-    length C, the running statistics given together and writeable; eps a float in [0,
+    length C (weight and bias may be of x's half-precision type too: _fast_params widens
+    them, as the general path does), the running statistics given together and writeable; eps a float in [0,
     inf), momentum a float in [0, 1]; out None or an array _out_ok takes.  Returns (y,
     mean, invstd), mean and invstd None unless want_stats, computed by the kernel exactly
     as the general path computes them; or None when the call is not of that kind, and the
@@ -265,24 +268,30 @@ def bn_train_fast(x, weight, bias, running_mean, running_var, momentum, eps, axi
     cdef FastBN f
     cdef cnp.ndarray mean = None, invstd = None
     cdef cnp.npy_intp c_dim
+    cdef void* pw
+    cdef void* pb
+    cdef float* buf
     if (type(eps) is not float or type(momentum) is not float
             or (running_mean is None) != (running_var is None) or not _fast_bn(x, axis, &f)):
         return None
     cdef double e = eps, mo = momentum
     if (not (0.0 <= e < INFINITY and 0.0 <= mo <= 1.0) or f.N * f.M <= 1 or f.C == 0
-            or not _param_ok(weight, f.pt, f.C) or not _param_ok(bias, f.pt, f.C)
-            or not _stat_ok(running_mean, f.pt, f.C) or not _stat_ok(running_var, f.pt, f.C)):
+            or not _stat_ok(running_mean, f.pt, f.C) or not _stat_ok(running_var, f.pt, f.C)
+            or out is not None and not _out_ok(out, <cnp.ndarray>x)):
         return None
-    y = _fast_dest(out, <cnp.ndarray>x)
-    if y is None:
+    if not _fast_params(weight, bias, f.pt, f.t, f.code, f.C, &pw, &pb, &buf):
         return None
-    if want_stats:
-        c_dim = f.C
-        mean = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
-        invstd = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
-    _bn_train_call(f.code, data(x), data(y), f.N, f.C, f.M, data(weight), data(bias),
-                   data(running_mean), data(running_var), data(mean), data(invstd), e, mo,
-                   TWO_PASS, 0, 2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    try:
+        y = _fast_dest(out, <cnp.ndarray>x)
+        if want_stats:
+            c_dim = f.C
+            mean = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
+            invstd = cnp.PyArray_EMPTY(1, &c_dim, f.pt, 0)
+        _bn_train_call(f.code, data(x), data(y), f.N, f.C, f.M, pw, pb, data(running_mean),
+                       data(running_var), data(mean), data(invstd), e, mo, TWO_PASS, 0,
+                       2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    finally:
+        free(buf)
     return y, mean, invstd
 
 
@@ -292,21 +301,27 @@ def bn_infer_fast(x, weight, bias, running_mean, running_var, momentum, eps, axi
     running statistics are required and read only, and momentum is checked though
     unused, as the general path checks it).  Returns y, or None."""
     cdef FastBN f
+    cdef void* pw
+    cdef void* pb
+    cdef float* buf
     if (type(eps) is not float or type(momentum) is not float or running_mean is None
             or running_var is None or not _fast_bn(x, axis, &f)):
         return None
     cdef double e = eps, mo = momentum
-    if (not (0.0 <= e < INFINITY and 0.0 <= mo <= 1.0) or not _param_ok(weight, f.pt, f.C)
-            or not _param_ok(bias, f.pt, f.C) or not _param_ok(running_mean, f.pt, f.C)
-            or not _param_ok(running_var, f.pt, f.C)):
+    if (not (0.0 <= e < INFINITY and 0.0 <= mo <= 1.0)
+            or not _param_ok(running_mean, f.pt, f.C) or not _param_ok(running_var, f.pt, f.C)
+            or out is not None and not _out_ok(out, <cnp.ndarray>x)):
         return None
-    y = _fast_dest(out, <cnp.ndarray>x)
-    if y is None:
+    if not _fast_params(weight, bias, f.pt, f.t, f.code, f.C, &pw, &pb, &buf):
         return None
-    if cnp.PyArray_SIZE(<cnp.ndarray>x):
-        _bn_infer_call(f.code, data(x), data(y), f.N, f.C, f.M, data(weight), data(bias),
-                       data(running_mean), data(running_var), e, 0,
-                       2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    try:
+        y = _fast_dest(out, <cnp.ndarray>x)
+        if cnp.PyArray_SIZE(<cnp.ndarray>x):
+            _bn_infer_call(f.code, data(x), data(y), f.N, f.C, f.M, pw, pb,
+                           data(running_mean), data(running_var), e, 0,
+                           2 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    finally:
+        free(buf)
     return y
 
 
@@ -320,23 +335,31 @@ def bn_backward_fast(dy, x, mean, invstd, weight, training, axis, Py_ssize_t str
     cdef FastBN f
     cdef cnp.ndarray g
     cdef cnp.npy_intp c_dim
+    cdef void* pw
+    cdef void* pb
+    cdef float* buf
     if (type(dy) is not cnp.ndarray or (training is not True and training is not False)
             or mean is None or invstd is None or not _fast_bn(x, axis, &f)):
         return None
     g = <cnp.ndarray>dy
     if (not _same_layout(g, <cnp.ndarray>x)
             or cnp.PyArray_SIZE(<cnp.ndarray>x) == 0 or not _param_ok(mean, f.pt, f.C)
-            or not _param_ok(invstd, f.pt, f.C) or not _param_ok(weight, f.pt, f.C)):
+            or not _param_ok(invstd, f.pt, f.C)
+            or out is not None and not (_out_ok(out, <cnp.ndarray>x)
+                                        and (out is dy or _out_ok(out, g)))):
         return None
-    dx = _fast_dest(out, <cnp.ndarray>x)
-    if dx is None or out is not None and out is not dy and not _out_ok(out, g):
+    if not _fast_params(weight, None, f.pt, f.t, f.code, f.C, &pw, &pb, &buf):
         return None
-    c_dim = f.C
-    dweight = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
-    dbias = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
-    _bn_backward_call(f.code, data(dy), data(x), data(dx), f.N, f.C, f.M, data(mean),
-                      data(invstd), data(weight), data(dweight), data(dbias), training,
-                      3 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    try:
+        dx = _fast_dest(out, <cnp.ndarray>x)
+        c_dim = f.C
+        dweight = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
+        dbias = cnp.PyArray_ZEROS(1, &c_dim, f.pt, 0)
+        _bn_backward_call(f.code, data(dy), data(x), data(dx), f.N, f.C, f.M, data(mean),
+                          data(invstd), pw, data(dweight), data(dbias), training,
+                          3 * cnp.PyArray_NBYTES(<cnp.ndarray>x) > stream_bytes)
+    finally:
+        free(buf)
     return dx, dweight, dbias
 
 

@@ -36,22 +36,12 @@ def bfloat16():
             _BF16 = None
         else:
             _BF16 = np.dtype(ml_dtypes.bfloat16)
+            from cnorm._dispatch import kernels
+            kernels("_kernels").set_bfloat16_type(_BF16.num)   # the C fast paths take it now
     return _BF16
 
 
 _BF16 = False     # not looked up yet
-
-
-_FAST_PARAM = {F32: F32, F64: F64, F16: F32}
-
-
-def storage_param_dtype(dt):
-    """param_dtype(dt) if dt is one of the storage dtypes, else None: the fast paths'
-    check of x's dtype (bfloat16 joins the table the first time it is seen)."""
-    p = _FAST_PARAM.get(dt)
-    if p is None and dt.itemsize == 2 and dt.name == "bfloat16" and dt == bfloat16():
-        p = _FAST_PARAM[dt] = F32
-    return p
 
 
 def param_dtype(dt):
@@ -110,13 +100,6 @@ def like_array(v, name, dtype, shape):
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
     return a
-
-
-def ready(v, dtype, n):
-    """Whether v is None or already a contiguous 1-D ndarray of dtype and length n
-    (what the fast paths of the layer-norm and batch-norm calls take as is)."""
-    return v is None or (type(v) is np.ndarray and v.dtype is dtype and v.ndim == 1
-                         and v.shape[0] == n and v.strides[0] == dtype.itemsize)
 
 
 def inplace_array(v, name, dtype, shape):
@@ -180,22 +163,6 @@ def output_buffer(out, x, inputs, name="out"):
     if out.flags.c_contiguous:
         return out, out
     return out, np.empty(x.shape, dtype=x.dtype)
-
-
-def fast_out(out, x, inputs=()):
-    """Where a fast path writes: a new array for out None; out itself when it needs no
-    check beyond these (an ndarray of x's dtype and shape, C-contiguous, writeable, and
-    x or one of `inputs` exactly, or apart from all of them); else None, and the general
-    path, which raises any error, takes the call."""
-    if out is None:
-        return np.empty(x.shape, x.dtype)
-    if not (type(out) is np.ndarray and out.dtype is x.dtype and out.shape == x.shape
-            and out.flags.c_contiguous and out.flags.writeable):
-        return None
-    for a in (x, *inputs):
-        if out is not a and np.may_share_memory(out, a):
-            return None
-    return out
 
 
 def deliver(out, buf):

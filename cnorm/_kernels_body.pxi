@@ -5,10 +5,11 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, sqrt
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from cnorm._moments cimport (
-    CHUNK, LANES, PREFETCH_BYTES, PREFETCH_WRITE_MAX, ROW_GROUP, STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments,
-    chunked_dot, chunked_moments, cnorm_add, cnorm_affine, cnorm_copy, cnorm_bf16, cnorm_col_dot2_x4, cnorm_col_sum2,
+    CHUNK, CNORM_LD1_bf16, CNORM_LD1_f16, LANES, PREFETCH_BYTES, PREFETCH_WRITE_MAX, ROW_GROUP,
+    STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, cnorm_add, cnorm_affine, cnorm_copy, cnorm_bf16, cnorm_col_dot2_x4, cnorm_col_sum2,
     cnorm_col_sum2_x4, cnorm_col_welford_x4, cnorm_f16, cnorm_grad, cnorm_grad_cols,
     cnorm_ln_affine, cnorm_ln_dx, cnorm_next_segment_max, cnorm_prefetch, cnorm_prefetch_l2,
     cnorm_prefetch_write, cnorm_row_grad_sums, cnorm_row_grad_sums2, cnorm_stream_fence, cnorm_sum2,

@@ -13,14 +13,16 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, deliver, eps_value, float_array, like_array, method_value, output_buffer,
-    param_dtype, ready, storage_param_dtype,
+    F32, F64, deliver, eps_value, float_array, like_array, method_value, output_buffer,
+    param_dtype,
 )
+from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
 from cnorm.layernorm import DEFAULT_METHOD, _normalized_shape
 from cnorm.rmsnorm import _EPS, _eps
 
 _kernels = kernels("_kernels")
+NAN = float("nan")
 
 __all__ = ["add_layer_norm", "add_rms_norm", "AddNormOutput"]
 
@@ -81,30 +83,12 @@ def add_forward(x, residual, normalized_shape, weight, bias, eps, centred, out, 
 
 def _fast(x, residual, normalized_shape, weight, bias, eps, centred):
     """The common call (C-contiguous ndarrays of one storage dtype and shape, an int
-    normalized_shape, parameters already right, no out=): checked as add_forward
+    normalized_shape, parameters already right, no out=), checked in C as add_forward
     checks it, and run; None for any other call."""
-    if not (type(x) is np.ndarray and type(residual) is np.ndarray
-            and type(normalized_shape) is int and x.ndim and x.shape == residual.shape
-            and x.shape[-1] == normalized_shape and normalized_shape > 0
-            and x.dtype is residual.dtype and x.flags.c_contiguous
-            and residual.flags.c_contiguous):
-        return None
-    dt = x.dtype
-    pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
-    if pdt is None or not (ready(weight, pdt, normalized_shape) and ready(bias, pdt,
-                                                                           normalized_shape)):
-        return None
-    if eps is None and not centred:
-        eps = _EPS[pdt]
-    elif not (type(eps) is float and 0.0 <= eps < INF):
-        return None
-    both = np.empty((2,) + x.shape, dt)
-    rows = x.size // normalized_shape
-    if rows:
-        _kernels.norm_rows(x, both[0], rows, normalized_shape, centred, 0, weight, bias,
-                           None, None, eps, DEFAULT_METHOD, stream_stores(4 * x.nbytes),
-                           residual, both[1])
-    return AddNormOutput(both[0], both[1])
+    d32, d64 = (NAN, NAN) if centred else (_EPS[F32], _EPS[F64])   # eps=None: RMS norm's only
+    r = _kernels.add_rows_fast(x, residual, normalized_shape, weight, bias, eps, centred,
+                               d32, d64, dispatch.STREAM_BYTES)
+    return None if r is None else AddNormOutput(r[0][0], r[0][1])
 
 
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None,

@@ -12,9 +12,9 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    activation_value, axis_value, bool_value, deliver, eps_value, float_array, grad_array,
-    inplace_array, like_array, method_value, momentum_value, output_buffer, param_dtype,
-    positive_int,
+    ACTIVATIONS, activation_value, axis_value, bool_value, deliver, eps_value, float_array,
+    grad_array, inplace_array, like_array, method_value, momentum_value, output_buffer,
+    param_dtype, positive_int,
 )
 from cnorm._dispatch import kernels, stream_stores
 from cnorm._geometry import Planes, channel_geometry, group_geometry
@@ -59,6 +59,20 @@ def plan(x, axis, min_ndim, what):
         raise ValueError(f"axis must be 1 (channels first) or -1 (channels last) for {what}, "
                          f"got {axis} for an array of {x.ndim} dimensions")
     return x, a
+
+
+def _fast_act(activation):
+    """The activation code of a fast call, -1 for a value the general path must check."""
+    if activation is None:
+        return 0
+    return ACTIVATIONS.get(activation, -1) if type(activation) is str else -1
+
+
+def _instance_fast(running_mean, running_var, use_input_stats, momentum, method):
+    """Whether an instance-norm call may take groups_fast: the input statistics, no running
+    ones to update, a plain momentum (checked, though unused) and the default method."""
+    return (running_mean is None and running_var is None and use_input_stats is True
+            and method is None and type(momentum) is float and 0.0 <= momentum <= 1.0)
 
 
 def _groups_value(num_groups, c):
@@ -164,6 +178,11 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, metho
     >>> cnorm.group_norm(x, 2, eps=0.0)
     array([[-1.,  1., -1.,  1.]])
     """
+    if method is None:      # the common call, checked in C (groups_fast)
+        fast = _kernels.groups_fast(x, num_groups, weight, bias, eps, axis, _fast_act(activation),
+                                    False, out)
+        if fast is not None:
+            return fast[0]
     return _group_forward(plan(x, axis, 2, "group norm"), num_groups, weight, bias, eps, method,
                           activation, out)[0]
 
@@ -185,6 +204,10 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     TypeError, ValueError
         As `group_norm`; nothing is modified when an error is raised.
     """
+    if method is None:      # the common call, checked in C (groups_fast)
+        fast = _kernels.groups_fast(x, num_groups, weight, bias, eps, axis, 0, False, out)
+        if fast is not None:
+            return GroupNormOutput(*fast)
     return GroupNormOutput(*_group_forward(plan(x, axis, 2, "group norm"), num_groups, weight, bias,
                                            eps, method, None, out))
 
@@ -373,6 +396,11 @@ def instance_norm(x, weight=None, bias=None, running_mean=None, running_var=None
         momentum, method, activation or `out`.  Nothing is modified when an
         error is raised.
     """
+    if _instance_fast(running_mean, running_var, use_input_stats, momentum, method):
+        fast = _kernels.groups_fast(x, None, weight, bias, eps, axis, _fast_act(activation), True,
+                                    out)
+        if fast is not None:
+            return fast[0]
     return _instance_forward(plan(x, axis, 3, "instance norm"), weight, bias, running_mean,
                              running_var, use_input_stats, momentum, eps, method, activation,
                              out)[0]
@@ -390,6 +418,10 @@ def instance_norm_forward(x, weight=None, bias=None, running_mean=None, running_
     InstanceNormOutput
         ``(y, mean, rstd)``, the statistics of shape (N, C) and x's dtype.
     """
+    if _instance_fast(running_mean, running_var, True, momentum, method):
+        fast = _kernels.groups_fast(x, None, weight, bias, eps, axis, 0, True, out)
+        if fast is not None:
+            return InstanceNormOutput(*fast)
     return InstanceNormOutput(*_instance_forward(plan(x, axis, 3, "instance norm"), weight, bias,
                                                  running_mean, running_var, True, momentum, eps,
                                                  method, None, out))

@@ -9,8 +9,8 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, deliver, eps_value, fast_out, float_array, grad_array,
-    like_array, method_value, output_buffer, param_dtype, ready, shape_value, storage_param_dtype,
+    activation_value, deliver, eps_value, float_array, grad_array, like_array, method_value,
+    output_buffer, param_dtype, shape_value,
 )
 from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
@@ -54,50 +54,6 @@ def _normalized_shape(normalized_shape, x, layer=False):
     if h == 0:
         raise ValueError(f"normalized_shape {shape} has no elements to normalize over")
     return shape, h
-
-
-def fast_rows(x, normalized_shape, weight, bias, out):
-    """The row ops' common forward call: (parameter dtype, the array to write) when x is
-    a C-contiguous ndarray of a storage dtype whose last dimension is normalized_shape
-    (an int), weight and bias are None or ready, and out is None or a buffer fast_out
-    takes; else None, and the general path checks the call (and raises any error)."""
-    if type(x) is not np.ndarray or type(normalized_shape) is not int:
-        return None
-    dt = x.dtype
-    pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
-    if (pdt is None or not x.ndim or x.shape[-1] != normalized_shape or normalized_shape <= 0
-            or not x.flags.c_contiguous or not ready(weight, pdt, normalized_shape)
-            or not ready(bias, pdt, normalized_shape)):
-        return None
-    y = fast_out(out, x)
-    return None if y is None else (pdt, y)
-
-
-def fast_rows_backward(dy, x, stats, weight, out):
-    """The row ops' common backward call: (parameter dtype, the dx to write) when dy and
-    x are C-contiguous ndarrays of one storage dtype and shape, each of stats is a
-    C-contiguous ndarray of the parameter dtype and shape x.shape[:-1] (one normalised
-    dimension), weight is None or ready, and out is None or a buffer fast_out takes
-    (dy or x itself included); else None, for the general path."""
-    if type(x) is not np.ndarray or type(dy) is not np.ndarray or not x.ndim:
-        return None
-    dt = x.dtype
-    pdt = dt if dt is F32 or dt is F64 else storage_param_dtype(dt)
-    h = x.shape[-1]
-    if (pdt is None or dy.dtype is not dt or dy.shape != x.shape or h == 0
-            or not x.flags.c_contiguous or not dy.flags.c_contiguous or not ready(weight, pdt, h)):
-        return None
-    lead = x.shape[:-1]
-    for v in stats:
-        if not (type(v) is np.ndarray and v.dtype is pdt and v.shape == lead
-                and v.flags.c_contiguous):
-            return None
-    dx = fast_out(out, x, (dy,))
-    return None if dx is None else (pdt, dx)
-
-
-def _fast_eps(eps):
-    return type(eps) is float and 0.0 <= eps < INF
 
 
 def plan(x, normalized_shape, layer=False):
@@ -180,24 +136,14 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, method=
     >>> cnorm.layer_norm(np.array([[1.0, 2.0, 3.0]]), 3, eps=0.0)
     array([[-1.22474487,  0.        ,  1.22474487]])
     """
-    # Fast paths for the common call (ndarray input, int normalized_shape, parameters that
-    # are already right, out= None or a plain buffer): the same checks as _forward, at a
-    # fraction of the cost, so that small calls are not dominated by Python.  rows_fast makes them in C for float32,
-    # float64 and float16; the Python one below covers bfloat16.  Anything else goes the
-    # general way, which raises any error.
+    # The common call (ndarray input, int normalized_shape, parameters that are already
+    # right, out= None or a plain buffer) is checked in C (rows_fast): the same checks as
+    # _forward, at a fraction of the cost, so that small calls are not dominated by
+    # Python.  Anything else goes the general way, which raises any error.
     if method is None and activation is None:
-        y = _kernels.rows_fast(x, normalized_shape, weight, bias, eps, True, NAN,
+        y = _kernels.rows_fast(x, normalized_shape, weight, bias, eps, True, NAN, NAN,
                                dispatch.STREAM_BYTES, out)
         if y is not None:
-            return y
-    if method is None and activation is None and _fast_eps(eps):
-        fast = fast_rows(x, normalized_shape, weight, bias, out)
-        if fast is not None:
-            y = fast[1]
-            if x.size:
-                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, True,
-                                   0, weight, bias, None, None, eps, DEFAULT_METHOD,
-                                   stream_stores(2 * x.nbytes))
             return y
     return _forward(plan(x, normalized_shape), weight, bias, eps, method,
                     activation_value(activation),
@@ -228,17 +174,11 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     >>> res.mean, res.rstd
     (array([2., 2.]), array([ 1., inf]))
     """
-    if method is None and _fast_eps(eps):     # the common call (see layer_norm)
-        fast = fast_rows(x, normalized_shape, weight, bias, out)
+    if method is None:     # the common call, checked in C (see layer_norm)
+        fast = _kernels.rows_forward_fast(x, normalized_shape, weight, bias, eps, True, NAN,
+                                          NAN, dispatch.STREAM_BYTES, out)
         if fast is not None:
-            pdt, y = fast
-            mean = np.empty(x.shape[:-1], pdt)
-            rstd = np.empty(x.shape[:-1], pdt)
-            if x.size:
-                _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, True,
-                                   0, weight, bias, mean, rstd, eps, DEFAULT_METHOD,
-                                   stream_stores(2 * x.nbytes))
-            return LayerNormOutput(y, mean, rstd)
+            return LayerNormOutput(*fast)
     return LayerNormOutput(*_forward(plan(x, normalized_shape), weight, bias, eps, method, 0, out,
                                      True))
 
@@ -290,16 +230,10 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     >>> cnorm.layer_norm_backward(np.array([[1.0, 0.0]]), x, f.mean, f.rstd)
     LayerNormGrads(dx=array([[0., 0.]]), dweight=array([-1.,  0.]), dbias=array([1., 0.]))
     """
-    fast = fast_rows_backward(dy, x, (mean, rstd), weight, out)   # the common call
+    fast = _kernels.rows_backward_fast(dy, x, mean, rstd, weight, True, dispatch.STREAM_BYTES,
+                                       out)   # the common call, checked in C
     if fast is not None:
-        pdt, dx = fast
-        h = x.shape[-1]
-        dweight = np.zeros(h, pdt)
-        dbias = np.zeros(h, pdt)
-        if x.size:
-            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, mean, rstd, weight,
-                                        dweight, dbias, stream_stores(3 * x.nbytes))
-        return LayerNormGrads(dx, dweight, dbias)
+        return LayerNormGrads(*fast)
     x = float_array(x, "x")
     dy = grad_array(dy, x)
     if mean is None or rstd is None:

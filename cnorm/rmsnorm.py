@@ -9,12 +9,12 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, INF, activation_value, deliver, eps_value, float_array, grad_array, like_array,
+    F32, F64, activation_value, deliver, eps_value, float_array, grad_array, like_array,
     output_buffer, param_dtype,
 )
 from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
-from cnorm.layernorm import fast_rows, fast_rows_backward, plan
+from cnorm.layernorm import plan
 
 _kernels = kernels("_kernels")
 
@@ -30,7 +30,6 @@ RMSNormGrads.__doc__ = """Result of `rms_norm_backward`: dx (x's shape) and the 
 weight, of shape normalized_shape."""
 
 _EPS = {F32: float(np.finfo(np.float32).eps), F64: float(np.finfo(np.float64).eps)}
-_X_EPS = {**_EPS, np.dtype(np.float16): _EPS[F32]}     # eps=None by x's dtype (rows_fast's)
 
 
 def _eps(eps, dtype):
@@ -102,36 +101,13 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     >>> cnorm.rms_norm(np.array([[3.0, 4.0]]), 2, eps=0.0)
     array([[0.84852814, 1.13137085]])
     """
-    # Fast paths for the common call: the same checks as _forward, at a fraction of the cost
-    # (rows_fast in C for float32, float64 and float16; the Python one for bfloat16).
+    # The common call, checked in C: the same checks as _forward, at a fraction of the cost.
     if activation is None:
-        y = _kernels.rows_fast(x, normalized_shape, weight, None, eps, False,
-                               _X_EPS.get(type(x) is np.ndarray and x.dtype, 0.0),
-                               dispatch.STREAM_BYTES, out)
+        y = _kernels.rows_fast(x, normalized_shape, weight, None, eps, False, _EPS[F32],
+                               _EPS[F64], dispatch.STREAM_BYTES, out)
         if y is not None:
             return y
-    if activation is None:
-        y = _fast_forward(x, normalized_shape, weight, eps, out, False)
-        if y is not None:
-            return y[0]
     return _forward(plan(x, normalized_shape), weight, eps, activation, out, False)[0]
-
-
-def _fast_forward(x, normalized_shape, weight, eps, out, want_stats):
-    """(y, rstd or None) of the common call, as _forward computes it, or None for the
-    general path."""
-    if not (eps is None or (type(eps) is float and 0.0 <= eps < INF)):
-        return None
-    fast = fast_rows(x, normalized_shape, weight, None, out)
-    if fast is None:
-        return None
-    pdt, y = fast
-    rstd = np.empty(x.shape[:-1], pdt) if want_stats else None
-    if x.size:
-        _kernels.norm_rows(x, y, x.size // normalized_shape, normalized_shape, False, 0,
-                           weight, None, None, rstd, _EPS[pdt] if eps is None else eps, None,
-                           stream_stores(2 * x.nbytes))
-    return y, rstd
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
@@ -150,9 +126,10 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
     TypeError, ValueError
         As `rms_norm`; nothing is modified when an error is raised.
     """
-    fast = _fast_forward(x, normalized_shape, weight, eps, out, True)
+    fast = _kernels.rows_forward_fast(x, normalized_shape, weight, None, eps, False, _EPS[F32],
+                                      _EPS[F64], dispatch.STREAM_BYTES, out)   # the common call
     if fast is not None:
-        return RMSNormOutput(*fast)
+        return RMSNormOutput(fast[0], fast[2])
     return RMSNormOutput(*_forward(plan(x, normalized_shape), weight, eps, None, out, True))
 
 
@@ -193,15 +170,10 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
         elements to normalise over; a bad `out`.  Nothing is modified when an
         error is raised.
     """
-    fast = fast_rows_backward(dy, x, (rstd,), weight, out)       # the common call
+    fast = _kernels.rows_backward_fast(dy, x, None, rstd, weight, False, dispatch.STREAM_BYTES,
+                                       out)   # the common call, checked in C
     if fast is not None:
-        pdt, dx = fast
-        h = x.shape[-1]
-        dweight = np.zeros(h, pdt)
-        if x.size:
-            _kernels.norm_rows_backward(dy, x, dx, x.size // h, h, None, rstd, weight,
-                                        dweight, None, stream_stores(3 * x.nbytes))
-        return RMSNormGrads(dx, dweight)
+        return RMSNormGrads(fast[0], fast[1])
     x = float_array(x, "x")
     dy = grad_array(dy, x)
     if rstd is None:

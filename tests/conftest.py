@@ -95,3 +95,19 @@ def count_calls(monkeypatch, module, name="_forward"):
 
     monkeypatch.setattr(module, name, counting)
     return calls
+
+
+def count_general(monkeypatch, *modules):
+    """Count the calls that reach the general path of the ops of `modules`: each one's
+    first check is float_array, which no fast path calls.  Returns the list each such
+    call appends to."""
+    calls = []
+    for module in modules:
+        original = module.float_array
+
+        def counting(*args, _original=original, **kw):
+            calls.append(1)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(module, "float_array", counting)
+    return calls

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cnorm
-from conftest import threads
+from conftest import count_general, threads
 from test_contract import OPS, _affine, _data
 
 try:
@@ -343,3 +343,98 @@ def test_fast_paths_take_half_data_with_float32_parameters(rng, monkeypatch, dt)
         assert not calls, f"{module.__name__}: the fast path was not taken"
         assert y.dtype == dt and y.tobytes() == general().tobytes()
         assert calls
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+@pytest.mark.parametrize("dt", HALF)
+def test_fast_paths_take_parameters_of_x_dtype(rng, monkeypatch, dt, nt):
+    """A model shipped in float16 or bfloat16 has its weights in that dtype too: the C fast
+    paths of every row op (forward, forward with statistics, backward, the fused adds) and
+    of batch norm (training, inference, backward) take such weights and biases, widened
+    exactly as the general path widens them, and give the general path's bits.  bfloat16
+    is taken from its first call on, and eps=None keeps each op's own rule."""
+    import cnorm.addnorm
+    import cnorm.batchnorm
+    import cnorm.layernorm
+    import cnorm.rmsnorm
+    dt = _dt(dt)
+    h, c = 96, 6
+    x = _data(rng, (5, h), np.float32).astype(dt)
+    res = rng.standard_normal((5, h)).astype(dt)
+    dy = rng.standard_normal((5, h)).astype(dt)
+    w = rng.uniform(0.5, 2, h).astype(dt)
+    b = rng.uniform(-1, 1, h).astype(dt)
+    xb = _data(rng, (4, c, 3, 5), np.float32).astype(dt)
+    dyb = rng.standard_normal(xb.shape).astype(dt)
+    wb = rng.uniform(0.5, 2, c).astype(dt)
+    bb = rng.uniform(-1, 1, c).astype(dt)
+    rm = rng.standard_normal(c).astype(np.float32)
+    rv = rng.uniform(0.5, 2, c).astype(np.float32)
+    cnorm.layer_norm(x, h, w, b)       # bfloat16: the first call tells the C paths its type
+    general = count_general(monkeypatch, cnorm.layernorm, cnorm.rmsnorm, cnorm.addnorm,
+                            cnorm.batchnorm)
+    with threads(nt):
+        lf = cnorm.layer_norm_forward(x, h, w, b)
+        rf = cnorm.rms_norm_forward(x, h, w)
+        rm_f, rv_f = rm.copy(), rv.copy()
+        fast = {
+            "layer_norm": cnorm.layer_norm(x, h, w, b),
+            "layer_norm_forward": lf,
+            "layer_norm_backward": cnorm.layer_norm_backward(dy, x, lf.mean, lf.rstd, w),
+            "rms_norm": cnorm.rms_norm(x, h, w),
+            "rms_norm_forward": rf,
+            "rms_norm_backward": cnorm.rms_norm_backward(dy, x, rf.rstd, w),
+            "add_layer_norm": cnorm.add_layer_norm(x, res, h, w, b),
+            "add_rms_norm": cnorm.add_rms_norm(x, res, h, w),
+            "batch_norm training": cnorm.batch_norm(xb, wb, bb, rm_f, rv_f, training=True),
+            "running statistics": (rm_f, rv_f),
+            "batch_norm inference": cnorm.batch_norm(xb, wb, bb, rm, rv),
+            "batch_norm_backward": cnorm.batch_norm_backward(dyb, xb, rm, 1 / np.sqrt(rv), wb),
+        }
+        assert not general, "the common calls with half-precision parameters should be fast"
+        rm_g, rv_g = rm.copy(), rv.copy()
+        slow = {     # the same calls spelled so that the general path takes them
+            "layer_norm": cnorm.layer_norm(x, (h,), w, b),
+            "layer_norm_forward": cnorm.layer_norm_forward(x, (h,), w, b),
+            "layer_norm_backward": cnorm.layer_norm_backward(dy, x, lf.mean.tolist(), lf.rstd,
+                                                             w),
+            "rms_norm": cnorm.rms_norm(x, (h,), w),
+            "rms_norm_forward": cnorm.rms_norm_forward(x, (h,), w),
+            "rms_norm_backward": cnorm.rms_norm_backward(dy, x, rf.rstd.tolist(), w),
+            "add_layer_norm": cnorm.add_layer_norm(x, res, (h,), w, b),
+            "add_rms_norm": cnorm.add_rms_norm(x, res, (h,), w),
+            "batch_norm training": cnorm.batch_norm(xb, wb, bb, rm_g, rv_g, training=True,
+                                                    method="two_pass"),
+            "running statistics": (rm_g, rv_g),
+            "batch_norm inference": cnorm.batch_norm(xb, wb, bb, rm, rv, method="two_pass"),
+            "batch_norm_backward": cnorm.batch_norm_backward(np.asfortranarray(dyb), xb, rm,
+                                                             1 / np.sqrt(rv), wb),
+        }
+        assert len(general) >= len(slow)
+    for key, got in fast.items():
+        got = got if isinstance(got, tuple) else (got,)
+        want = slow[key] if isinstance(slow[key], tuple) else (slow[key],)
+        assert len(got) == len(want), key
+        for g, s in zip(got, want):
+            assert (g is None) == (s is None), key
+            if g is not None:
+                assert g.dtype == s.dtype and g.shape == s.shape, key
+                assert g.tobytes() == s.tobytes(), key
+    # the outputs are in x's dtype, the statistics and parameter gradients in float32
+    assert fast["layer_norm"].dtype == fast["add_rms_norm"].h.dtype == dt
+    assert lf.mean.dtype == rf.rstd.dtype == fast["layer_norm_backward"].dweight.dtype
+    assert lf.mean.dtype == np.float32
+    # eps=None: float32's epsilon for RMS norm (as torch), an error for layer norm
+    np.testing.assert_array_equal(
+        cnorm.rms_norm(x, h, w, eps=None).view(np.uint16),
+        cnorm.rms_norm(x, h, w, eps=float(np.finfo(np.float32).eps)).view(np.uint16))
+    for call in (lambda: cnorm.layer_norm(x, h, w, b, eps=None),
+                 lambda: cnorm.add_layer_norm(x, res, h, w, b, eps=None)):
+        with pytest.raises(TypeError, match="eps"):
+            call()
+    if dt == BF16:
+        # a float16 weight for bfloat16 x is neither x's dtype nor float32: the general
+        # path takes it, and converts it as any other array-like
+        w16 = w.astype(np.float32).astype(np.float16)
+        assert cnorm.layer_norm(x, h, w16, b).tobytes() == \
+            cnorm.layer_norm(x, (h,), w16.astype(np.float32), b).tobytes()
