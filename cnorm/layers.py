@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cnorm import _dispatch as dispatch
 from cnorm._checks import (
-    _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
+    F32, F64, _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
     method_value, momentum_value, param_dtype, positive_int, real_array, shape_value,
 )
 from cnorm.addnorm import AddNormOutput, add_forward
@@ -29,7 +30,11 @@ from cnorm.layernorm import _forward as ln_forward
 from cnorm.layernorm import layer_norm_backward
 from cnorm.layernorm import plan as ln_plan
 from cnorm.rmsnorm import _forward as rms_forward
+from cnorm.rmsnorm import _EPS as RMS_EPS
 from cnorm.rmsnorm import rms_norm_backward
+
+_kernels = dispatch.kernels("_kernels")
+NAN = float("nan")
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "fold_batch_norm",
            "LoadResult"]
@@ -225,6 +230,41 @@ def _trailing_input(layer, x):
     return ln_plan(layer._input(x, "x"), layer.normalized_shape, layer=True)
 
 
+def _fast_rows(layer, x, residual, centred):
+    """A row layer's common call, run by the functions' fast paths (checked in C): x, and
+    the residual when given, ndarrays of the layer's dtype; one normalised dimension.
+    Returns (what forward returns, the input to save, mean, rstd), or None for the
+    general path."""
+    shape = layer.normalized_shape
+    dt = layer.dtype
+    if (len(shape) != 1 or type(x) is not np.ndarray or x.dtype != dt
+            or residual is not None and (type(residual) is not np.ndarray
+                                         or residual.dtype != dt)):
+        return None
+    d32, d64 = (NAN, NAN) if centred else (RMS_EPS[F32], RMS_EPS[F64])
+    bias = layer.bias if centred else None
+    if residual is None:
+        r = _kernels.rows_forward_fast(x, shape[0], layer.weight, bias, layer.eps, centred, d32,
+                                       d64, dispatch.STREAM_BYTES)
+        return None if r is None else (r[0], x, r[1], r[2])
+    r = _kernels.add_rows_fast(x, residual, shape[0], layer.weight, bias, layer.eps, centred,
+                               d32, d64, dispatch.STREAM_BYTES, True)
+    return None if r is None else (AddNormOutput(r[0][0], r[0][1]), r[0][1], r[1], r[2])
+
+
+def _fast_channels(layer, x, c, groups, instance):
+    """A group or instance layer's common call, run by groups_fast (checked in C): x an
+    ndarray of the layer's dtype with c channels along the layer's axis, the default
+    method.  Returns (y, mean, rstd, the axis in [0, ndim)), or None for the general
+    path."""
+    if (layer.method is not None or type(x) is not np.ndarray or x.dtype != layer.dtype
+            or not -x.ndim <= layer.axis < x.ndim or x.shape[layer.axis] != c):
+        return None
+    r = _kernels.groups_fast(x, groups, layer.weight, layer.bias, layer.eps, layer.axis, 0,
+                             instance)
+    return None if r is None else (*r, layer.axis % x.ndim)
+
+
 # -- BatchNorm ---------------------------------------------------------------------------------
 
 class BatchNorm(_Norm):
@@ -401,15 +441,6 @@ class BatchNorm(_Norm):
             batch statistics are needed and there is only one value per
             channel.  Nothing (running statistics, counter) changes on error.
         """
-        p = bn_plan(self._input(x, "x"), self.axis)     # x and axis checked once, here
-        x, axis = p.x, p.axis
-        if p.c != self.num_features:
-            raise ValueError(f"x must have {self.num_features} channels along axis {self.axis}, "
-                             f"got shape {x.shape}")
-        dtype = self._pdt
-        weight = None if self.weight is None else like_array(self.weight, "weight", dtype,
-                                                             (self.num_features,)).copy()
-        bias = self.bias
         # The same decisions as torch.nn.modules.batchnorm._BatchNorm.forward.
         factor = 0.0 if self.momentum is None else self.momentum
         count = self.num_batches_tracked
@@ -421,18 +452,50 @@ class BatchNorm(_Norm):
             rm = rv = None
         else:
             rm, rv = self.running_mean, self.running_var
+        bias = self.bias
+        if (self.method is None and type(x) is np.ndarray and x.dtype == self.dtype
+                and -x.ndim <= self.axis < x.ndim and x.shape[self.axis] == self.num_features):
+            # the common call, checked in C by the functions' fast paths
+            weight = self.weight
+            if batch_stats:
+                fast = _kernels.bn_train_fast(x, weight, bias, rm, rv, factor, self.eps,
+                                              self.axis, True, dispatch.STREAM_BYTES)
+            else:
+                fast = _kernels.bn_infer_fast(x, weight, bias, rm, rv, factor, self.eps,
+                                              self.axis, dispatch.STREAM_BYTES)
+            if fast is not None:
+                if batch_stats:
+                    y, mean, invstd = fast
+                    var = None
+                else:    # the running statistics as they are now, for backward
+                    y, mean, invstd, var = fast, np.array(rm), None, np.array(rv)
+                if self.training and self.track_running_stats and count is not None:
+                    self.num_batches_tracked = count
+                self._saved = (x, mean, invstd, None if weight is None else weight.copy(),
+                               bias is not None, batch_stats, self.axis % x.ndim, var, self.eps)
+                return y
+        p = bn_plan(self._input(x, "x"), self.axis)     # x and axis checked once, here
+        x, axis = p.x, p.axis
+        if p.c != self.num_features:
+            raise ValueError(f"x must have {self.num_features} channels along axis {self.axis}, "
+                             f"got shape {x.shape}")
+        dtype = self._pdt
+        weight = None if self.weight is None else like_array(self.weight, "weight", dtype,
+                                                             (self.num_features,)).copy()
+        var = None
         if batch_stats:
             y, mean, invstd = bn_forward(p, weight, bias, rm, rv, True, factor, self.eps,
                                          self.method, 0, None, True)
         else:
             y = bn_forward(p, weight, bias, rm, rv, False, factor, self.eps, self.method, 0, None,
                            False)[0]
-            # the statistics as they are now, for backward
+            # the statistics as they are now, for backward (invstd made there, if asked for)
             mean = np.array(rm, dtype=dtype)
-            invstd = (1.0 / np.sqrt(np.asarray(rv, dtype=np.float64) + self.eps)).astype(dtype)
+            invstd, var = None, np.array(rv, dtype=dtype)
         if self.training and self.track_running_stats and count is not None:
             self.num_batches_tracked = count
-        self._saved = (x, mean, invstd, weight, bias is not None, batch_stats, axis)
+        self._saved = (x, mean, invstd, weight, bias is not None, batch_stats, axis, var,
+                       self.eps)
         return y
 
     def backward(self, dy):
@@ -467,7 +530,10 @@ class BatchNorm(_Norm):
         ValueError
             dy not of the forward input's shape.
         """
-        (x, mean, invstd, weight, has_bias, batch_stats, axis), dy = _saved_input(self, dy)
+        (x, mean, invstd, weight, has_bias, batch_stats, axis, var, eps), dy = \
+            _saved_input(self, dy)
+        if invstd is None:      # after inference: the running variance of that call
+            invstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(var.dtype)
         dx, dweight, dbias = batch_norm_backward(dy, x, mean, invstd, weight,
                                                  training=batch_stats, axis=axis)
         self.weight_grad = dweight if weight is not None else None
@@ -607,6 +673,12 @@ class LayerNorm(_Norm):
             x's trailing dimensions are not normalized_shape; residual's shape
             is not x's.
         """
+        fast = None if self.method is not None else _fast_rows(self, x, residual, True)
+        if fast is not None:
+            out, saved, mean, rstd = fast
+            weight = None if self.weight is None else self.weight.copy()
+            self._saved = (saved, mean, rstd, weight, self.bias is not None)
+            return out
         p = _trailing_input(self, x)
         x, shape = p.x, p.shape
         weight = None if self.weight is None else like_array(self.weight, "weight", self._pdt,
@@ -745,6 +817,12 @@ class GroupNorm(_Norm):
         ValueError
             x has fewer than 2 dimensions or not C channels along `axis`.
         """
+        fast = _fast_channels(self, x, self.num_channels, self.num_groups, False)
+        if fast is not None:
+            y, mean, rstd, axis = fast
+            self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(),
+                           axis)
+            return y
         p = _channel_input(self, x, self.num_channels, 2, "group norm")
         x, axis = p
         y, mean, rstd = gn_forward(p, self.num_groups, self.weight, self.bias, self.eps,
@@ -853,6 +931,14 @@ class InstanceNorm(_Norm):
             one spatial value per channel where input statistics are used.
             Nothing (running statistics, counter) changes on error.
         """
+        # the input statistics and no running ones to update or use: the common call
+        fast = (None if self.track_running_stats
+                else _fast_channels(self, x, self.num_features, None, True))
+        if fast is not None:
+            y, mean, rstd, axis = fast
+            self._saved = (x, mean, rstd, None if self.weight is None else self.weight.copy(),
+                           axis, True, None)
+            return y
         p = _channel_input(self, x, self.num_features, 3, "instance norm")
         x, axis = p
         input_stats = self.training or not self.track_running_stats
@@ -954,6 +1040,11 @@ class RMSNorm(_Norm):
             x's trailing dimensions are not normalized_shape; residual's shape
             is not x's.
         """
+        fast = _fast_rows(self, x, residual, False)
+        if fast is not None:
+            out, saved, _, rstd = fast
+            self._saved = (saved, rstd, None if self.weight is None else self.weight.copy())
+            return out
         p = _trailing_input(self, x)
         x, shape = p.x, p.shape
         weight = None if self.weight is None else self.weight.copy()

@@ -727,3 +727,87 @@ def test_doctests():
     result = doctest.testmod(cnorm.layers, verbose=False, report=True)
     assert result.attempted > 0, "cnorm.layers has no doctest examples"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
+
+
+# ---------------------------------------------------------------------------
+# The layers' common calls take the functions' C fast paths, with the same results and
+# the same saved state for backward as the general path
+# ---------------------------------------------------------------------------
+
+def _layer_cases():
+    yield "LayerNorm", lambda dt: cnorm.LayerNorm(24, dtype=dt), (3, 5, 24), False
+    yield "LayerNorm residual", lambda dt: cnorm.LayerNorm(24, dtype=dt), (3, 5, 24), True
+    yield "RMSNorm", lambda dt: cnorm.RMSNorm(24, dtype=dt), (6, 24), False
+    yield "RMSNorm residual", lambda dt: cnorm.RMSNorm(24, dtype=dt), (6, 24), True
+    yield "GroupNorm", lambda dt: cnorm.GroupNorm(2, 6, dtype=dt), (2, 6, 4, 5), False
+    yield "GroupNorm channels last", lambda dt: cnorm.GroupNorm(3, 6, axis=-1, dtype=dt), \
+        (2, 4, 5, 6), False
+    yield "InstanceNorm", lambda dt: cnorm.InstanceNorm(6, affine=True, dtype=dt), \
+        (2, 6, 4, 5), False
+    yield "BatchNorm training", lambda dt: cnorm.BatchNorm(6, dtype=dt), (4, 6, 3, 5), False
+    yield "BatchNorm inference", lambda dt: cnorm.BatchNorm(6, dtype=dt).eval(), \
+        (4, 6, 3, 5), False
+    yield "BatchNorm no running statistics", \
+        lambda dt: cnorm.BatchNorm(6, track_running_stats=False, dtype=dt), (4, 6, 3, 5), False
+    yield "BatchNorm momentum None", lambda dt: cnorm.BatchNorm(6, momentum=None, dtype=dt), \
+        (4, 6, 3, 5), False
+
+
+LAYER_CASES = list(_layer_cases())
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("name,make,shape,residual", LAYER_CASES,
+                         ids=[c[0] for c in LAYER_CASES])
+def test_layers_common_calls_take_the_fast_paths(rng, monkeypatch, name, make, shape,
+                                                 residual, dt):
+    """A layer called with a C-contiguous ndarray of its dtype runs the functions' fast
+    paths: the same output, running statistics, counter and gradients (backward runs
+    from the saved state) as the same call on a Fortran-ordered copy of x, which the fast
+    paths leave to the general one."""
+    import cnorm.addnorm
+    import cnorm.batchnorm
+    import cnorm.groupnorm
+    import cnorm.layernorm
+    import cnorm.rmsnorm
+    from conftest import count_general
+    fast_layer, slow_layer = make(dt), make(dt)
+    for key, v in fast_layer.state_dict().items():     # parameters that are not ones/zeros
+        if key in ("weight", "bias", "running_mean", "running_var"):
+            v = rng.uniform(0.5, 1.5, v.shape).astype(v.dtype)
+            fast_layer.load_state_dict({key: v}, strict=False)
+            slow_layer.load_state_dict({key: v}, strict=False)
+    general = count_general(monkeypatch, cnorm.layernorm, cnorm.rmsnorm, cnorm.addnorm,
+                            cnorm.batchnorm, cnorm.groupnorm)
+    for step in range(2):      # twice: the running statistics and the counter move on
+        x = (rng.standard_normal(shape) * 2 + 0.5).astype(dt)
+        r = rng.standard_normal(shape).astype(dt) if residual else None
+        dy = rng.standard_normal(shape).astype(dt)
+        n = len(general)
+        got = fast_layer(x, r) if residual else fast_layer(x)
+        assert len(general) == n, f"{name}: the common call should take the fast path"
+        fx = np.asfortranarray(x)
+        want = slow_layer(fx, None if r is None else np.asfortranarray(r)) if residual \
+            else slow_layer(fx)
+        assert len(general) > n, f"{name}: a Fortran-ordered x should take the general path"
+        for g, w in zip(got if residual else (got,), want if residual else (want,)):
+            assert g.dtype == w.dtype and g.shape == w.shape and g.tobytes() == w.tobytes(), \
+                name
+        for key, v in slow_layer.state_dict().items():
+            assert np.array_equal(fast_layer.state_dict()[key], v, equal_nan=True), (name, key)
+        dx_fast, dx_slow = fast_layer.backward(dy), slow_layer.backward(dy)
+        assert dx_fast.tobytes() == dx_slow.tobytes(), name
+        for attr in ("weight_grad", "bias_grad"):
+            a, b = getattr(fast_layer, attr, None), getattr(slow_layer, attr, None)
+            assert (a is None) == (b is None), (name, attr)
+            if a is not None:
+                assert a.tobytes() == b.tobytes(), (name, attr)
+    # the saved weight is a copy: changing the layer's weight after forward does not
+    # change the gradient of that forward
+    if fast_layer.weight is not None:
+        x = rng.standard_normal(shape).astype(dt)
+        fast_layer(x, x.copy()) if residual else fast_layer(x)
+        dx = fast_layer.backward(dy)
+        fast_layer(x, x.copy()) if residual else fast_layer(x)
+        fast_layer.weight *= 2
+        assert fast_layer.backward(dy).tobytes() == dx.tobytes(), name
