@@ -339,7 +339,6 @@ cdef int rows_backward_positions(const real* g, const real* x, real* dx,
     cdef Py_ssize_t nblk, k, i
     cdef double* part
     cdef void* ones = NULL
-    cdef double sw, sb
     cdef bint large = stream
     stream = streams_rows(H, stream, x)
     if rb * MAX_COLUMN_BLOCKS < R:
@@ -360,15 +359,20 @@ cdef int rows_backward_positions(const real* g, const real* x, real* dx,
     # forward has) with an inlined backward_block far worse than the parallel one.
     for k in prange(nblk, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         backward_block(g, x, dx, R, H, rb, k, mean, rstd, w, part, stream, large)
+    # The blocks' partials, merged in block order into block 0's: for each position the
+    # sums of the loop over blocks for each position, in its order (block 0's partial
+    # starts from +0.0 and is never -0.0, so 0.0 + it is itself), but with the positions
+    # inside, which vectorises.  The other order cost 23 instructions a position: 6.7 of
+    # the 7.3 us of a (1, 4096) call.
+    for k in range(1, nblk):
+        for i in range(H):
+            part[i] += part[2 * k * H + i]
+            part[H + i] += part[(2 * k + 1) * H + i]
     for i in range(H):
-        sw = 0.0
-        sb = 0.0
-        for k in range(nblk):
-            sw += part[2 * k * H + i]
-            sb += part[(2 * k + 1) * H + i]
-        pset(dweight, i, sw, x)
-        if dbias != NULL:
-            pset(dbias, i, sb, x)
+        pset(dweight, i, part[i], x)
+    if dbias != NULL:
+        for i in range(H):
+            pset(dbias, i, part[H + i], x)
     free(part)
     free(ones)
     return 0

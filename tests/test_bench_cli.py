@@ -307,3 +307,25 @@ def test_out_mode_callables_write_one_buffer(op, shape, axis):
             got = got.permute(0, 2, 3, 1)
         assert got.data_ptr() == first(a).ctypes.data   # written into the given buffer
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_per_call_script_times_every_op_and_layer(capsys):
+    """bench/per_call.py (the batch-1 cost of each op and layer), on a few calls."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "per_call.py"
+    spec = importlib.util.spec_from_file_location("per_call", path)
+    per_call = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(per_call)
+    dtypes = "float32,float16" + (",bfloat16" if cnorm._checks.bfloat16() is not None else "")
+    per_call.main(["--number", "3", "--repeat", "1", "--no-torch", "--dtype", dtypes])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    names = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm",
+             "group_norm", "instance_norm", "LayerNorm(768)", "BatchNorm(64)")
+    for dt in dtypes.split(","):
+        got = [r for r in rows if dt in r]
+        assert len(got) == 15, dt
+        for name in names:
+            assert any(r[0] == name for r in got), (dt, name)
+        for r in got:     # cnorm's time, and "-" for torch (not run)
+            assert float(r[-3]) > 0 and r[-2] == "-", r
