@@ -18,6 +18,7 @@ import timeit
 import numpy as np
 
 import cnorm
+from cnorm.bench import _torch as optional_torch
 from cnorm._checks import dtype_value
 
 
@@ -109,12 +110,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--no-torch", action="store_true")
     a = p.parse_args(argv)
-    torch = None
-    if not a.no_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    torch = None if a.no_torch else optional_torch()    # None when not installed
     rng = np.random.default_rng(0)
     print(f"cnorm {cnorm.__version__}, {cnorm.get_num_threads()} threads; "
           f"torch {'-' if torch is None else torch.__version__}; best of {a.repeat} x "

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import cnorm
+from cnorm.bench import _torch as optional_torch
 
 CASES = {"bn_train": (8, 256, 28, 28), "ln_forward": (64, 4096)}
 
@@ -104,12 +105,7 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--threads", default="1,2")
     a = p.parse_args(argv)
-    torch = None
-    if not a.no_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
+    torch = None if a.no_torch else optional_torch()    # None when not installed
     threads = [int(t) for t in a.threads.split(",")]
     neighbour = None
     if not a.no_neighbour:
