@@ -329,3 +329,19 @@ def test_per_call_script_times_every_op_and_layer(capsys):
             assert any(r[0] == name for r in got), (dt, name)
         for r in got:     # cnorm's time, and "-" for torch (not run)
             assert float(r[-3]) > 0 and r[-2] == "-", r
+
+
+def test_bn_backward_bound_script_runs(capsys):
+    """bench/bn_backward_bound.py, on a small shape."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "bn_backward_bound.py"
+    spec = importlib.util.spec_from_file_location("bn_backward_bound", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--shape", "2,4,8,8", "--calls", "2", "--no-torch"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("shape (2, 4, 8, 8)")
+    assert [ln.split("(")[0].strip() for ln in lines[1:]] == ["backward", "inference", "moments"]
+    from cnorm import _openmp
+    assert _openmp.explicit_threads() is None     # the script gave the thread setting back
