@@ -45,7 +45,7 @@ cdef inline void _rows_call(int t, void* px, void* py, Py_ssize_t R, Py_ssize_t 
                             void* pw, void* pb, void* pm, void* pr, double eps,
                             int meth, bint stream, void* pres, void* ph) noexcept:
     cdef int nt = threads_for(R * H)
-    if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
+    if keeps_gil(R * H, nt):
         _rows_dispatch(t, px, py, R, H, pw, pb, pm, pr, eps, meth, stream, m, nt, pres, ph)
     else:
         with nogil:
@@ -316,7 +316,7 @@ cdef int _rows_backward_call(int t, void* pg, void* px, void* pdx, Py_ssize_t R,
                              bint stream) except -1:
     cdef int nt = threads_for(R * H)
     cdef int rc
-    if nt == 1 and R * H < 16384:   # small: releasing the GIL costs more than it gives
+    if keeps_gil(R * H, nt):
         rc = _rows_backward_dispatch(t, pg, px, pdx, R, H, pm, pr, pw, pdw, pdb, stream, nt)
     else:
         with nogil:
@@ -424,7 +424,7 @@ cdef int _planes_call(int t, void* px, void* py, Planes g, void* pw, void* pb, S
     cdef Py_ssize_t work = g.P * g.Q * g.S
     cdef int nt = threads_for(work)
     cdef int rc
-    if nt == 1 and work < 16384:   # small: releasing the GIL costs more than it gives
+    if keeps_gil(work, nt):
         rc = _planes_dispatch(t, px, py, g, pw, pb, o, eps, meth, act, stream, nt)
     else:
         with nogil:
@@ -500,7 +500,7 @@ cdef int _groups_call(int t, void* px, void* py, Py_ssize_t N, Py_ssize_t HW, Py
     cdef int nt = threads_for(work)
     cdef ColGroups m = col_groups(N, HW, C, G, 1)
     cdef int rc
-    if nt == 1 and work < 16384:   # small: releasing the GIL costs more than it gives
+    if keeps_gil(work, nt):
         rc = _groups_dispatch(t, px, py, m, pw, pb, o, eps, meth, act, stream, nt)
     else:
         with nogil:
@@ -642,7 +642,7 @@ def moment_stats(cnp.ndarray x, Py_ssize_t A, Py_ssize_t B, Py_ssize_t C, bint s
     cdef double* pq = <double*>cnp.PyArray_DATA(m2)
     cdef int t = dtype_code(x)
     cdef int rc
-    if nt == 1 and A * B * C < 16384:   # small: releasing the GIL costs more than it gives
+    if keeps_gil(A * B * C, nt):
         rc = _stats_dispatch(t, samples, px, A, B, C, meth, nt, pm, pq)
     else:
         with nogil:
