@@ -217,20 +217,15 @@ ctypedef struct FastBN:
 
 
 cdef inline bint _fast_bn(object x, object axis, FastBN* f) noexcept:
-    """What every batch-norm fast path takes of x and axis: x a C-contiguous
-    native-byte-order ndarray of 2 or more dimensions, of a type _fast_types takes; axis
-    an int in range; f gets x's (N, C, M) view and its dtype codes."""
+    """What every batch-norm fast path takes of x and axis: x as _fast_x takes it, of 2 or
+    more dimensions; axis an int in range; f gets x's (N, C, M) view and its dtype codes."""
     cdef cnp.ndarray a
     cdef int nd, ax, i
-    if type(x) is not cnp.ndarray or type(axis) is not int:
+    if type(axis) is not int or not _fast_x(x, 2, &f.t, &f.pt, &f.code):
         return False
     a = <cnp.ndarray>x
-    f.t = cnp.PyArray_TYPE(a)
-    if not _fast_types(f.t, &f.pt, &f.code):
-        return False
     nd = cnp.PyArray_NDIM(a)
-    if nd < 2 or not -nd <= axis < nd or not cnp.PyArray_IS_C_CONTIGUOUS(a) \
-            or not cnp.PyArray_ISNOTSWAPPED(a):
+    if not -nd <= axis < nd:
         return False
     ax = axis % nd
     f.N = 1

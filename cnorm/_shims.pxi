@@ -99,6 +99,19 @@ cdef inline bint _fast_types(int t, int* pt, int* code) noexcept:
     return True
 
 
+cdef inline bint _fast_x(object x, int min_nd, int* t, int* pt, int* code) noexcept:
+    """What every fast path takes of x: a C-contiguous native-byte-order ndarray of at
+    least min_nd dimensions, of a type _fast_types takes (t gets its NumPy type, pt and
+    code as _fast_types gives them)."""
+    cdef cnp.ndarray a
+    if type(x) is not cnp.ndarray:
+        return False
+    a = <cnp.ndarray>x
+    t[0] = cnp.PyArray_TYPE(a)
+    return (_fast_types(t[0], pt, code) and cnp.PyArray_NDIM(a) >= min_nd
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISNOTSWAPPED(a))
+
+
 cdef inline int _param_take(object v, int pt, int t, Py_ssize_t H) noexcept:
     """How a fast path takes a weight or bias v for x of NumPy type t whose parameter
     type is pt: 0 as it is (_param_ok of type pt, None included), 1 widened to float32
@@ -205,12 +218,9 @@ cdef object _rows_fast(x, residual, normalized_shape, weight, bias, eps, bint ce
     cdef void* pb
     cdef void* ph = NULL
     cdef float* buf
-    if type(x) is not cnp.ndarray or type(normalized_shape) is not int:
+    if type(normalized_shape) is not int or not _fast_x(x, 1, &t, &pt, &code):
         return None
     a = <cnp.ndarray>x
-    t = cnp.PyArray_TYPE(a)
-    if not _fast_types(t, &pt, &code):
-        return None
     if eps is None:
         e = default_eps64 if code == F64 else default_eps
         if e != e:              # NaN: eps=None is not a spelling this op takes
@@ -223,8 +233,7 @@ cdef object _rows_fast(x, residual, normalized_shape, weight, bias, eps, bint ce
         return None
     nd = cnp.PyArray_NDIM(a)
     H = normalized_shape
-    if (nd == 0 or H <= 0 or cnp.PyArray_DIMS(a)[nd - 1] != H
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+    if H <= 0 or cnp.PyArray_DIMS(a)[nd - 1] != H:
         return None
     if residual is not None and not (nd < 64 and type(residual) is cnp.ndarray
                                      and _same_layout(<cnp.ndarray>residual, a)):
@@ -362,14 +371,12 @@ def rows_backward_fast(dy, x, mean, rstd, weight, bint centred, Py_ssize_t strea
     cdef void* pw
     cdef void* pb
     cdef float* buf
-    if type(x) is not cnp.ndarray or type(dy) is not cnp.ndarray:
+    if type(dy) is not cnp.ndarray or not _fast_x(x, 1, &t, &pt, &code):
         return None
     a = <cnp.ndarray>x
     g = <cnp.ndarray>dy
-    t = cnp.PyArray_TYPE(a)
     nd = cnp.PyArray_NDIM(a)
-    if (not _fast_types(t, &pt, &code) or nd == 0 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-            or not cnp.PyArray_ISNOTSWAPPED(a) or not _same_layout(g, a)):
+    if not _same_layout(g, a):
         return None
     H = cnp.PyArray_DIMS(a)[nd - 1]
     if (H == 0 or not _lead_ok(rstd, pt, a) or centred and not _lead_ok(mean, pt, a)
@@ -532,16 +539,14 @@ def groups_fast(x, num_groups, weight, bias, eps, axis, int act, bint instance, 
     cdef void* pw
     cdef void* pb
     cdef float* buf
-    if (type(x) is not cnp.ndarray or type(axis) is not int or type(eps) is not float
-            or act < 0 or not instance and type(num_groups) is not int):
+    if (type(axis) is not int or type(eps) is not float or act < 0
+            or not instance and type(num_groups) is not int
+            or not _fast_x(x, 3 if instance else 2, &t, &pt, &code)):
         return None
     a = <cnp.ndarray>x
-    t = cnp.PyArray_TYPE(a)
     nd = cnp.PyArray_NDIM(a)
     e = eps
-    if (not _fast_types(t, &pt, &code) or nd < (3 if instance else 2) or not -nd <= axis < nd
-            or not (0.0 <= e < INFINITY) or cnp.PyArray_SIZE(a) == 0
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)):
+    if not -nd <= axis < nd or not (0.0 <= e < INFINITY) or cnp.PyArray_SIZE(a) == 0:
         return None
     ax = axis % nd
     if ax != 1 and ax != nd - 1:

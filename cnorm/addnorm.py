@@ -13,16 +13,14 @@ from collections import namedtuple
 import numpy as np
 
 from cnorm._checks import (
-    F32, F64, deliver, eps_value, float_array, like_array, method_value, output_buffer,
-    param_dtype,
+    deliver, eps_value, float_array, like_array, method_value, output_buffer, param_dtype,
 )
 from cnorm import _dispatch as dispatch
 from cnorm._dispatch import kernels, stream_stores
 from cnorm.layernorm import DEFAULT_METHOD, _normalized_shape
-from cnorm.rmsnorm import _EPS, _eps
+from cnorm.rmsnorm import FAST_EPS, _eps
 
 _kernels = kernels("_kernels")
-NAN = float("nan")
 
 __all__ = ["add_layer_norm", "add_rms_norm", "AddNormOutput"]
 
@@ -85,9 +83,8 @@ def _fast(x, residual, normalized_shape, weight, bias, eps, centred):
     """The common call (C-contiguous ndarrays of one storage dtype and shape, an int
     normalized_shape, parameters already right, no out=), checked in C as add_forward
     checks it, and run; None for any other call."""
-    d32, d64 = (NAN, NAN) if centred else (_EPS[F32], _EPS[F64])   # eps=None: RMS norm's only
     r = _kernels.add_rows_fast(x, residual, normalized_shape, weight, bias, eps, centred,
-                               d32, d64, dispatch.STREAM_BYTES)
+                               *FAST_EPS[centred], dispatch.STREAM_BYTES)
     return None if r is None else AddNormOutput(r[0][0], r[0][1])
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnorm import _dispatch as dispatch
 from cnorm._checks import (
-    F32, F64, _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
+    _type_name, bool_value, dtype_value, eps_value, float_array, int_value, like_array,
     method_value, momentum_value, param_dtype, positive_int, real_array, shape_value,
 )
 from cnorm.addnorm import AddNormOutput, add_forward
@@ -30,11 +30,10 @@ from cnorm.layernorm import _forward as ln_forward
 from cnorm.layernorm import layer_norm_backward
 from cnorm.layernorm import plan as ln_plan
 from cnorm.rmsnorm import _forward as rms_forward
-from cnorm.rmsnorm import _EPS as RMS_EPS
+from cnorm.rmsnorm import FAST_EPS
 from cnorm.rmsnorm import rms_norm_backward
 
 _kernels = dispatch.kernels("_kernels")
-NAN = float("nan")
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "fold_batch_norm",
            "LoadResult"]
@@ -241,7 +240,7 @@ def _fast_rows(layer, x, residual, centred):
             or residual is not None and (type(residual) is not np.ndarray
                                          or residual.dtype != dt)):
         return None
-    d32, d64 = (NAN, NAN) if centred else (RMS_EPS[F32], RMS_EPS[F64])
+    d32, d64 = FAST_EPS[centred]
     bias = layer.bias if centred else None
     if residual is None:
         r = _kernels.rows_forward_fast(x, shape[0], layer.weight, bias, layer.eps, centred, d32,

@@ -30,6 +30,9 @@ RMSNormGrads.__doc__ = """Result of `rms_norm_backward`: dx (x's shape) and the 
 weight, of shape normalized_shape."""
 
 _EPS = {F32: float(np.finfo(np.float32).eps), F64: float(np.finfo(np.float64).eps)}
+# eps=None as the C fast paths take it, (for float32 parameters, for float64 ones), by
+# whether the op is centred: layer norm has no default (NaN), RMS norm the epsilon above
+FAST_EPS = {True: (float("nan"), float("nan")), False: (_EPS[F32], _EPS[F64])}
 
 
 def _eps(eps, dtype):
@@ -103,8 +106,8 @@ def rms_norm(x, normalized_shape, weight=None, *, eps=None, activation=None, out
     """
     # The common call, checked in C: the same checks as _forward, at a fraction of the cost.
     if activation is None:
-        y = _kernels.rows_fast(x, normalized_shape, weight, None, eps, False, _EPS[F32],
-                               _EPS[F64], dispatch.STREAM_BYTES, out)
+        y = _kernels.rows_fast(x, normalized_shape, weight, None, eps, False, *FAST_EPS[False],
+                               dispatch.STREAM_BYTES, out)
         if y is not None:
             return y
     return _forward(plan(x, normalized_shape), weight, eps, activation, out, False)[0]
@@ -126,8 +129,9 @@ def rms_norm_forward(x, normalized_shape, weight=None, *, eps=None, out=None):
     TypeError, ValueError
         As `rms_norm`; nothing is modified when an error is raised.
     """
-    fast = _kernels.rows_forward_fast(x, normalized_shape, weight, None, eps, False, _EPS[F32],
-                                      _EPS[F64], dispatch.STREAM_BYTES, out)   # the common call
+    fast = _kernels.rows_forward_fast(x, normalized_shape, weight, None, eps, False,
+                                      *FAST_EPS[False], dispatch.STREAM_BYTES,
+                                      out)   # the common call
     if fast is not None:
         return RMSNormOutput(fast[0], fast[2])
     return RMSNormOutput(*_forward(plan(x, normalized_shape), weight, eps, None, out, True))
