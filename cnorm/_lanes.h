@@ -6,6 +6,9 @@
  * cnorm_row_grad_sums2_*: the same for two rows in one pass (the same bits)
  * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
+ * cnorm_sum2_* and cnorm_dot2_* take `ahead`: 0, or the elements from the run to
+ *   the same positions of the next run, which they prefetch step by step as they
+ *   go (see seq_ahead in _moments.pxd); it changes no result
  * cnorm_sumsq_*: RMS norm's sum of squares, in the 16 lanes of cnorm_sum2_*
  * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane
  *   per position in the step, so that one division serves the 16 lanes
@@ -44,6 +47,18 @@
 #define CNORM_ROW_GRAD_FINISH                                                      \
     sums[0] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));   \
     sums[1] = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
+
+/* Prefetch the bytes of the 16 values of step i of p + ahead (one line a 64 bytes). */
+#if defined(__GNUC__)
+#define CNORM_AHEAD(p, i, ahead)                                                   \
+    do {                                                                           \
+        size_t o_;                                                                 \
+        for (o_ = 0; o_ < 16 * sizeof *(p); o_ += 64)                              \
+            __builtin_prefetch((const char *)((p) + (i) + (ahead)) + o_, 0, 3);    \
+    } while (0)
+#else
+#define CNORM_AHEAD(p, i, ahead) ((void)0)
+#endif
 
 #if defined(__GNUC__) && !defined(CNORM_LANES_SCALAR)
 
@@ -118,7 +133,7 @@ static inline double cnorm_welford_##S(const T *x, ptrdiff_t n, double k, double
 
 #define CNORM_DEFINE_DOT2(S, T, PT)                                             \
 static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,             \
-                        double *a, double *c)                                      \
+                        double *a, double *c, ptrdiff_t ahead)                     \
 {                                                                                  \
     cnorm_vwd A[CNORM_NW], C[CNORM_NW];                                            \
     ptrdiff_t nb = n - n % 16, i;                                                  \
@@ -126,6 +141,10 @@ static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,
     memcpy(A, a, sizeof A);                                                        \
     memcpy(C, c, sizeof C);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
+        if (ahead) {                                                               \
+            CNORM_AHEAD(g, i, ahead);                                              \
+            CNORM_AHEAD(x, i, ahead);                                              \
+        }                                                                          \
         for (q = 0; q < CNORM_NW; q++) {                                           \
             cnorm_vwd gq = CNORM_LOADW_##S(g + i + CNORM_LW * q);                      \
             A[q] += gq;                                                            \
@@ -141,7 +160,8 @@ static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,
 }
 
 #define CNORM_DEFINE_SUM2(S, T, PT)                                             \
-static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q,   \
+                                  ptrdiff_t ahead)                                 \
 {                                                                                  \
     cnorm_vwd A[CNORM_NW], Q[CNORM_NW];                                            \
     ptrdiff_t nb = n - n % 16, i;                                                  \
@@ -149,6 +169,8 @@ static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, 
     memcpy(A, a, sizeof A);                                                        \
     memcpy(Q, q, sizeof Q);                                                        \
     for (i = 0; i < nb; i += 16) {                                                 \
+        if (ahead)                                                                 \
+            CNORM_AHEAD(x, i, ahead);                                              \
         for (q_ = 0; q_ < CNORM_NW; q_++) {                                        \
             cnorm_vwd d = CNORM_LOADW_##S(x + i + CNORM_LW * q_) - s;                  \
             A[q_] += d;                                                            \
@@ -291,20 +313,27 @@ static inline double cnorm_welford_##S(const T *x, ptrdiff_t n, double k, double
 
 #define CNORM_DEFINE_DOT2(S, T, PT)                                             \
 static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,             \
-                        double *a, double *c)                                      \
+                        double *a, double *c, ptrdiff_t ahead)                     \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
     for (i = 0; i < n; i++) {                                                      \
+        if (ahead && i % 16 == 0 && i + 16 <= n) {                                 \
+            CNORM_AHEAD(g, i, ahead);                                              \
+            CNORM_AHEAD(x, i, ahead);                                              \
+        }                                                                          \
         a[i % 16] += CNORM_LD1_##S(g + i);                                                 \
         c[i % 16] += CNORM_LD1_##S(g + i) * (CNORM_LD1_##S(x + i) - m);                            \
     }                                                                              \
 }
 
 #define CNORM_DEFINE_SUM2(S, T, PT)                                             \
-static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q)   \
+static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, double *q,   \
+                                  ptrdiff_t ahead)                                 \
 {                                                                                  \
     ptrdiff_t i;                                                                   \
     for (i = 0; i < n; i++) {                                                      \
+        if (ahead && i % 16 == 0 && i + 16 <= n)                                   \
+            CNORM_AHEAD(x, i, ahead);                                              \
         double d = CNORM_LD1_##S(x + i) - s;                                               \
         a[i % 16] += d;                                                            \
         q[i % 16] += d * d;                                                        \

@@ -79,7 +79,7 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
         if m.centred:
             if t == 0:
                 x0 = ld(tile, 0)
-            cnorm_sum2(tile, L, x0, acc, sq)
+            cnorm_sum2(tile, L, x0, acc, sq, 0)
         else:
             cnorm_sumsq(tile, L, sq)
         cnorm_copy(tile, hout + t, L, True)

@@ -28,10 +28,11 @@ double CAT(welford_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double k, double *mu
                                    double *m2)                                       \
 { return cnorm_welford_##S(x, n, k, mu, m2); }                                       \
 void CAT(dot2_##S##_, SUFFIX)(const T *g, const T *x, ptrdiff_t n, double m,         \
-                              double *a, double *c)                                  \
-{ cnorm_dot2_##S(g, x, n, m, a, c); }                                                \
-void CAT(sum2_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double s, double *a, double *q) \
-{ cnorm_sum2_##S(x, n, s, a, q); }                                                    \
+                              double *a, double *c, ptrdiff_t ahead)                 \
+{ cnorm_dot2_##S(g, x, n, m, a, c, ahead); }                                         \
+void CAT(sum2_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double s, double *a, double *q, \
+                              ptrdiff_t ahead)                                       \
+{ cnorm_sum2_##S(x, n, s, a, q, ahead); }                                            \
 void CAT(sumsq_##S##_, SUFFIX)(const T *x, ptrdiff_t n, double *q)                    \
 { cnorm_sumsq_##S(x, n, q); }                                                         \
 void CAT(grad_##S##_, SUFFIX)(const T *g, const T *x, const T *w, ptrdiff_t n,       \
@@ -133,15 +134,24 @@ def test_vector_and_fallback_agree_bitwise(lib, dtype, tag, n):
     x = (rng.standard_normal(n) * 1e-2 + 1e4).astype(dtype)
     w = rng.standard_normal(n).astype(dtype)
     out = {}
+    # g and x each twice over, so that a loop told to prefetch the next run (`ahead`
+    # = n: the second copy) asks only for bytes of the buffer
+    g2, x2 = np.concatenate([g, g]), np.concatenate([x, x])
     for suffix in [b for b, _ in LANE_BUILDS]:
         mu, m2 = np.full(16, 1e4), np.zeros(16)
         k = _run(lib, f"welford_{tag}", suffix, x, n - n % 16, 3.0, mu, m2)
         a, c = np.arange(16.0), np.zeros(16)
-        _run(lib, f"dot2_{tag}", suffix, g, x, n, 1e4, a, c)
+        _run(lib, f"dot2_{tag}", suffix, g2, x2, n, 1e4, a, c, 0)
+        a2, c2 = np.arange(16.0), np.zeros(16)
+        _run(lib, f"dot2_{tag}", suffix, g2, x2, n, 1e4, a2, c2, n)
         sa, sq = np.arange(16.0), np.ones(16)
-        _run(lib, f"sum2_{tag}", suffix, x, n, 1e4, sa, sq)
+        _run(lib, f"sum2_{tag}", suffix, x2, n, 1e4, sa, sq, 0)
+        sa2, sq2 = np.arange(16.0), np.ones(16)
+        _run(lib, f"sum2_{tag}", suffix, x2, n, 1e4, sa2, sq2, n)
+        for v, v2 in [(a, a2), (c, c2), (sa, sa2), (sq, sq2)]:     # prefetching changes no bit
+            assert v.tobytes() == v2.tobytes(), suffix
         z, zq = np.zeros(16), np.full(16, 0.5)
-        _run(lib, f"sum2_{tag}", suffix, g, n, 0.0, z, zq)
+        _run(lib, f"sum2_{tag}", suffix, g, n, 0.0, z, zq, 0)
         rq = np.full(16, 0.5)
         _run(lib, f"sumsq_{tag}", suffix, g, n, rq)
         assert rq.tobytes() == zq.tobytes()     # RMS norm's sums are sum2's, unshifted
