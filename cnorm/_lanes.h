@@ -7,7 +7,7 @@
  * cnorm_dot2_*: batch-norm backward's two sums over one run, in the 16 lanes
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
  * cnorm_sum2_* and cnorm_dot2_* take `ahead`: 0, or the elements from the run to
- *   the same positions of the next run, which they prefetch step by step as they
+ *   the same positions of a later run, which they prefetch step by step as they
  *   go (see seq_ahead in _moments.pxd); it changes no result
  * cnorm_sumsq_*: RMS norm's sum of squares, in the 16 lanes of cnorm_sum2_*
  * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane

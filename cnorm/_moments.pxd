@@ -75,7 +75,7 @@ cdef extern from "_lanes.h":
     double cnorm_welford(const void* x, Py_ssize_t n, double k, double* mu,
                          double* m2) noexcept nogil
     # a += g and c += g * (x - m), lane-wise
-    # (ahead: 0, or elements to the same positions of the next run, prefetched as it goes)
+    # (ahead: 0, or elements to the same positions of a later run, prefetched as it goes)
     void cnorm_dot2(const void* g, const void* x, Py_ssize_t n, double m, double* a,
                     double* c, Py_ssize_t ahead) noexcept nogil
     # a += x - s and q += (x - s)**2, lane-wise
@@ -177,8 +177,8 @@ cdef enum:
                             # (layer-norm forward and batch norm's column statistics
                             # stall on loads without it)
     RUN_HEAD_BYTES = 2048   # of the next long run, prefetched as a run starts
-    AHEAD_MAX = 32768       # longest runs whose successor the lane loops prefetch
-                            # step by step (see seq_ahead)
+    AHEAD_MIN = 512         # shortest and longest runs whose successors the lane
+    AHEAD_MAX = 32768       # loops prefetch step by step (see seq_ahead)
     PREFETCH_WRITE_MAX = 1024   # rows up to this many bytes prefetch y a row ahead
                                 # (see _rows.pxi's forward_row) and are never streamed
 
@@ -399,19 +399,26 @@ cdef inline void prefetch_run(const real* base, Py_ssize_t i, Py_ssize_t limit, 
 
 cdef inline Py_ssize_t seq_ahead(Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M, Py_ssize_t stride,
                                  Py_ssize_t itemsize) noexcept nogil:
-    """The lane loops' `ahead` for the piece of a run at element i: the stride, so that
-    they prefetch the same positions of the next run as they go, for runs of
-    PREFETCH_BYTES to AHEAD_MAX bytes that have a next run before element limit;
-    else 0.  Each run ends the hardware prefetcher's stream, and a run this short
-    ends before the prefetcher has caught up with the next one (on Zen 5, this
-    halved the time of batch-norm backward's sums pass over the 12.5 KB planes of
-    (32, 64, 56, 56), which asking for the next run's head as a run starts had
-    not helped).  Shorter runs are prefetched whole, ahead, by prefetch_run;
-    longer ones give the hardware prefetcher time."""
+    """The lane loops' `ahead` for the piece of a run at element i: d strides, so that
+    they prefetch the same positions of the run d on as they go, or 0 where that run
+    does not start before element limit.  d is 1 for runs of PREFETCH_BYTES up to
+    AHEAD_MAX bytes, and for shorter runs the prefetch_rows distance (at least
+    PREFETCH_BYTES ahead) down to AHEAD_MIN bytes.  Longer runs give the hardware
+    prefetcher time, and runs of a few lines (7x7 planes) gained nothing: both get 0.
+    Each run ends the hardware prefetcher's stream, and a short run ends before the
+    prefetcher has caught up with the next one.  On Zen 5 this halved the time of
+    batch-norm backward's sums pass over the 12.5 KB planes of (32, 64, 56, 56), which
+    asking for the next run's head as a run starts had not helped, and took 12-20% off
+    the backward of (32, 128, 28, 28) and (128, 256, 14, 14), whose shorter runs
+    prefetch_run also asks for whole as they start (without that, 7x7 planes were 1.7x
+    as slow)."""
     cdef Py_ssize_t nbytes = M * itemsize
-    if nbytes < PREFETCH_BYTES or nbytes > AHEAD_MAX or (i // M + 1) * M >= limit:
+    cdef Py_ssize_t d = 1
+    if nbytes < PREFETCH_BYTES:
+        d = prefetch_rows(M, itemsize)
+    if nbytes < AHEAD_MIN or nbytes > AHEAD_MAX or (i // M + d) * M >= limit:
         return 0
-    return stride
+    return d * stride
 
 
 cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t stride,
