@@ -383,8 +383,10 @@ cdef inline void prefetch_run(const real* base, Py_ssize_t i, Py_ssize_t limit, 
     """For runs shorter than PREFETCH_BYTES, prefetch the run at least PREFETCH_BYTES
     ahead of the one holding element i, if it starts before element limit.  Each
     run ends the hardware prefetcher's stream, and the next starts a stride away;
-    longer runs give it time to catch up, and prefetching them whole was slower: as
-    such a run starts, only the first RUN_HEAD_BYTES of the next one are asked for."""
+    longer runs give it time to catch up, and prefetching them whole at once was
+    slower: as such a run starts, only the first RUN_HEAD_BYTES of the next one are
+    asked for.  The statistics and sums loops also prefetch runs of AHEAD_MIN to
+    AHEAD_MAX bytes step by step as they go (seq_ahead); Welford's loop does not."""
     cdef Py_ssize_t n
     cdef size_t nbytes = short_row_bytes(M, sizeof(real))
     if nbytes != 0:
