@@ -12,11 +12,11 @@ from cnorm._moments cimport (
     STREAM_TILE, TWO_PASS, WELFORD, Affine, Moments, chunked_dot, chunked_moments, cnorm_add, cnorm_affine, cnorm_copy, cnorm_bf16, cnorm_col_dot2_x4, cnorm_col_sum2,
     cnorm_col_sum2_x4, cnorm_col_welford_x4, cnorm_f16, cnorm_grad, cnorm_grad_cols,
     cnorm_ln_affine, cnorm_ln_dx, cnorm_next_segment_max, cnorm_prefetch, cnorm_prefetch_l2,
-    cnorm_prefetch_write, cnorm_row_grad_sums, cnorm_row_grad_sums2, cnorm_stream_fence, cnorm_sum2,
+    cnorm_prefetch_write, cnorm_row_grad_sums, cnorm_row_grad_sums2, cnorm_stream_fence,
     cnorm_sumsq, lanes_total, ld, may_stream, merge_columns, moments_merge, moments_zero,
     one_pass_ok, pat, pget, prefetch_rows, pround, pset, psize, real, row_moments, rows_affine,
     run_sqdev, shifted_moments,
-    seq_dot, seq_moments, short_row_bytes,
+    seq_dot, seq_moments, short_row_bytes, sum2_piece, fold_tails, zero_lanes,
 )
 from cnorm._openmp cimport (
     KIND_BN_BACKWARD, KIND_BN_INFER, KIND_BN_TRAIN, KIND_GROUPS, KIND_GROUPS_BACKWARD,

@@ -423,6 +423,51 @@ cdef inline Py_ssize_t seq_ahead(Py_ssize_t i, Py_ssize_t limit, Py_ssize_t M, P
     return d * stride
 
 
+cdef inline void sum2_piece(const real* x, Py_ssize_t L, double x0, double* acc, double* sq,
+                            double* tacc, double* tsq, Py_ssize_t ahead) noexcept nogil:
+    """acc, sq += the lanes of x - x0 and its squares over a piece's whole steps of
+    LANES values (cnorm_sum2), and tacc, tsq (lanes 0, 1, ...) over its last L % LANES
+    values.  The tail lanes are kept apart and added to the others once, at the end
+    (fold_tails), so that the vector lanes pass from one piece's call to the next
+    whole: with a scalar update of a lane in between, the next call's vector load
+    waits for it, and a 7x7 plane's 49 values cost twice those of 48."""
+    cdef Py_ssize_t nb = L - L % LANES, t
+    cdef double d
+    cnorm_sum2(x, nb, x0, acc, sq, ahead)
+    for t in range(nb, L):
+        d = ld(x, t) - x0
+        tacc[t - nb] += d
+        tsq[t - nb] += d * d
+
+
+cdef inline void dot2_piece(const real* g, const real* x, Py_ssize_t L, double m, double* a,
+                            double* b, double* ta, double* tb, Py_ssize_t ahead) noexcept nogil:
+    """sum2_piece's split for cnorm_dot2: a += g and b += g * (x - m)."""
+    cdef Py_ssize_t nb = L - L % LANES, t
+    cnorm_dot2(g, x, nb, m, a, b, ahead)
+    for t in range(nb, L):
+        ta[t - nb] += ld(g, t)
+        tb[t - nb] += ld(g, t) * (ld(x, t) - m)
+
+
+cdef inline void zero_lanes(double* a, double* b, double* ta, double* tb) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(LANES):
+        a[j] = 0.0
+        b[j] = 0.0
+        ta[j] = 0.0
+        tb[j] = 0.0
+
+
+cdef inline void fold_tails(double* a, double* b, const double* ta,
+                            const double* tb) noexcept nogil:
+    """The tail lanes into the others, lane by lane (see sum2_piece)."""
+    cdef Py_ssize_t j
+    for j in range(LANES):
+        a[j] += ta[j]
+        b[j] += tb[j]
+
+
 cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t stride,
                                 Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t limit,
                                 int method) noexcept nogil:
@@ -430,6 +475,8 @@ cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t strid
     cdef Moments out
     cdef double acc[LANES]
     cdef double sq[LANES]
+    cdef double tacc[LANES]
+    cdef double tsq[LANES]
     cdef double x0, q
     cdef WelfordLanes w
     cdef Py_ssize_t i, j, off, L
@@ -448,15 +495,15 @@ cdef inline Moments seq_moments(const real* base, Py_ssize_t M, Py_ssize_t strid
     # says the first pass's M2 is not accurate enough.
     seq_run(i0, i1, M, stride, &off)
     x0 = ld(base, off)
-    for j in range(LANES):
-        acc[j] = 0.0
-        sq[j] = 0.0
+    zero_lanes(acc, sq, tacc, tsq)
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
         prefetch_run(base, i, limit, M, stride)
-        cnorm_sum2(base + off, L, x0, acc, sq, seq_ahead(i, limit, M, stride, sizeof(real)))
+        sum2_piece(base + off, L, x0, acc, sq, tacc, tsq,
+                   seq_ahead(i, limit, M, stride, sizeof(real)))
         i += L
+    fold_tails(acc, sq, tacc, tsq)
     out = shifted_moments(x0, <double>(i1 - i0), acc, sq, &q)
     if one_pass_ok(out.m2, q, base):
         return out
@@ -477,17 +524,19 @@ cdef inline void seq_dot(const real* g, const real* x, Py_ssize_t M, Py_ssize_t 
     """sum_g += sum(g), sum_gx += sum(g * (x - m)) over elements [i0, i1) of limit."""
     cdef double a[LANES]
     cdef double b[LANES]
-    cdef Py_ssize_t i, j, off, L
-    for j in range(LANES):
-        a[j] = 0.0
-        b[j] = 0.0
+    cdef double ta[LANES]
+    cdef double tb[LANES]
+    cdef Py_ssize_t i, off, L
+    zero_lanes(a, b, ta, tb)
     i = i0
     while i < i1:
         L = seq_run(i, i1, M, stride, &off)
         prefetch_run(g, i, limit, M, stride)
         prefetch_run(x, i, limit, M, stride)
-        cnorm_dot2(g + off, x + off, L, m, a, b, seq_ahead(i, limit, M, stride, sizeof(real)))
+        dot2_piece(g + off, x + off, L, m, a, b, ta, tb,
+                   seq_ahead(i, limit, M, stride, sizeof(real)))
         i += L
+    fold_tails(a, b, ta, tb)
     sum_g[0] += lanes_total(a)
     sum_gx[0] += lanes_total(b)
 
@@ -517,6 +566,8 @@ cdef inline Moments row_moments(const real* x, Py_ssize_t n, int method) noexcep
     cdef Moments out
     cdef double acc[LANES]
     cdef double sq[LANES]
+    cdef double tacc[LANES]
+    cdef double tsq[LANES]
     cdef double x0, q
     cdef WelfordLanes w
     cdef Py_ssize_t j
@@ -527,10 +578,9 @@ cdef inline Moments row_moments(const real* x, Py_ssize_t n, int method) noexcep
         run_welford(&w, x, n)
         return welford_finish(&w)
     x0 = ld(x, 0)
-    for j in range(LANES):
-        acc[j] = 0.0
-        sq[j] = 0.0
-    cnorm_sum2(x, n, x0, acc, sq, 0)
+    zero_lanes(acc, sq, tacc, tsq)
+    sum2_piece(x, n, x0, acc, sq, tacc, tsq, 0)
+    fold_tails(acc, sq, tacc, tsq)
     out = shifted_moments(x0, <double>n, acc, sq, &q)
     if one_pass_ok(out.m2, q, x):
         return out

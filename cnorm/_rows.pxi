@@ -66,12 +66,12 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
     cdef real tile[ADD_TILE]
     cdef double acc[LANES]
     cdef double sq[LANES]
+    cdef double tacc[LANES]
+    cdef double tsq[LANES]
     cdef Moments mo
     cdef double x0 = 0.0, q, mean, var, rstd, n = <double>H
     cdef Py_ssize_t t, L, j
-    for j in range(LANES):
-        acc[j] = 0.0
-        sq[j] = 0.0
+    zero_lanes(acc, sq, tacc, tsq)
     t = 0
     while t < H:
         L = ADD_TILE if H - t > ADD_TILE else H - t
@@ -79,12 +79,13 @@ cdef inline void add_row_streamed(const real* x, const real* res, real* hout, re
         if m.centred:
             if t == 0:
                 x0 = ld(tile, 0)
-            cnorm_sum2(tile, L, x0, acc, sq, 0)
+            sum2_piece(tile, L, x0, acc, sq, tacc, tsq, 0)
         else:
             cnorm_sumsq(tile, L, sq)
         cnorm_copy(tile, hout + t, L, True)
         t += L
     if m.centred:
+        fold_tails(acc, sq, tacc, tsq)
         mo = shifted_moments(x0, n, acc, sq, &q)
         if not one_pass_ok(mo.m2, q, x):
             for j in range(LANES):
