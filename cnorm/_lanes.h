@@ -8,7 +8,9 @@
  *   of seq_dot: a[k] += g, c[k] += g*(x - m)
  * cnorm_sum2_* and cnorm_dot2_* take `ahead`: 0, or the elements from the run to
  *   the same positions of a later run, which they prefetch step by step as they
- *   go (see seq_ahead in _moments.pxd); it changes no result
+ *   go (see seq_ahead in _moments.pxd); it changes no result.  Both take any n,
+ *   but the sequence and row loops pass whole steps only and keep a piece's tail
+ *   in lanes of their own (sum2_piece in _moments.pxd)
  * cnorm_sumsq_*: RMS norm's sum of squares, in the 16 lanes of cnorm_sum2_*
  * cnorm_welford_*: Welford's update over whole steps of 16 values, one lane
  *   per position in the step, so that one division serves the 16 lanes
