@@ -50,7 +50,9 @@
     sums[0] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));   \
     sums[1] = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
 
-/* Prefetch the bytes of the 16 values of step i of p + ahead (one line a 64 bytes). */
+/* Prefetch the bytes of the 16 values of step i of p + ahead (one line a 64 bytes):
+ * _stream.h's cnorm_prefetch, without its empty-asm barrier (CNORM_KEEP), which has no
+ * place inside the lane loops, and without _stream.h's system headers. */
 #if defined(__GNUC__)
 #define CNORM_AHEAD(p, i, ahead)                                                   \
     do {                                                                           \
