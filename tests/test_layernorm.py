@@ -220,6 +220,38 @@ def test_backward_64_blocks(rng):
     assert_close(g.dbias, db_ref, dtype, err_msg="dbias")
 
 
+@pytest.mark.parametrize("dtype", DTYPES + ["float16"])
+@pytest.mark.parametrize("h", [3, 5, 64, 128, 129])
+@pytest.mark.parametrize("op", ["layer", "rms"])
+def test_backward_rows_in_pairs_give_each_rows_bits(rng, dtype, h, op):
+    """Rows go backward two at a time (one pass for both rows' sums, dw and db read
+    and written once a pair); every row's dx must keep the bits of that row alone
+    (R = 1 takes the one-row path), and dweight stays the reference's.  Odd R also
+    leaves a row for the one-row path inside the call."""
+    for rows in (4, 9, 14, 23):
+        x = row_data(rng, (rows, h), h, dtype)
+        dy = rng.standard_normal((rows, h)).astype(dtype)
+        w = params(rng, h, dtype)[0]
+        if op == "layer":
+            f = cnorm.layer_norm_forward(x, h, w)
+            stats = (f.mean, f.rstd)
+            back = cnorm.layer_norm_backward
+            ref = R.layer_norm_backward(dy, x, f.mean, f.rstd, w)
+        else:
+            f = cnorm.rms_norm_forward(x, h, w)
+            stats = (f.rstd,)
+            back = cnorm.rms_norm_backward
+            ref = R.rms_norm_backward(dy, x, f.rstd, w)
+        with threads(1):
+            whole = back(dy, x, *stats, w)
+            for r in range(rows):
+                one = back(dy[r:r + 1], x[r:r + 1], *(s[r:r + 1] for s in stats), w)
+                assert_same(whole.dx[r:r + 1], one.dx, f"dx of row {r} of {rows}")
+        if dtype != "float16":   # (float16 against the reference: tests/test_contract.py)
+            assert_close(whole.dx, ref[0], dtype, err_msg="dx")
+            assert_close(whole.dweight, ref[1], dtype, err_msg="dweight")
+
+
 # ---------------------------------------------------------------------------
 # Accuracy on ill-conditioned float32 rows
 # ---------------------------------------------------------------------------
