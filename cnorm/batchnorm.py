@@ -14,7 +14,7 @@ from cnorm._checks import (
     inplace_array, like_array, method_value, momentum_value, output_buffer, param_dtype,
 )
 from cnorm import _dispatch as dispatch
-from cnorm._dispatch import kernels, stream_stores
+from cnorm._dispatch import kernels, stream_stores, stream_stores_one_pass
 from cnorm._geometry import channel_geometry
 
 _kernels = kernels("_kernels")
@@ -101,7 +101,7 @@ def _forward(p, weight, bias, running_mean, running_var, training, momentum, eps
                 running_var[...] = rv
         else:
             _kernels.bn_infer(xc, y, n, c, m, weight, bias, running_mean, running_var, eps, act,
-                                 stream_stores(2 * x.nbytes))
+                                 stream_stores_one_pass(2 * x.nbytes))
     return deliver(out, y), mean, invstd
 
 
@@ -188,7 +188,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, *
     # by Python.  Anything else, errors included, goes the general way.
     if training is False and relu is False and activation is None and method is None:
         y = _kernels.bn_infer_fast(x, weight, bias, running_mean, running_var, momentum, eps,
-                                   axis, dispatch.STREAM_BYTES, out)
+                                   axis, dispatch.ONE_PASS_STREAM_BYTES, out)
         if y is not None:
             return y
     if training is True and relu is False and activation is None and method is None:

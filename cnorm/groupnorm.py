@@ -16,7 +16,7 @@ from cnorm._checks import (
     grad_array, inplace_array, like_array, method_value, momentum_value, output_buffer,
     param_dtype, positive_int,
 )
-from cnorm._dispatch import kernels, stream_stores
+from cnorm._dispatch import kernels, stream_stores, stream_stores_one_pass
 from cnorm._geometry import Planes, channel_geometry, group_geometry
 
 _kernels = kernels("_kernels")
@@ -322,7 +322,7 @@ def _instance_forward(p, weight, bias, running_mean, running_var, use_input_stat
         if x.size:
             n, c_, m = channel_geometry(x.shape, axis)
             _kernels.bn_infer(np.ascontiguousarray(x), y, n, c_, m, weight, bias, running_mean,
-                              running_var, eps, act, stream_stores(2 * x.nbytes))
+                              running_var, eps, act, stream_stores_one_pass(2 * x.nbytes))
         return deliver(out, y), None, None
     spatial = x.size // (x.shape[0] * c) if x.size else 0
     if running_mean is not None:

@@ -461,7 +461,7 @@ class BatchNorm(_Norm):
                                               self.axis, True, dispatch.STREAM_BYTES)
             else:
                 fast = _kernels.bn_infer_fast(x, weight, bias, rm, rv, factor, self.eps,
-                                              self.axis, dispatch.STREAM_BYTES)
+                                              self.axis, dispatch.ONE_PASS_STREAM_BYTES)
             if fast is not None:
                 if batch_stats:
                     y, mean, invstd = fast

@@ -913,3 +913,46 @@ def test_method_none_is_the_documented_choice(rng, shape, axis, expected):
         np.testing.assert_array_equal(a, b, err_msg=expected)
     alt = cnorm.batch_norm_forward(x, axis=axis, method=other)
     assert not all(np.array_equal(a, b) for a, b in zip(got[1:], alt[1:]))
+
+
+# ---------------------------------------------------------------------------
+# Which calls stream: inference by the whole LLC, training by a quarter of it
+# ---------------------------------------------------------------------------
+
+class _Recorder:
+    """Stands in for the kernel module: records the streaming argument (or threshold)
+    of the inference and training calls, and forwards every call."""
+
+    def __init__(self, real):
+        self.real = real
+        self.seen = []
+
+    def __getattr__(self, name):
+        f = getattr(self.real, name)
+        where = {"bn_infer": -1, "bn_train": -1, "bn_infer_fast": 8, "bn_train_fast": 9}
+        if name not in where:
+            return f
+
+        def recording(*args):
+            self.seen.append((name, args[where[name]]))
+            return f(*args)
+        return recording
+
+
+def test_inference_streams_past_the_llc_and_training_past_a_quarter(rng, monkeypatch):
+    rec = _Recorder(cnorm.batchnorm._kernels)
+    monkeypatch.setattr(cnorm.batchnorm, "_kernels", rec)
+    monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 1000)
+    monkeypatch.setattr(cnorm._dispatch, "ONE_PASS_STREAM_BYTES", 4000)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    for n, infer_streams in ((100, False), (200, True)):     # 2400 and 4800 bytes moved
+        x = rng.standard_normal((n, 3)).astype(np.float32)
+        rec.seen.clear()
+        cnorm.batch_norm(x, w, b, rm, rv)                            # fast path
+        cnorm.batch_norm(x, w, b, rm, rv, eps=np.float32(1e-5))      # general path
+        cnorm.batch_norm(x, w, b, training=True)
+        cnorm.batch_norm(x, w, b, training=True, eps=np.float32(1e-5))
+        # (the general calls try the fast path first, which declines them)
+        assert rec.seen == [("bn_infer_fast", 4000)] * 2 + [("bn_infer", infer_streams)] \
+            + [("bn_train_fast", 1000)] * 2 + [("bn_train", True)], rec.seen

@@ -295,8 +295,10 @@ def _group_masks(op, x, layout, p, pos):
 def _stream(monkeypatch, on):
     """Streaming stores for every call (on), or for none."""
     monkeypatch.setattr(cnorm._dispatch, "STREAM_BYTES", 0 if on else 1 << 62)
+    monkeypatch.setattr(cnorm._dispatch, "ONE_PASS_STREAM_BYTES", 0 if on else 1 << 62)
     monkeypatch.setattr(cnorm.groupnorm, "STREAMS", on)    # group norm streams only if asked
     assert cnorm._dispatch.stream_stores(1) == on
+    assert cnorm._dispatch.stream_stores_one_pass(1) == on
 
 
 # ---------------------------------------------------------------------------

@@ -314,8 +314,9 @@ def test_zero_rows(rng, shape, ns, dtype):
 # ---------------------------------------------------------------------------
 
 def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
-    """The streaming threshold is a quarter of the per-core LLC: sysfs's largest data
-    cache, else sysconf; CNORM_STREAM_BYTES overrides it."""
+    """The streaming threshold is a quarter of the per-core LLC (the whole LLC for
+    batch-norm inference, which reads its input once): sysfs's largest data cache, else
+    sysconf; CNORM_STREAM_BYTES overrides both."""
     for i, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
                                              (2, "Unified", "512K"), (3, "Unified", "32768K")]):
         d = tmp_path / f"index{i}"
@@ -327,10 +328,12 @@ def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
     assert cnorm._dispatch._cache_bytes() == 32 << 20
     assert cnorm._dispatch._stream_threshold() == 8 << 20
+    assert cnorm._dispatch._one_pass_threshold() == 32 << 20
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: [])
     assert cnorm._dispatch._cache_bytes() == cnorm._openmp.llc_bytes()
     monkeypatch.setenv("CNORM_STREAM_BYTES", "12345")
     assert cnorm._dispatch._stream_threshold() == 12345
+    assert cnorm._dispatch._one_pass_threshold() == 12345
 
 
 # ---------------------------------------------------------------------------
