@@ -16,7 +16,8 @@
  * float32 ones).  bfloat16 is the top half of a float32, so no instruction set
  * helps or is needed.
  *
- * Loads are CNORM_LD1_<S>(p) (one value, as double) and, in the vector builds,
+ * Loads are CNORM_LD1_<S>(p) (one value, as double; CNORM_LDT1_<S> and CNORM_LDT_<S>
+ * for a lone value outside the loops GCC vectorises) and, in the vector builds,
  * cnorm_ldf_<S>_<W>(p): W bytes of float lanes (W/4 values) from storage of
  * type <S>; stores are cnorm_stf_<S>_<W>(p, v).  Two distinct struct types
  * keep float16 and bfloat16 apart in C's type checks and in Cython's fused
@@ -120,6 +121,21 @@ static inline cnorm_bf16 cnorm_bf16_from_f32(float f)
 #define CNORM_LDS_f64(p) (*(p))
 #define CNORM_LDS_f16(p) cnorm_f16_to_f32(*(p))
 #define CNORM_LDS_bf16(p) cnorm_bf16_to_f32(*(p))
+/* A lone value in the arithmetic type, outside any loop GCC vectorises (the scalar
+ * ends of the vector output loops and the lane loops' tails): F16C where the build has
+ * it, one instruction where the integer widening takes a dozen (the same bits). */
+#define CNORM_LDT_f32 CNORM_LDS_f32
+#define CNORM_LDT_f64 CNORM_LDS_f64
+#define CNORM_LDT_bf16 CNORM_LDS_bf16
+#if defined(__F16C__)
+#define CNORM_LDT_f16(p) _cvtsh_ss((p)->bits)
+#else
+#define CNORM_LDT_f16 CNORM_LDS_f16
+#endif
+#define CNORM_LDT1_f32 CNORM_LD1_f32
+#define CNORM_LDT1_f64 CNORM_LD1_f64
+#define CNORM_LDT1_bf16 CNORM_LD1_bf16
+#define CNORM_LDT1_f16(p) ((double)CNORM_LDT_f16(p))
 #define CNORM_STS_f32(p, v) (*(p) = (v))
 #define CNORM_STS_f64(p, v) (*(p) = (v))
 #define CNORM_STS_f16(p, v) (*(p) = cnorm_f16_from_f32(v))

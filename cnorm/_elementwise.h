@@ -206,7 +206,7 @@ CNORM_VECTORS(64)
         const ptrdiff_t v16_ = 16 / CNORM_SIZE_##C;                             \
         if (CNORM_STREAMS_##S && (stream) && (uintptr_t)(y) % sizeof(*(y)) == 0) { \
             for (; i_ < (n) && ((uintptr_t)((y) + i_) & 15); i_++)              \
-                BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
+                BODY(i_, CNORM_LD_S, CNORM_LDT_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
             if (CNORM_NT_MID_##S && i_ + v16_ <= (n) && ((uintptr_t)((y) + i_) & 31)) { \
                 BODY(i_, cnorm_ld_##C##_16, cnorm_ldx_##S##_16, cnorm_nt_##S##_16, CNORM_##A##_##C##_16); \
                 i_ += v16_;                                                     \
@@ -224,7 +224,7 @@ CNORM_VECTORS(64)
                 BODY(i_, cnorm_ld_##C##_32, cnorm_ldx_##S##_32, cnorm_stx_##S##_32, CNORM_##A##_##C##_32); \
         }                                                                       \
         for (; i_ < (n); i_++)                                                  \
-            BODY(i_, CNORM_LD_S, CNORM_LDS_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
+            BODY(i_, CNORM_LD_S, CNORM_LDT_##S, CNORM_STS_##S, CNORM_##A##_##C##_S); \
     } while (0)
 
 #else

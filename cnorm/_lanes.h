@@ -38,7 +38,7 @@
 
 #define CNORM_ROW_GRAD_SCALAR(S, i, lane)                                          \
     do {                                                                           \
-        double gv_ = CNORM_LD1_##S(g + i), xc_ = CNORM_LD1_##S(x + i) - m;         \
+        double gv_ = CNORM_LDT1_##S(g + i), xc_ = CNORM_LDT1_##S(x + i) - m;         \
         double gw_ = gv_ * (double)w[i];                                           \
         a[lane] += gw_;                                                            \
         c[lane] += gw_ * xc_;                                                      \
@@ -158,8 +158,8 @@ static inline void cnorm_dot2_##S(const T *g, const T *x, ptrdiff_t n, double m,
     memcpy(a, A, sizeof A);                                                        \
     memcpy(c, C, sizeof C);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        a[i - nb] += CNORM_LD1_##S(g + i);                                                 \
-        c[i - nb] += CNORM_LD1_##S(g + i) * (CNORM_LD1_##S(x + i) - m);                            \
+        a[i - nb] += CNORM_LDT1_##S(g + i);                                                 \
+        c[i - nb] += CNORM_LDT1_##S(g + i) * (CNORM_LDT1_##S(x + i) - m);                            \
     }                                                                              \
 }
 
@@ -184,7 +184,7 @@ static inline void cnorm_sum2_##S(const T *x, ptrdiff_t n, double s, double *a, 
     memcpy(a, A, sizeof A);                                                        \
     memcpy(q, Q, sizeof Q);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        double d = CNORM_LD1_##S(x + i) - s;                                               \
+        double d = CNORM_LDT1_##S(x + i) - s;                                               \
         a[i - nb] += d;                                                            \
         q[i - nb] += d * d;                                                        \
     }                                                                              \
@@ -206,7 +206,7 @@ static inline void cnorm_sumsq_##S(const T *x, ptrdiff_t n, double *q)          
     }                                                                              \
     memcpy(q, Q, sizeof Q);                                                        \
     for (i = nb; i < n; i++) {                                                     \
-        double d = CNORM_LD1_##S(x + i);                                                   \
+        double d = CNORM_LDT1_##S(x + i);                                                   \
         q[i - nb] += d * d;                                                        \
     }                                                                              \
 }
