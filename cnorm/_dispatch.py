@@ -61,11 +61,12 @@ def _cache_bytes():
     return best[1] or llc_bytes()
 
 
-def _stream_threshold():
+def _stream_threshold(fraction=4):
+    """The LLC's size over fraction, or CNORM_STREAM_BYTES when set."""
     env = os.environ.get("CNORM_STREAM_BYTES")
     if env:
         return int(env)
-    return (_cache_bytes() or 32 << 20) // 4
+    return (_cache_bytes() or 32 << 20) // fraction
 
 
 # Stream the output when a call moves more than a quarter of the LLC: writing
@@ -79,13 +80,6 @@ def stream_stores(nbytes):
     return nbytes > STREAM_BYTES
 
 
-def _one_pass_threshold():
-    env = os.environ.get("CNORM_STREAM_BYTES")
-    if env:
-        return int(env)
-    return _cache_bytes() or 32 << 20
-
-
 # Inference reads its input once: streaming keeps no input cached for a second pass of
 # the call, and its output, plainly stored, stays in the LLC for the next op (and for
 # the next call in a loop).  It streams only when input and output together exceed the
@@ -93,7 +87,7 @@ def _one_pass_threshold():
 # against streamed: (16, 64, 56, 56) 0.16-0.23 ms against 0.31-0.33, channels-last
 # (2, 64, 64, 320) 0.19-0.22 against 0.27-0.28, (8, 56, 56, 64) 0.13-0.15 against
 # 0.16-0.18, and (8, 256, 28, 28) the same (docs/performance.md).
-ONE_PASS_STREAM_BYTES = _one_pass_threshold()
+ONE_PASS_STREAM_BYTES = _stream_threshold(1)
 
 
 def stream_stores_one_pass(nbytes):

@@ -328,12 +328,12 @@ def test_cache_size_comes_from_sysfs_then_sysconf(monkeypatch, tmp_path):
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: real_glob(str(tmp_path / "index*")))
     assert cnorm._dispatch._cache_bytes() == 32 << 20
     assert cnorm._dispatch._stream_threshold() == 8 << 20
-    assert cnorm._dispatch._one_pass_threshold() == 32 << 20
+    assert cnorm._dispatch._stream_threshold(1) == 32 << 20
     monkeypatch.setattr(cnorm._dispatch.glob, "glob", lambda pattern: [])
     assert cnorm._dispatch._cache_bytes() == cnorm._openmp.llc_bytes()
     monkeypatch.setenv("CNORM_STREAM_BYTES", "12345")
     assert cnorm._dispatch._stream_threshold() == 12345
-    assert cnorm._dispatch._one_pass_threshold() == 12345
+    assert cnorm._dispatch._stream_threshold(1) == 12345
 
 
 # ---------------------------------------------------------------------------
