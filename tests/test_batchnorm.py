@@ -631,6 +631,41 @@ def test_inference_backward_casts_dy_and_statistics(rng, name, shape, axis):
         assert np.array_equal(a1, a2)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("rows,cols", [(5463, 3), (1029, 64), (703, 100), (257, 256), (50, 64)])
+@pytest.mark.parametrize("nt", [1, 2])
+def test_short_rows_in_spans_give_each_rows_bits(rng, dtype, rows, cols, nt):
+    """The row-major output passes of at least 16384 elements take short rows several at
+    a time, with the coefficients repeated (cols = 3, 64, 100 and 256 make spans of 170,
+    8, 5 and 2 rows; each row count leaves rows over, and the larger ones use both
+    threads); (50, 64) is too small for spans.  Every row
+    must get the bits a call on that row alone gives (which goes one row at a time),
+    in inference and in inference backward."""
+    pdt = np.float32 if dtype == np.float16 else dtype
+    x = (rng.standard_normal((rows, cols)) * 2 + 0.5).astype(dtype)
+    dy = rng.standard_normal((rows, cols)).astype(dtype)
+    w = (1 + 0.1 * rng.standard_normal(cols)).astype(pdt)
+    b = (0.1 * rng.standard_normal(cols)).astype(pdt)
+    rm = (0.2 * rng.standard_normal(cols)).astype(pdt)
+    rv = (0.5 + rng.random(cols)).astype(pdt)
+    invstd = (1 / np.sqrt(rv.astype(np.float64) + 1e-5)).astype(pdt)
+    with threads(nt):
+        y = cnorm.batch_norm(x, w, b, rm, rv, axis=-1)
+        g = cnorm.batch_norm_backward(dy, x, rm, invstd, w, training=False, axis=-1)
+    y1 = np.concatenate([cnorm.batch_norm(x[i:i + 1], w, b, rm, rv, axis=-1)
+                         for i in range(rows)])
+    dx1 = np.concatenate([cnorm.batch_norm_backward(dy[i:i + 1], x[i:i + 1], rm, invstd, w,
+                                                    training=False, axis=-1).dx
+                          for i in range(rows)])
+    assert y.tobytes() == y1.tobytes()
+    assert g.dx.tobytes() == dx1.tobytes()
+    ref = R.batch_norm_infer(x, rm, rv, w, b, axis=-1)
+    if dtype == np.float16:
+        assert_rounded_once(y, ref, dtype, "y")
+    else:
+        assert_close(y, ref, dtype, err_msg="y")
+
+
 # ---------------------------------------------------------------------------
 # Accuracy on ill-conditioned float32 data
 # ---------------------------------------------------------------------------
