@@ -119,11 +119,17 @@ cdef int column_moments(const real* x, Py_ssize_t R, Py_ssize_t K, int method, i
     """Column means and M2 of a C-contiguous (R, K) matrix (count R for every column)."""
     cdef Tiling t = make_tiling(R, K)
     cdef Py_ssize_t it, g, j, c0, nc, r0, r1
-    cdef double* part = <double*>malloc((2 * t.ngroup * K + 2 * nt * t.tile + 1) * sizeof(double))
+    # each thread's scratch (its shift row and sums of squares, updated every four rows)
+    # starts on a cache line of its own: with two threads' scratch meeting inside a line,
+    # that line went back and forth between the cores, and channels-last (32, 56, 56, 64)
+    # took 0.46 ms on 2 threads against 0.60 on one
+    cdef Py_ssize_t stride = (2 * t.tile + 7) // 8 * 8
+    cdef double* part = <double*>malloc((2 * t.ngroup * K + nt * stride + 8) * sizeof(double))
     cdef double* scratch
     if part == NULL:
         return -1
     scratch = part + 2 * t.ngroup * K
+    scratch = scratch + (8 - (<size_t>scratch // sizeof(double)) % 8) % 8
     for it in prange(t.ngroup * t.ntile, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         g = it // t.ntile
         j = it - g * t.ntile
@@ -132,7 +138,7 @@ cdef int column_moments(const real* x, Py_ssize_t R, Py_ssize_t K, int method, i
         r0 = g * t.rows
         r1 = r0 + t.rows if r0 + t.rows < R else R
         tile_moments(x + c0, K, r0, r1, nc, method, part + 2 * g * K + c0,
-                     part + (2 * g + 1) * K + c0, scratch + 2 * t.tile * omp_get_thread_num())
+                     part + (2 * g + 1) * K + c0, scratch + stride * omp_get_thread_num())
     for j in range(K):
         mean[j] = part[j]
         m2[j] = part[K + j]
