@@ -12,21 +12,43 @@ import glob
 import importlib
 import os
 
-from cnorm._openmp import cpu_has_v3, cpu_has_v4, llc_bytes
+from cnorm._openmp import cpu_has_v3, cpu_has_v4, cpu_vendor, llc_bytes
 
 _LEVELS = {"baseline": 0, "v3": 3, "v4": 4, "auto": 4}
 
 
 def kernels(name):
-    """Import the widest build of ``cnorm.NAME`` that this CPU runs and CNORM_ISA allows."""
+    """Import the widest build of ``cnorm.NAME`` that this CPU runs and CNORM_ISA allows,
+    tuned for this CPU (see OWN_ROW_PREFETCH)."""
+    module = None
     cap = _LEVELS.get(os.environ.get("CNORM_ISA", "auto").lower(), 4)
     for level, supported in ((4, cpu_has_v4), (3, cpu_has_v3)):
-        if cap >= level and supported():
+        if module is None and cap >= level and supported():
             try:
-                return importlib.import_module(f"cnorm.{name}_v{level}")
+                module = importlib.import_module(f"cnorm.{name}_v{level}")
             except ImportError:
                 pass
-    return importlib.import_module(f"cnorm.{name}")
+    if module is None:
+        module = importlib.import_module(f"cnorm.{name}")
+    if hasattr(module, "set_own_row_prefetch"):
+        module.set_own_row_prefetch(OWN_ROW_PREFETCH)
+    return module
+
+
+def _own_row_prefetch():
+    """Whether a layer-norm row of 1-4 KiB prefetches its own output before its
+    statistics passes: CNORM_OWN_ROW_PREFETCH = 0 or 1 when set, else on except on
+    Intel CPUs.  On the Zen hosts of docs/performance.md it hid the wait for y's
+    lines (9933989: (4096, 768) float32 from 1.03x to 1.23x torch); on the Intel host
+    the burst stalled the loop instead, and the rows were 0.77-0.98x the time without it.
+    A prefetch only: the bits are the same either way."""
+    env = os.environ.get("CNORM_OWN_ROW_PREFETCH", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return cpu_vendor() != "intel"
+
+
+OWN_ROW_PREFETCH = _own_row_prefetch()
 
 
 def isa(module):

@@ -22,6 +22,16 @@ cdef extern from *:
     #endif
     }
 
+    /* 1 for Intel, 2 for AMD, 0 for any other vendor or architecture */
+    static inline int cnorm_cpu_vendor(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+        __builtin_cpu_init();
+        return __builtin_cpu_is("intel") ? 1 : __builtin_cpu_is("amd") ? 2 : 0;
+    #else
+        return 0;
+    #endif
+    }
+
     static inline int cnorm_cpu_has_v4(void) {
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
         return cnorm_cpu_has_v3() && __builtin_cpu_supports("avx512f")
@@ -35,6 +45,7 @@ cdef extern from *:
     bint CNORM_HAVE_OPENMP
     bint cnorm_cpu_has_v3() noexcept nogil
     bint cnorm_cpu_has_v4() noexcept nogil
+    int cnorm_cpu_vendor() noexcept nogil
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
 

@@ -155,6 +155,11 @@ def cpu_has_v4():
     return bool(cnorm_cpu_has_v4())
 
 
+def cpu_vendor():
+    """'intel', 'amd' or 'other' (any other vendor or architecture)."""
+    return ("other", "intel", "amd")[cnorm_cpu_vendor()]
+
+
 def llc_bytes():
     """Bytes of last-level cache as the system reports it (0 when unknown)."""
     return cnorm_llc_bytes()
