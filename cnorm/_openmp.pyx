@@ -39,21 +39,28 @@ cdef extern from *:
        parallel call is timed; one that takes STALL_FACTOR times the usual time per
        value of its kind, and at least STALL_MIN seconds, was held up so, and the
        calls started in the next `window` seconds use a thread fewer.  The window
-       starts at BACKOFF_MIN and doubles at each stall (up to BACKOFF_MAX), so that a
-       core that stays busy is soon left alone, with one probing call a window; it
-       halves each time 8 windows pass without a stall, so that a stray stall costs
-       a millisecond of one thread fewer.  Results do not depend on the thread count:
-       nothing but the time changes. */
+       starts at BACKOFF_MIN and grows fourfold at each stall (up to BACKOFF_MAX), so
+       that a core that stays busy is soon left alone, with one probing call a window
+       (each probe that stalls costs a time slice or more: with a window that only
+       doubled from 1 ms to 1 s, the probes were over 5% of 300 calls next to a
+       spinning neighbour on the Intel host); it halves each time 8 windows pass
+       without a stall, so that a stray stall costs 2 ms of one thread fewer.  The usual time of a kind starts as the
+       fastest of its first LEARN_FIRST calls, then follows a moving average: a first
+       call already held up (a neighbour busy from the start) would otherwise set a
+       usual time that later stalls do not exceed four times.  Results do not depend on
+       the thread count: nothing but the time changes. */
     #include <time.h>
     #define CNORM_KINDS 16
     #define CNORM_VARIANTS 16      /* per kind: dtype code * 4 + activation */
     #define CNORM_STALL_FACTOR 4.0
     #define CNORM_STALL_MIN 5e-4
-    #define CNORM_BACKOFF_MIN 1e-3
-    #define CNORM_BACKOFF_MAX 1.0
+    #define CNORM_BACKOFF_MIN 2e-3
+    #define CNORM_BACKOFF_MAX 4.0
+    #define CNORM_LEARN_FIRST 8
     /* usual seconds per value, per kind and variant: a float64 SiLU pass costs more
        than 4x a float32 one per value, and must not look like a stall after it */
     static double cnorm_per_value[CNORM_KINDS * CNORM_VARIANTS];
+    static int cnorm_learnt[CNORM_KINDS * CNORM_VARIANTS];    /* calls learnt from */
     static double cnorm_backoff_until = 0.0;
     static double cnorm_backoff_len = 0.0;        /* the window; 0: none */
     static double cnorm_last_change = 0.0;        /* of the window */
@@ -78,7 +85,7 @@ cdef extern from *:
         now = cnorm_now();
         if (cnorm_adaptive && usual > 0.0 && dt > CNORM_STALL_MIN
                 && per > CNORM_STALL_FACTOR * usual) {
-            cnorm_backoff_len = cnorm_backoff_len > 0.0 ? 2.0 * cnorm_backoff_len
+            cnorm_backoff_len = cnorm_backoff_len > 0.0 ? 4.0 * cnorm_backoff_len
                                                         : CNORM_BACKOFF_MIN;
             if (cnorm_backoff_len > CNORM_BACKOFF_MAX)
                 cnorm_backoff_len = CNORM_BACKOFF_MAX;
@@ -87,7 +94,12 @@ cdef extern from *:
             cnorm_stalls++;
             return;                    /* a stalled call does not teach the usual time */
         }
-        cnorm_per_value[kind] = usual > 0.0 ? 0.875 * usual + 0.125 * per : per;
+        if (cnorm_learnt[kind] < CNORM_LEARN_FIRST) {
+            cnorm_learnt[kind]++;
+            cnorm_per_value[kind] = usual > 0.0 && usual < per ? usual : per;
+        } else {
+            cnorm_per_value[kind] = 0.875 * usual + 0.125 * per;
+        }
         if (cnorm_backoff_len > 0.0 && now - cnorm_last_change > 8.0 * cnorm_backoff_len) {
             cnorm_backoff_len *= 0.5;
             if (cnorm_backoff_len < CNORM_BACKOFF_MIN)
@@ -103,8 +115,10 @@ cdef extern from *:
     static double cnorm_get_backoff_len(void) { return cnorm_backoff_len; }
     static void cnorm_reset_adaptive(void) {
         int k;
-        for (k = 0; k < CNORM_KINDS * CNORM_VARIANTS; k++)
+        for (k = 0; k < CNORM_KINDS * CNORM_VARIANTS; k++) {
             cnorm_per_value[k] = 0.0;
+            cnorm_learnt[k] = 0;
+        }
         cnorm_backoff_until = 0.0;
         cnorm_backoff_len = 0.0;
         cnorm_last_change = 0.0;

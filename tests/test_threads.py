@@ -133,12 +133,12 @@ def test_a_held_up_call_makes_the_next_ones_use_a_thread_fewer(adaptive):
         assert _openmp.planned_threads(work) == 2
         _openmp.record_call(KIND, 2, work, 4e-3)            # held up 40 times as long
         enabled, stalls, window, _ = _openmp.adaptive_state()
-        assert (enabled, stalls) == (True, 1) and window == pytest.approx(1e-3)
-        # each further stall doubles the window; grown to 64 ms, the checks below cannot
-        # outlast it on a busy host (1 ms could: a preempted test read 2 threads)
-        for k in range(2, 8):
+        assert (enabled, stalls) == (True, 1) and window == pytest.approx(2e-3)
+        # each further stall makes the window 4x as long; at 32 ms the checks below cannot
+        # outlast it on a busy host (a few ms could: a preempted test read 2 threads)
+        for k in (2, 3):
             _openmp.record_call(KIND, 2, work, 4e-3)
-            assert _openmp.adaptive_state()[1:3] == (k, pytest.approx(1e-3 * 2 ** (k - 1)))
+            assert _openmp.adaptive_state()[1:3] == (k, pytest.approx(2e-3 * 4 ** (k - 1)))
         assert _openmp.adaptive_state()[3] is True
         assert _openmp.planned_threads(work) == 1
         assert cnorm.get_num_threads() == 2                 # the setting itself is unchanged
@@ -148,6 +148,36 @@ def test_a_held_up_call_makes_the_next_ones_use_a_thread_fewer(adaptive):
         time.sleep(0.1)
         assert _openmp.adaptive_state()[3] is False
         assert _openmp.planned_threads(work) == 2
+
+
+@needs_openmp
+def test_the_window_grows_to_four_seconds_at_most(adaptive):
+    with threads(2):
+        work = 1 << 20
+        for _ in range(5):
+            _openmp.record_call(KIND, 2, work, 1e-4)
+        windows = []
+        for _ in range(8):
+            _openmp.record_call(KIND, 2, work, 4e-3)
+            windows.append(_openmp.adaptive_state()[2])
+        assert windows == pytest.approx([2e-3, 8e-3, 32e-3, 0.128, 0.512, 2.048, 4.0, 4.0])
+        assert _openmp.planned_threads(work) == 1
+
+
+@needs_openmp
+def test_a_first_call_held_up_does_not_hide_the_later_stalls(adaptive):
+    """The usual time starts as the fastest of the first calls: a neighbour busy from
+    the start holds up the first call, and a moving average begun there would take
+    later stalls of the same length for usual ones."""
+    with threads(2):
+        work = 1 << 20
+        _openmp.record_call(KIND, 2, work, 4e-3)            # held up: nothing learnt yet
+        for _ in range(3):
+            _openmp.record_call(KIND, 2, work, 1e-4)        # the usual time
+        assert _openmp.adaptive_state()[1] == 0
+        _openmp.record_call(KIND, 2, work, 4e-3)            # held up again: a stall now
+        assert _openmp.adaptive_state()[1] == 1
+        assert _openmp.planned_threads(work) == 1
 
 
 @needs_openmp
