@@ -44,11 +44,12 @@ cdef extern from *:
        (each probe that stalls costs a time slice or more: with a window that only
        doubled from 1 ms to 1 s, the probes were over 5% of 300 calls next to a
        spinning neighbour on the Intel host); it halves each time 8 windows pass
-       without a stall, so that a stray stall costs 2 ms of one thread fewer.  The usual time of a kind starts as the
-       fastest of its first LEARN_FIRST calls, then follows a moving average: a first
-       call already held up (a neighbour busy from the start) would otherwise set a
-       usual time that later stalls do not exceed four times.  Results do not depend on
-       the thread count: nothing but the time changes. */
+       without a stall, so that a stray stall costs 2 ms of one thread fewer.  The
+       usual time of a kind starts as the fastest of its first LEARN_FIRST calls, then
+       follows a moving average: a first call already held up (a neighbour busy from
+       the start) would otherwise set a usual time that later stalls do not exceed
+       four times.  Results do not depend on the thread count: nothing but the time
+       changes. */
     #include <time.h>
     #define CNORM_KINDS 16
     #define CNORM_VARIANTS 16      /* per kind: dtype code * 4 + activation */
