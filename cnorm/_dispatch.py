@@ -19,7 +19,7 @@ _LEVELS = {"baseline": 0, "v3": 3, "v4": 4, "auto": 4}
 
 def kernels(name):
     """Import the widest build of ``cnorm.NAME`` that this CPU runs and CNORM_ISA allows,
-    tuned for this CPU (see OWN_ROW_PREFETCH)."""
+    tuned for this CPU (see PREFETCH_BURSTS)."""
     module = None
     cap = _LEVELS.get(os.environ.get("CNORM_ISA", "auto").lower(), 4)
     for level, supported in ((4, cpu_has_v4), (3, cpu_has_v3)):
@@ -30,25 +30,28 @@ def kernels(name):
                 pass
     if module is None:
         module = importlib.import_module(f"cnorm.{name}")
-    if hasattr(module, "set_own_row_prefetch"):
-        module.set_own_row_prefetch(OWN_ROW_PREFETCH)
+    if hasattr(module, "set_prefetch_bursts"):
+        module.set_prefetch_bursts(PREFETCH_BURSTS)
     return module
 
 
-def _own_row_prefetch():
-    """Whether a layer-norm row of 1-4 KiB prefetches its own output before its
-    statistics passes: CNORM_OWN_ROW_PREFETCH = 0 or 1 when set, else on except on
-    Intel CPUs.  On the Zen hosts of docs/performance.md it hid the wait for y's
-    lines (9933989: (4096, 768) float32 from 1.03x to 1.23x torch); on the Intel host
-    the burst stalled the loop instead, and the rows were 0.77-0.98x the time without it.
-    A prefetch only: the bits are the same either way."""
-    env = os.environ.get("CNORM_OWN_ROW_PREFETCH", "").strip()
+def _prefetch_bursts():
+    """Whether the kernels make two whole-row prefetch bursts (cnorm_prefetch_bursts in
+    _stream.h): a 1-4 KiB layer-norm row's own output, asked for before its statistics
+    passes, and a 512 B - 4 KiB run asked for whole as a run starts where the lane loop
+    also asks for it step by step.  CNORM_PREFETCH_BURSTS = 0 or 1 when set, else on
+    except on Intel CPUs.  On the Zen hosts of docs/performance.md the first hid the
+    wait for y's lines (9933989: (4096, 768) float32 from 1.03x to 1.23x torch) and
+    both were measured in place; on the Intel host the bursts stalled the loops, and
+    layer-norm rows took 0.77-0.98x the time without them, batch-norm (8, 256, 28, 28)
+    and (32, 128, 28, 28) 0.82-0.88x.  Prefetches only: the bits are the same."""
+    env = os.environ.get("CNORM_PREFETCH_BURSTS", "").strip()
     if env in ("0", "1"):
         return env == "1"
     return cpu_vendor() != "intel"
 
 
-OWN_ROW_PREFETCH = _own_row_prefetch()
+PREFETCH_BURSTS = _prefetch_bursts()
 
 
 def isa(module):

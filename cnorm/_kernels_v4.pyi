@@ -6,7 +6,7 @@ from cnorm._kernels import (
     moment_stats as moment_stats, rows_fast as rows_fast,
     rows_forward_fast as rows_forward_fast, add_rows_fast as add_rows_fast,
     rows_backward_fast as rows_backward_fast, set_bfloat16_type as set_bfloat16_type,
-    set_own_row_prefetch as set_own_row_prefetch,
+    set_prefetch_bursts as set_prefetch_bursts,
     groups_fast as groups_fast,
     norm_groups as norm_groups, norm_groups_backward as norm_groups_backward,
     norm_planes as norm_planes, norm_planes_backward as norm_planes_backward,

@@ -20,17 +20,10 @@ cdef enum:
     DX_TILE = 256               # elements of a streamed backward row per prefetch request
 
 
-# Whether a row of more than PREFETCH_WRITE_MAX and at most PREFETCH_BYTES bytes, not
-# streamed, asks for its own output lines before its statistics passes (see
-# forward_row).  cnorm._dispatch sets it once, by CPU (set_own_row_prefetch); it is a
-# prefetch only, so either setting gives the same bits.
-cdef bint own_row_prefetch = True
-
-
-def set_own_row_prefetch(bint on):
-    """Turn forward_row's prefetch of a 1-4 KiB row's own output on or off."""
-    global own_row_prefetch
-    own_row_prefetch = on
+def set_prefetch_bursts(bint on):
+    """Turn the whole-row prefetch bursts of forward_row and prefetch_run on or off
+    (cnorm_prefetch_bursts in _stream.h; cnorm._dispatch sets it by CPU)."""
+    cnorm_set_prefetch_bursts(on)
 
 
 ctypedef struct RowMap:
@@ -142,7 +135,7 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
 
     Plain stores read each line of y first, so y is prefetched for writing: a
     row of up to PREFETCH_BYTES asks for its own lines before its statistics
-    passes, which hide the wait (where own_row_prefetch is set); one of up to
+    passes, which hide the wait (where cnorm_prefetch_bursts is set); one of up to
     PREFETCH_WRITE_MAX, too brief for that, asks for the lines of the row
     `ahead`.  Longer rows prefetch nothing: the hardware keeps up, and a burst
     for a whole long row stalls the loop.  On the Intel host of
@@ -164,7 +157,7 @@ cdef inline void forward_row(const real* x, real* y, Py_ssize_t H, const void* w
             and method != WELFORD and H <= CHUNK and hout != res and hout != x):
         add_row_streamed(x, res, hout, y, H, w, b, mean_out, rstd_out, eps, ahead, m)
         return
-    if not stream and short_row and nbytes > PREFETCH_WRITE_MAX and own_row_prefetch:
+    if not stream and short_row and nbytes > PREFETCH_WRITE_MAX and cnorm_prefetch_bursts:
         cnorm_prefetch_write(y, nbytes)
     if res != NULL:
         if ahead != NULL and short_row:

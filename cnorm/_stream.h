@@ -65,6 +65,15 @@ static inline void cnorm_prefetch_write(void *p, size_t n)
     CNORM_KEEP();
 }
 
+/* Whether the loops make the whole-row prefetch bursts that other requests make
+ * redundant or that stalled the loop on some CPUs: a 1-4 KiB layer-norm row's own
+ * output, asked for before its statistics passes (forward_row), and a 512 B - 4 KiB
+ * run asked for whole as a run starts when the lane loop also asks for it step by
+ * step (prefetch_run).  cnorm._dispatch sets it once, by CPU; prefetches only, so
+ * either value gives the same bits.  Each kernel module has its own copy. */
+static int cnorm_prefetch_bursts __attribute__((unused)) = 1;
+static inline void cnorm_set_prefetch_bursts(int on) { cnorm_prefetch_bursts = on; }
+
 /* Half the L2's bytes (256 KiB where the system does not say), found once: the
  * most that the plane kernels prefetch of a next segment, so that it and the
  * segment in hand share the L2. */

@@ -407,8 +407,8 @@ def _header(torch, threads, bandwidth, load=None, cpus=None, ort=None):
     cpus = _cpus_available() if cpus is None else cpus
     load_s = "unknown" if load is None else f"{load:.2f}"
     lines = [
-        f"cnorm {cnorm.__version__} (kernels: {isa(_kernels)}, own-row prefetch "
-        f"{'on' if _dispatch.OWN_ROW_PREFETCH else 'off'}), numpy {np.__version__}, "
+        f"cnorm {cnorm.__version__} (kernels: {isa(_kernels)}, prefetch bursts "
+        f"{'on' if _dispatch.PREFETCH_BURSTS else 'off'}), numpy {np.__version__}, "
         f"torch {torch.__version__ if torch else _torch_error or 'not installed'}, "
         f"onnxruntime {ort[0].__version__ if ort else 'not installed'}",
         f"threads: {threads} (OpenMP {'on' if cnorm.openmp_enabled() else 'off'}), "
@@ -546,7 +546,7 @@ def run(ops=OPS, dtypes=("float32", "float64", "float16"), threads=None, mode="d
                     torch=torch.__version__ if torch else None,
                     onnxruntime=ort[0].__version__ if ort else None, threads=threads,
                     openmp=cnorm.openmp_enabled(), cpu=_cpu_name(), kernels=isa(_kernels),
-                    own_row_prefetch=_dispatch.OWN_ROW_PREFETCH,
+                    prefetch_bursts=_dispatch.PREFETCH_BURSTS,
                     copy_bandwidth=bandwidth, copy_bandwidth_end=bandwidth_end,
                     load_average=load, cpus_available=cpus, other_cpus=other_run, busy=busy,
                     llc_bytes=llc, rounds=rounds, unstable_spread=UNSTABLE_SPREAD,

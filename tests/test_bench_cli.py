@@ -214,14 +214,14 @@ def test_high_load_average_warns_in_the_header(quiet, monkeypatch, tmp_path, cap
 
 
 @pytest.mark.parametrize("on", [True, False])
-def test_header_and_json_name_the_own_row_prefetch_setting(quiet, monkeypatch, tmp_path, capsys,
-                                                           on):
+def test_header_and_json_name_the_prefetch_burst_setting(quiet, monkeypatch, tmp_path, capsys,
+                                                          on):
     _fake_samples(monkeypatch, {})
-    monkeypatch.setattr(bench._dispatch, "OWN_ROW_PREFETCH", on)
+    monkeypatch.setattr(bench._dispatch, "PREFETCH_BURSTS", on)
     data = _run(tmp_path)
     header = capsys.readouterr().out.split("\n\n", 1)[0]
-    assert f"own-row prefetch {'on' if on else 'off'})" in header
-    assert data["meta"]["own_row_prefetch"] is on
+    assert f"prefetch bursts {'on' if on else 'off'})" in header
+    assert data["meta"]["prefetch_bursts"] is on
 
 
 def test_copy_bandwidths_that_disagree_warn(quiet, monkeypatch, tmp_path, capsys):
