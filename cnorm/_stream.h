@@ -71,7 +71,11 @@ static inline void cnorm_prefetch_write(void *p, size_t n)
  * run asked for whole as a run starts when the lane loop also asks for it step by
  * step (prefetch_run).  cnorm._dispatch sets it once, by CPU; prefetches only, so
  * either value gives the same bits.  Each kernel module has its own copy. */
+#if defined(__GNUC__)
 static int cnorm_prefetch_bursts __attribute__((unused)) = 1;
+#else
+static int cnorm_prefetch_bursts = 1;
+#endif
 static inline void cnorm_set_prefetch_bursts(int on) { cnorm_prefetch_bursts = on; }
 
 /* Half the L2's bytes (256 KiB where the system does not say), found once: the
