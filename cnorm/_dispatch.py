@@ -20,19 +20,21 @@ _LEVELS = {"baseline": 0, "v3": 3, "v4": 4, "auto": 4}
 def kernels(name):
     """Import the widest build of ``cnorm.NAME`` that this CPU runs and CNORM_ISA allows,
     tuned for this CPU (see PREFETCH_BURSTS)."""
-    module = None
-    cap = _LEVELS.get(os.environ.get("CNORM_ISA", "auto").lower(), 4)
-    for level, supported in ((4, cpu_has_v4), (3, cpu_has_v3)):
-        if module is None and cap >= level and supported():
-            try:
-                module = importlib.import_module(f"cnorm.{name}_v{level}")
-            except ImportError:
-                pass
-    if module is None:
-        module = importlib.import_module(f"cnorm.{name}")
+    module = _widest(name)
     if hasattr(module, "set_prefetch_bursts"):
         module.set_prefetch_bursts(PREFETCH_BURSTS)
     return module
+
+
+def _widest(name):
+    cap = _LEVELS.get(os.environ.get("CNORM_ISA", "auto").lower(), 4)
+    for level, supported in ((4, cpu_has_v4), (3, cpu_has_v3)):
+        if cap >= level and supported():
+            try:
+                return importlib.import_module(f"cnorm.{name}_v{level}")
+            except ImportError:
+                pass
+    return importlib.import_module(f"cnorm.{name}")
 
 
 def _prefetch_bursts():
@@ -44,7 +46,7 @@ def _prefetch_bursts():
     wait for y's lines (9933989: (4096, 768) float32 from 1.03x to 1.23x torch) and
     both were measured in place; on the Intel host the bursts stalled the loops, and
     layer-norm rows took 0.77-0.98x the time without them, batch-norm (8, 256, 28, 28)
-    and (32, 128, 28, 28) 0.82-0.88x.  Prefetches only: the bits are the same."""
+    and (32, 128, 28, 28) 0.83-0.90x.  Prefetches only: the bits are the same."""
     env = os.environ.get("CNORM_PREFETCH_BURSTS", "").strip()
     if env in ("0", "1"):
         return env == "1"
